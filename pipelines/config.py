@@ -1,0 +1,264 @@
+"""Typed config schemas for every Hydra config group, validated once at the boundary.
+
+`python -m pipelines.run --cfg job` composes and validates a config without importing torch.
+Each group (`conf/<group>/*.yaml`) is checked against its dataclass here; an unknown key is a
+Hydra error and a bad value a `ConfigError` naming the field and how to fix it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from pipelines.errors import ConfigError
+
+
+def _positive(owner: str, **values: float | int | None) -> None:
+    for name, value in values.items():
+        if value is not None and value <= 0:
+            raise ConfigError(f"{owner}.{name}={value} must be > 0")
+
+
+def _fraction(owner: str, name: str, value: float, closed_low: bool = False) -> None:
+    low_ok = value >= 0 if closed_low else value > 0
+    if not (low_ok and value < 1):
+        raise ConfigError(f"{owner}.{name}={value} must be in {'[' if closed_low else '('}0, 1)")
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    # "embedded" (the model shipped in the package), a hub id, or a local directory.
+    source: str = MISSING
+    revision: str | None = None
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+    # Pickle checkpoints can run code on load; only safetensors unless the user opts in.
+    allow_pickle: bool = False
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.dtype not in {"auto", "float32", "bfloat16", "float16"}:
+            raise ConfigError(f"model.dtype={self.dtype} must be one of auto, float32, bfloat16, float16")
+
+
+@dataclass
+class CalibrationConfig:
+    # "embedded" (shipped calibration text), a local .txt/.jsonl file, or "hf:<dataset>[:<config>]".
+    source: str = "embedded"
+    split: str = "train"
+    text_field: str = "text"
+    num_samples: int = 64
+    max_seq_length: int = 256
+
+    def __post_init__(self) -> None:
+        _positive("quant.calibration", num_samples=self.num_samples, max_seq_length=self.max_seq_length)
+
+
+@dataclass
+class QuantConfig:
+    name: str = MISSING
+    # Which engine quantizes: none | llmcompressor | gptqmodel (legacy names give a routed error).
+    backend: str = "llmcompressor"
+    # Algorithm: none | rtn | gptq | awq | smoothquant_gptq.
+    method: str = "none"
+    # compressed-tensors preset scheme (FP8_DYNAMIC, W8A8, W4A16, W2A16, ...).
+    scheme: str | None = None
+    group_size: int | None = None
+    ignore: list[str] = field(default_factory=lambda: ["lm_head"])
+    needs_calibration: bool = False
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    # Library-specific knobs passed through untouched (e.g. AWQ duo_scaling, GPTQ dampening_frac).
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _positive("quant", group_size=self.group_size)
+        if self.method != "none" and not self.scheme:
+            raise ConfigError(f"quant.scheme is required for quant.method={self.method}")
+
+
+@dataclass
+class EvalConfig:
+    name: str = MISSING
+    # lm-eval model backend: hf (CPU/GPU) | vllm (where installed).
+    runner: str = "hf"
+    tasks: list[str] = field(default_factory=list)
+    # Extra lm-eval task directory; "embedded" is the bundled evalsuites/ package.
+    include_path: str | None = "embedded"
+    num_fewshot: int | None = None
+    limit: int | None = None
+    batch_size: int = 16
+    max_length: int | None = None
+    seed: int = 1234
+    apply_chat_template: bool = False
+    # None keeps the tokenizer's own BOS behaviour; base and variant always share the value.
+    add_bos_token: bool | None = None
+    # Distribution-level fidelity (KL, top-1 agreement, perplexity) on a reference text.
+    reference_text: str | None = "embedded"
+    reference_max_tokens: int = 4096
+    reference_window: int = 256
+    confidence: float = 0.95
+    bootstrap_samples: int = 10000
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise ConfigError(f"eval.tasks is empty in eval={self.name}: name at least one lm-eval task")
+        _positive("eval", batch_size=self.batch_size, limit=self.limit, max_length=self.max_length,
+                  reference_max_tokens=self.reference_max_tokens, reference_window=self.reference_window,
+                  bootstrap_samples=self.bootstrap_samples)
+        if self.num_fewshot is not None and self.num_fewshot < 0:
+            raise ConfigError(f"eval.num_fewshot={self.num_fewshot} must be >= 0")
+        _fraction("eval", "confidence", self.confidence)
+
+
+@dataclass
+class SLOConfig:
+    ttft_p95_ms: float | None = None
+    itl_p95_ms: float | None = None
+    e2e_p95_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        _positive("bench.slo", ttft_p95_ms=self.ttft_p95_ms, itl_p95_ms=self.itl_p95_ms, e2e_p95_ms=self.e2e_p95_ms)
+
+
+@dataclass
+class BenchConfig:
+    name: str = MISSING
+    enabled: bool = True
+    # How to run: hf (transformers generate) | vllm.
+    engine: str = "hf"
+    input_tokens: int = 64
+    output_tokens: int = 32
+    # Load levels: concurrent requests served as one batch (hf) or concurrency (vllm).
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 4])
+    requests_per_level: int = 8
+    warmup_requests: int = 2
+    repeats: int = 3
+    seed: int = 0
+    slo: SLOConfig = field(default_factory=SLOConfig)
+    # Capacity planning: target load and spare capacity kept on top of Little's law.
+    target_qps: float = 1.0
+    headroom: float = 0.25
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _positive("bench", input_tokens=self.input_tokens, output_tokens=self.output_tokens,
+                  requests_per_level=self.requests_per_level, repeats=self.repeats, target_qps=self.target_qps)
+        if not self.batch_sizes or min(self.batch_sizes) <= 0:
+            raise ConfigError(f"bench.batch_sizes={list(self.batch_sizes)} must be a non-empty list of sizes > 0")
+        if self.warmup_requests < 0:
+            raise ConfigError(f"bench.warmup_requests={self.warmup_requests} must be >= 0")
+        _fraction("bench", "headroom", self.headroom, closed_low=True)
+
+
+@dataclass
+class PriceConfig:
+    on_demand: float = MISSING
+    reserved: float | None = None
+    spot: float | None = None
+
+
+@dataclass
+class HardwareConfig:
+    name: str = MISSING
+    device: str = "cpu"
+    # $ per hour for one replica (one machine or one GPU, as the name says).
+    price_per_hour: PriceConfig = field(default_factory=PriceConfig)
+    price_tier: str = "on_demand"
+    memory_bandwidth_gb_s: float = MISSING
+    peak_dense_tflops: dict[str, float] = field(default_factory=dict)
+    memory_gb: float = MISSING
+    # Other hardware names (conf/hardware/*.yaml) to project cost to with the roofline model.
+    project_to: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _positive("hardware", memory_bandwidth_gb_s=self.memory_bandwidth_gb_s, memory_gb=self.memory_gb)
+        if self.price_tier not in {"on_demand", "reserved", "spot"}:
+            raise ConfigError(f"hardware.price_tier={self.price_tier} must be on_demand, reserved or spot")
+
+
+@dataclass
+class SuiteTolerance:
+    # Largest acceptable accuracy drop: absolute points (0.02 = 2 points) or relative to base.
+    max_drop: float = 0.02
+    kind: str = "absolute"
+
+
+@dataclass
+class GateConfig:
+    name: str = MISSING
+    confidence: float = 0.95
+    tolerance: SuiteTolerance = field(default_factory=SuiteTolerance)
+    # Per-task overrides of the tolerance, by lm-eval task name.
+    per_task: dict[str, SuiteTolerance] = field(default_factory=dict)
+    max_flip_rate: float | None = 0.10
+    max_kl: float | None = 0.05
+    # Minimum fraction saved in $/1M tokens vs base (None: no cost rule).
+    min_cost_saving: float | None = None
+    min_throughput_gain: float | None = None
+    # Rule names that decide the verdict; the others only warn.
+    blocking: list[str] = field(default_factory=lambda: ["accuracy", "flip_rate", "kl"])
+    inconclusive_blocks: bool = True
+
+    def __post_init__(self) -> None:
+        _fraction("gate", "confidence", self.confidence)
+        for task, tol in {"tolerance": self.tolerance, **self.per_task}.items():
+            if tol.kind not in {"absolute", "relative"}:
+                raise ConfigError(f"gate {task}.kind={tol.kind} must be absolute or relative")
+            _fraction("gate", f"{task}.max_drop", tol.max_drop, closed_low=True)
+        for name in ("max_flip_rate", "max_kl"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"gate.{name}={value} must be >= 0")
+        unknown = set(self.blocking) - {"accuracy", "flip_rate", "kl", "cost", "throughput"}
+        if unknown:
+            raise ConfigError(f"gate.blocking has unknown rules {sorted(unknown)}; "
+                              "choose from accuracy, flip_rate, kl, cost, throughput")
+
+
+@dataclass
+class TrackingConfig:
+    name: str = MISSING
+    enabled: bool = True
+    # Any MLflow tracking URI; MLFLOW_TRACKING_URI overrides it when set.
+    uri: str = "sqlite:///mlruns/mlflow.db"
+    artifact_location: str | None = "mlruns/artifacts"
+    experiment: str = "quantgate"
+    registered_model: str | None = None
+    promote_alias: str = "candidate"
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = MISSING
+    quant: QuantConfig = MISSING
+    eval: EvalConfig = MISSING
+    bench: BenchConfig = MISSING
+    hardware: HardwareConfig = MISSING
+    gate: GateConfig = MISSING
+    tracking: TrackingConfig = MISSING
+    # Where checkpoints, eval results and stage records are cached across runs and sweeps.
+    cache_dir: str = ".cache/quantgate"
+    overwrite: bool = False
+    seed: int = 0
+    # A human name for the sweep; groups child runs under one MLflow parent.
+    sweep: str | None = None
+    debug: bool = False
+
+
+GROUPS = {
+    "model": ModelConfig, "quant": QuantConfig, "eval": EvalConfig, "bench": BenchConfig,
+    "hardware": HardwareConfig, "gate": GateConfig, "tracking": TrackingConfig,
+}
+
+
+def register_schemas() -> None:
+    """Put every schema in Hydra's ConfigStore; the YAMLs name theirs in their defaults list."""
+    store = ConfigStore.instance()
+    store.store(name="run_schema", node=RunConfig)
+    for group, schema in GROUPS.items():
+        store.store(group=group, name=f"{group}_schema", node=schema)

@@ -1,0 +1,126 @@
+"""The pipeline as a Python API: one variant end to end, in the order the stages flow.
+
+    from pipelines.pipeline import compose_config, run_variant
+    outcome = run_variant(compose_config(["quant=fp8", "eval=quick"]))
+    print(outcome.verdict.decision)
+
+quantize -> evaluate (base once, cached) -> fidelity -> benchmark -> cost -> gate -> track.
+A failing stage is recorded in the Outcome (and as a FAILED MLflow run); nothing computed before
+it is lost, because every stage caches its result on disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from pipelines.config import QuantConfig, RunConfig
+from pipelines.errors import UserError
+from pipelines.records import Outcome, save_record
+
+log = logging.getLogger(__name__)
+
+BASELINE = QuantConfig(name="none", backend="none", method="none", ignore=[])
+
+
+def compose_config(overrides: list[str] | None = None) -> RunConfig:
+    """The same validated config the CLI builds, for use from Python or a notebook."""
+    from pipelines.cli import compose_all
+
+    configs = compose_all(list(overrides or []))
+    if len(configs) != 1:
+        raise UserError(f"compose_config takes one configuration, the overrides make {len(configs)}")
+    return configs[0]
+
+
+def run_variant(cfg: RunConfig, output_dir: Path | None = None, parent_run_id: str | None = None) -> Outcome:
+    """Run every stage for `cfg.quant` against the base; returns what each stage produced."""
+    from pipelines.models import offline_environment, resolve_base
+    from pipelines.preflight import preflight
+
+    offline_environment(cfg.model)
+    preflight(cfg)
+    output_dir = Path(output_dir or Path(cfg.cache_dir) / "runs" / f"{cfg.model.name}-{cfg.quant.name}")
+    outcome = Outcome(variant_name=cfg.quant.name, model=cfg.model.name, output_dir=str(output_dir))
+    stage = "load base"
+    try:
+        base = resolve_base(cfg.model)
+        for stage, step in _stages(cfg, base):
+            started = time.perf_counter()
+            step(outcome)
+            log.info("%s done in %.1f s", stage, time.perf_counter() - started)
+    except UserError:
+        raise
+    except Exception as error:  # any stage's failure is this variant's failure; the sweep goes on
+        log.exception("variant %s failed in stage %s", cfg.quant.name, stage)
+        outcome.error = f"{stage}: {type(error).__name__}: {error}"
+    save_record(outcome, output_dir / "outcome.json")
+    _track(cfg, outcome, parent_run_id)
+    return outcome
+
+
+def _stages(cfg: RunConfig, base) -> list[tuple[str, Any]]:
+    base_cfg = dataclasses.replace(cfg, quant=BASELINE)
+    steps = [("quantize", lambda o: _quantize(cfg, base_cfg, base, o)),
+             ("evaluate", lambda o: _evaluate(cfg, o)),
+             ("fidelity", lambda o: _fidelity(cfg, o))]
+    if cfg.bench.enabled:
+        steps += [("benchmark", lambda o: _benchmark(cfg, o)), ("cost", lambda o: _cost(cfg, o))]
+    return steps + [("gate", lambda o: _gate(cfg, o))]
+
+
+def _quantize(cfg: RunConfig, base_cfg: RunConfig, base, outcome: Outcome) -> None:
+    from pipelines.quantize import run_quantize
+
+    outcome.base_variant = run_quantize(base_cfg, base)
+    outcome.variant = run_quantize(cfg, base)
+
+
+def _evaluate(cfg: RunConfig, outcome: Outcome) -> None:
+    from pipelines.evaluate import run_evaluate
+
+    outcome.base_eval = run_evaluate(cfg, outcome.base_variant)
+    outcome.variant_eval = run_evaluate(cfg, outcome.variant)
+
+
+def _fidelity(cfg: RunConfig, outcome: Outcome) -> None:
+    from pipelines.fidelity import compare
+
+    outcome.fidelity = compare(outcome.base_eval, outcome.variant_eval, confidence=cfg.eval.confidence,
+                               bootstrap_samples=cfg.eval.bootstrap_samples, seed=cfg.seed,
+                               reference_name="base", variant_name=cfg.quant.name)
+
+
+def _benchmark(cfg: RunConfig, outcome: Outcome) -> None:
+    from pipelines.bench import run_benchmark
+
+    outcome.base_bench = run_benchmark(cfg, outcome.base_variant)
+    outcome.bench = run_benchmark(cfg, outcome.variant)
+
+
+def _cost(cfg: RunConfig, outcome: Outcome) -> None:
+    from pipelines.cost import estimate_cost
+
+    outcome.base_cost = estimate_cost(outcome.base_bench, cfg.hardware, cfg.bench, outcome.base_variant)
+    outcome.cost = estimate_cost(outcome.bench, cfg.hardware, cfg.bench, outcome.variant)
+
+
+def _gate(cfg: RunConfig, outcome: Outcome) -> None:
+    from pipelines.gate import decide
+
+    outcome.verdict = decide(cfg.gate, outcome.fidelity, cost=outcome.cost, base_cost=outcome.base_cost,
+                             bench=outcome.bench, base_bench=outcome.base_bench)
+
+
+def _track(cfg: RunConfig, outcome: Outcome, parent_run_id: str | None) -> None:
+    if not cfg.tracking.enabled:
+        return
+    from pipelines.track.mlflow_tracker import MLflowTracker
+
+    resolved = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    MLflowTracker(cfg.tracking).log_outcome(outcome, resolved, parent_run_id=parent_run_id)

@@ -1,0 +1,125 @@
+"""Checks that run before any expensive work: every input a run needs is there and usable.
+
+Called by the CLI for every config of a command (each sweep combination) and by `run_variant`.
+Each failure is a `UserError` with one line naming the bad value and the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+from pipelines.config import EvalConfig, ModelConfig, RunConfig
+from pipelines.errors import ConfigError, InputError
+from pipelines.registry import did_you_mean
+
+log = logging.getLogger(__name__)
+
+
+def preflight(cfg: RunConfig) -> None:
+    check_writable(Path(cfg.cache_dir), "cache_dir")
+    model_config = base_model_config(cfg.model)
+    _check_quant(cfg, model_config)
+    check_suites(cfg.eval)
+    if cfg.tracking.enabled:
+        from pipelines.track.mlflow_tracker import check_reachable
+
+        check_reachable(cfg.tracking)
+
+
+def check_writable(directory: Path, option: str) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        raise InputError(f"{option}={directory} is not writable ({error.strerror}); "
+                         f"choose a writable directory with {option}=...") from error
+
+
+def base_model_config(model: ModelConfig) -> dict | None:
+    """The base's config.json when it is local (a hub id is checked when it is fetched)."""
+    from pipelines.models import is_hub_id, local_model_directory, read_model_config
+
+    if is_hub_id(model.source):
+        return None
+    return read_model_config(local_model_directory(model), model)
+
+
+def _check_quant(cfg: RunConfig, model_config: dict | None) -> None:
+    from pipelines.quantize.calibration import load_calibration
+    from pipelines.quantize.compat import check_backend, check_quant_compatible
+
+    check_backend(cfg.quant)
+    if model_config is not None:
+        check_quant_compatible(model_config, cfg.quant)
+    if cfg.quant.needs_calibration:
+        load_calibration(cfg.quant.calibration)
+
+
+def check_suites(eval_cfg: EvalConfig) -> None:
+    """Every task exists, its YAML parses, and every item renders (fields present, non-empty)."""
+    _check_suites(tuple(eval_cfg.tasks), suites_directory(eval_cfg.include_path))
+
+
+def suites_directory(include_path: str | None) -> str | None:
+    if include_path == "embedded":
+        from evalsuites import SUITES_DIR
+
+        return str(SUITES_DIR)
+    if include_path is not None and not Path(include_path).is_dir():
+        raise InputError(f"eval.include_path={include_path} is not a directory of lm-eval task YAMLs")
+    return include_path
+
+
+@lru_cache(maxsize=8)
+def _check_suites(tasks: tuple[str, ...], include_path: str | None) -> None:
+    from lm_eval.tasks import TaskManager
+
+    if include_path:
+        _check_yaml_files(Path(include_path))
+    manager = TaskManager(include_path=include_path)
+    for task in tasks:
+        if task not in manager.all_tasks:
+            local = [name for name in manager.all_tasks if name.startswith("qg_")] or manager.all_tasks
+            raise ConfigError(did_you_mean("eval task", task, local))
+    for name, task in _leaf_tasks(manager.load_task_or_group(list(tasks))):
+        _check_items(name, task)
+
+
+def _check_yaml_files(root: Path) -> None:
+    # lm-eval's index silently skips a YAML it cannot parse; a user should hear about it.
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    for path in sorted(root.glob("**/*.yaml")):
+        try:
+            load_yaml(path, resolve_func=False)
+        except Exception as error:  # yaml errors, bad include paths, cycles: all mean "fix this file"
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise InputError(f"eval suite file {path} is malformed: {reason}") from error
+
+
+def _leaf_tasks(tree: dict):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _leaf_tasks(value)
+        else:
+            yield getattr(key, "group_name", key) if not isinstance(key, str) else key, value
+
+
+def _check_items(name: str, task) -> None:
+    docs = list(task.eval_docs)
+    if not docs:
+        raise InputError(f"eval task {name} has no items; check its data file and test_split")
+    for index, doc in enumerate(docs):
+        try:
+            rendered = [task.doc_to_text(doc), task.doc_to_target(doc)]
+            if task.OUTPUT_TYPE == "multiple_choice":
+                rendered.append(task.doc_to_choice(doc))
+        except Exception as error:  # a template or utils function failing on a row: name the row
+            raise InputError(f"eval task {name}: item {index} cannot be rendered ({type(error).__name__}: "
+                             f"{error}); check that row of its data file") from error
+        if any(value is None or value == "" or value == [] for value in rendered):
+            raise InputError(f"eval task {name}: item {index} renders an empty prompt, target or choice list")

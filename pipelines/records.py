@@ -1,0 +1,252 @@
+"""The typed records stages exchange, and their one JSON format (`save_record` / `load_record`).
+
+Flow: quantize -> Variant; evaluate -> EvalResult; fidelity -> Fidelity; benchmark -> BenchResult;
+cost -> CostResult; gate -> Verdict. Track and report only read these.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pipelines.storage import atomic_write_text
+
+R = TypeVar("R")
+
+
+@dataclass
+class Variant:
+    name: str
+    base: str
+    backend: str
+    method: str
+    scheme: str | None
+    checkpoint_dir: str
+    size_bytes: int
+    # Hash of the checkpoint's files: the identity evaluation results are cached and compared by.
+    content_hash: str
+    cache_key: str
+    quantize_seconds: float
+    from_cache: bool
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class TaskResult:
+    task: str
+    version: str
+    output_type: str
+    metric: str
+    value: float
+    stderr: float | None
+    n: int
+    # Per-item records (see pipelines/evaluate/items.py for the format).
+    items_path: str
+
+
+@dataclass
+class EvalResult:
+    model: str
+    model_hash: str
+    settings: dict[str, Any]
+    settings_hash: str
+    suite_hashes: dict[str, str]
+    tasks: list[TaskResult]
+    # Log-probabilities over the reference text (safetensors), for KL against the base.
+    reference_logprobs_path: str | None
+    seconds: float
+    from_cache: bool = False
+
+
+@dataclass
+class TaskFidelity:
+    task: str
+    metric: str
+    n: int
+    base_score: float
+    variant_score: float
+    delta: float
+    ci_low: float
+    ci_high: float
+    confidence: float
+    mcnemar_p: float | None
+    right_to_wrong: int
+    wrong_to_right: int
+    flip_rate: float
+    # Multiple-choice tasks: KL and top-1 agreement between the normalised choice distributions.
+    choice_kl_mean: float | None = None
+    choice_kl_p95: float | None = None
+    choice_top1_agreement: float | None = None
+
+
+@dataclass
+class Divergence:
+    tokens: int
+    kl_mean: float
+    kl_p95: float
+    top1_agreement: float
+    base_perplexity: float
+    variant_perplexity: float
+    perplexity_ratio: float
+
+
+@dataclass
+class Fidelity:
+    variant: str
+    reference: str
+    variant_hash: str
+    reference_hash: str
+    settings_hash: str
+    tasks: list[TaskFidelity]
+    divergence: Divergence | None
+
+
+@dataclass
+class Percentiles:
+    p50: float
+    p95: float
+    p99: float
+
+
+@dataclass
+class LoadLevel:
+    batch_size: int
+    requests: int
+    repeats: int
+    output_tokens_per_s: float
+    output_tokens_per_s_std: float
+    requests_per_s: float
+    ttft_ms: Percentiles
+    itl_ms: Percentiles
+    e2e_ms: Percentiles
+    goodput_rps: float
+    meets_slo: bool
+    # Means feed Little's law (E2E) and the decode roofline fraction (ITL); peak memory of this level.
+    itl_mean_ms: float | None = None
+    e2e_mean_ms: float | None = None
+    peak_memory_bytes: int | None = None
+
+
+@dataclass
+class BenchResult:
+    variant: str
+    engine: str
+    device: str
+    levels: list[LoadLevel]
+    knee_batch_size: int | None
+    peak_memory_bytes: int
+    memory_kind: str
+    checkpoint_bytes: int
+    versions: dict[str, str] = field(default_factory=dict)
+    from_cache: bool = False
+
+
+@dataclass
+class CostEstimate:
+    hardware: str
+    # "measured" on the hardware the bench ran on, or "projected" from the roofline model.
+    basis: str
+    price_per_hour: float
+    output_tokens_per_s: float
+    usd_per_million_output_tokens: float
+    replicas_for_target: int
+    monthly_usd: float
+    # The load (requests per batch) the estimate is at, and the mean E2E latency used in Little's law.
+    batch_size: int | None = None
+    e2e_latency_s: float | None = None
+
+
+@dataclass
+class CostResult:
+    variant: str
+    target_qps: float
+    headroom: float
+    measured: CostEstimate | None
+    projected: list[CostEstimate]
+    # Measured batch-1 decode tokens/s over the bandwidth roofline bound on the measured hardware.
+    decode_roofline_fraction: float | None
+
+
+@dataclass
+class RuleResult:
+    rule: str
+    scope: str
+    blocking: bool
+    status: str
+    observed: float | None
+    bound: float | None
+    threshold: float | None
+    message: str
+    items_to_settle: int | None = None
+
+
+@dataclass
+class Verdict:
+    variant: str
+    decision: str
+    rules: list[RuleResult]
+    reasons: list[str]
+    # Name of the gate policy (conf/gate/*.yaml) that decided.
+    policy: str | None = None
+
+
+def to_dict(record: Any) -> dict[str, Any]:
+    return dataclasses.asdict(record)
+
+
+def save_record(record: Any, path: str | Path) -> Path:
+    """Write a record as JSON, atomically (a reader never sees half a file)."""
+    text = json.dumps(to_dict(record), indent=2, sort_keys=True, default=float)
+    return atomic_write_text(Path(path), text + "\n")
+
+
+def load_record(cls: type[R], path: str | Path) -> R:
+    return from_dict(cls, json.loads(Path(path).read_text()))
+
+
+def from_dict(cls: type[R], data: dict[str, Any]) -> R:
+    hints = typing.get_type_hints(cls)
+    return cls(**{f.name: _convert(hints[f.name], data[f.name]) for f in dataclasses.fields(cls) if f.name in data})
+
+
+def _convert(hint: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return _convert(next(a for a in args if a is not type(None)), value)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value)
+    if origin is list:
+        return [_convert(args[0], v) for v in value]
+    if origin is dict:
+        return {k: _convert(args[1], v) for k, v in value.items()}
+    return value
+
+
+@dataclass
+class Outcome:
+    """Everything one variant's run produced; what the tracker logs and the report reads."""
+
+    variant_name: str
+    model: str
+    base_variant: Variant | None = None
+    variant: Variant | None = None
+    base_eval: EvalResult | None = None
+    variant_eval: EvalResult | None = None
+    fidelity: Fidelity | None = None
+    base_bench: BenchResult | None = None
+    bench: BenchResult | None = None
+    base_cost: CostResult | None = None
+    cost: CostResult | None = None
+    verdict: Verdict | None = None
+    # Set when a stage failed: "<stage>: <message>"; the sweep goes on with the next variant.
+    error: str | None = None
+    output_dir: str | None = None
+    # What this variant alone makes the CLI exit with (0 PROMOTE, 1 REJECT/INCONCLUSIVE, 2, 3).
+    exit_code: int = 0

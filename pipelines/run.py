@@ -1,0 +1,61 @@
+"""quantgate's command line: can this variant replace the base model?
+
+    python -m pipelines.run                                  # embedded model, baseline
+    python -m pipelines.run model=llama3-70b quant=awq       # one variant
+    python -m pipelines.run -m quant=fp8,w8a8,awq,gptq       # a sweep: one MLflow parent run
+
+Exit codes: 0 PROMOTE, 1 REJECT or blocking INCONCLUSIVE, 2 invalid input or configuration,
+3 a stage failed (a bug or a library failure: see the log and the FAILED MLflow run).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from pipelines import sweep
+from pipelines.cli import compose_all, fail, is_inspection, is_multirun, to_run_config
+from pipelines.config import register_schemas
+from pipelines.errors import UserError
+
+register_schemas()
+
+
+@hydra.main(version_base="1.3", config_path="pkg://pipelines.conf", config_name="config")
+def job(cfg: DictConfig) -> None:
+    """One Hydra job: one variant against its base."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from pipelines.pipeline import run_variant
+
+    run_cfg = to_run_config(cfg)
+    try:
+        outcome = run_variant(run_cfg, Path(HydraConfig.get().runtime.output_dir), sweep.parent_run_id())
+    except UserError as error:
+        if not sweep.active():
+            fail(error, run_cfg.debug)
+        outcome = sweep.failed_outcome(run_cfg, error)
+    sweep.record(outcome, run_cfg)
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    if is_inspection(argv):
+        job()
+        return
+    try:
+        configs = compose_all(argv)
+        sweep.preflight_all(configs)
+    except UserError as error:
+        fail(error, "debug=true" in argv)
+    if is_multirun(argv):
+        sweep.start(configs)
+    job()
+    sys.exit(sweep.finish(configs))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Atomic writes, content hashes and manifests: how every stage keeps what it computed.
+
+A stage writes to a temporary name in the same directory, then renames; a run killed at any point
+leaves either the old file or the new one, never half of one. A directory is complete when its
+manifest exists, so a resumed sweep redoes only what has no manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+MANIFEST = "quantgate-manifest.json"
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+@contextmanager
+def atomic_directory(final: Path) -> Iterator[Path]:
+    """Yield a scratch directory that becomes `final` only if the block finishes."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial"))
+    try:
+        yield scratch
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(scratch, final)
+    finally:
+        if scratch.exists():
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def stable_hash(value: Any, length: int = 16) -> str:
+    """Hash of a JSON-able value that does not depend on key order."""
+    text = json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def hash_files(paths: list[Path], root: Path | None = None, length: int = 16) -> str:
+    """Content hash of files (names relative to `root` included, so renames count)."""
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(str(path.relative_to(root) if root else path.name).encode())
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:length]
+
+
+def hash_directory(directory: Path, length: int = 16) -> str:
+    files = [p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST]
+    return hash_files(files, root=directory, length=length)
+
+
+def directory_size(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:
+    return atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def read_manifest(directory: Path) -> dict[str, Any] | None:
+    path = directory / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def library_versions(*names: str) -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found

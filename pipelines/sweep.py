@@ -1,0 +1,85 @@
+"""What the jobs of one command share: the MLflow parent run, their outcomes, the final report.
+
+Jobs may run in other processes (Hydra's joblib launcher), so a sweep lives in a directory named
+by an environment variable the jobs inherit; each job leaves its outcome there atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from pipelines.config import RunConfig
+from pipelines.errors import UserError
+from pipelines.records import Outcome, load_record, save_record
+
+log = logging.getLogger(__name__)
+
+SWEEP_DIR_ENV = "QUANTGATE_SWEEP_DIR"
+PARENT_ENV = "QUANTGATE_PARENT_RUN_ID"
+# Exit code of a variant whose stage failed: not a verdict, not bad input (see pipelines/run.py).
+STAGE_FAILED = 3
+_single_run: list[Outcome] = []
+
+
+def active() -> bool:
+    return SWEEP_DIR_ENV in os.environ
+
+
+def parent_run_id() -> str | None:
+    return os.environ.get(PARENT_ENV)
+
+
+def preflight_all(configs: list[RunConfig]) -> None:
+    from pipelines.preflight import preflight
+
+    for cfg in configs:
+        preflight(cfg)
+
+
+def start(configs: list[RunConfig]) -> None:
+    cfg = configs[0]
+    name = cfg.sweep or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    directory = Path(cfg.cache_dir).resolve() / "sweeps" / name
+    os.environ[SWEEP_DIR_ENV] = str(directory)
+    if cfg.tracking.enabled:
+        from pipelines.track.mlflow_tracker import MLflowTracker
+
+        os.environ[PARENT_ENV] = MLflowTracker(cfg.tracking).start_sweep(name, cfg.model.name)
+    log.info("sweep %s: %d variants; outcomes in %s", name, len(configs), directory)
+
+
+def failed_outcome(cfg: RunConfig, error: UserError) -> Outcome:
+    return Outcome(variant_name=cfg.quant.name, model=cfg.model.name, error=f"invalid input: {error}")
+
+
+def record(outcome: Outcome, cfg: RunConfig) -> None:
+    from pipelines.gate import exit_code
+
+    outcome.exit_code = exit_code(outcome.verdict, cfg.gate) if outcome.verdict else STAGE_FAILED
+    if active():
+        name = Path(outcome.output_dir or outcome.variant_name).name
+        save_record(outcome, Path(os.environ[SWEEP_DIR_ENV]) / "outcomes" / f"{name}.json")
+    else:
+        _single_run.append(outcome)
+
+
+def finish(configs: list[RunConfig]) -> int:
+    """Report every outcome, log the sweep's report, and return the command's exit code."""
+    from pipelines.report import write_report
+
+    outcomes = _load_outcomes() if active() else list(_single_run)
+    directory = Path(os.environ.get(SWEEP_DIR_ENV) or outcomes[0].output_dir or configs[0].cache_dir)
+    files = write_report(outcomes, directory / "report")
+    if active() and parent_run_id():
+        from pipelines.track.mlflow_tracker import MLflowTracker
+
+        MLflowTracker(configs[0].tracking).log_sweep_report(parent_run_id(), outcomes, files)
+    return max((o.exit_code for o in outcomes), default=STAGE_FAILED)
+
+
+def _load_outcomes() -> list[Outcome]:
+    folder = Path(os.environ[SWEEP_DIR_ENV]) / "outcomes"
+    return [load_record(Outcome, path) for path in sorted(folder.glob("*.json"))]

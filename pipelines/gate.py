@@ -1,0 +1,192 @@
+"""The release gate: one pure function from (policy, evidence) to PROMOTE / REJECT / INCONCLUSIVE.
+
+`python -m pytest tests/test_gate.py` table-tests it; `python -m pipelines.run gate=strict` uses it.
+
+Rules (each yields a `RuleResult` with observed value, bound, threshold and a message):
+- accuracy (per task, non-inferiority): drop = -delta (scores are higher-is-better), tolerance
+  absolute (points) or relative (x base score), per-task overrides. PASS when the upper bound of
+  the drop (-ci_low) < tolerance, FAIL when the lower bound (-ci_high) > tolerance, otherwise
+  INCONCLUSIVE. Both comparisons are strict: a bound exactly at the tolerance (within 1e-12) does
+  not decide. The Fidelity CI is at eval.confidence; when policy.confidence differs the interval is
+  rescaled around its midpoint by z(policy)/z(fidelity) (normal approximation: exact for Wald
+  intervals, approximate for bootstrap ones) and the message says so.
+- flip_rate (per task): observed rate <= max_flip_rate (a hard limit, no interval).
+- kl: reference-text mean KL and each multiple-choice task's mean choice KL <= max_kl.
+- cost: 1 - variant $/1M / base $/1M (both at their knee) >= min_cost_saving.
+- throughput: variant / base output tokens/s - 1 >= min_throughput_gain at the smallest load level
+  both ran (batch 1 by default): single-stream decode speed, which weight-only schemes are meant
+  to raise; capacity at the knee is what the cost rule already judges.
+Hard limits are inclusive (at most / at least). A rule whose threshold the policy leaves unset is
+not evaluated; one without data is SKIPPED with its reason and never changes the decision.
+REJECT if a blocking rule FAILs, else INCONCLUSIVE if a blocking rule is INCONCLUSIVE, else
+PROMOTE; non-blocking rules only add warnings to the reasons.
+"""
+
+from __future__ import annotations
+
+import math
+
+from scipy.stats import norm
+
+from pipelines.config import GateConfig, SuiteTolerance
+from pipelines.errors import InputError
+from pipelines.records import BenchResult, CostResult, Fidelity, RuleResult, TaskFidelity, Verdict
+
+PASS, FAIL, INCONCLUSIVE, SKIPPED = "PASS", "FAIL", "INCONCLUSIVE", "SKIPPED"
+PROMOTE, REJECT = "PROMOTE", "REJECT"
+# Float noise (e.g. 0.05 * 0.8) must not turn "exactly at the tolerance" into a decision.
+_TIE = 1e-12
+
+
+def decide(policy: GateConfig, fidelity: Fidelity, cost: CostResult | None = None,
+           base_cost: CostResult | None = None, bench: BenchResult | None = None,
+           base_bench: BenchResult | None = None) -> Verdict:
+    """Apply every rule of `policy` to the evidence and combine them into a verdict."""
+    if not fidelity.tasks:
+        raise InputError(f"fidelity for variant '{fidelity.variant}' has no tasks: nothing to gate on; "
+                         "check eval.tasks")
+    rules = [accuracy_rule(policy, task) for task in fidelity.tasks]
+    if policy.max_flip_rate is not None:
+        rules += flip_rate_rules(policy, fidelity)
+    if policy.max_kl is not None:
+        rules += kl_rules(policy, fidelity)
+    if policy.min_cost_saving is not None:
+        rules.append(cost_rule(policy, cost, base_cost, bench, base_bench))
+    if policy.min_throughput_gain is not None:
+        rules.append(throughput_rule(policy, bench, base_bench))
+    for rule in rules:
+        rule.blocking = rule.rule in policy.blocking
+    return Verdict(variant=fidelity.variant, decision=_combine(rules), rules=rules,
+                   reasons=_reasons(rules), policy=policy.name)
+
+
+def exit_code(verdict: Verdict, policy: GateConfig) -> int:
+    """CLI status: 0 PROMOTE, 1 REJECT, INCONCLUSIVE 1 when policy.inconclusive_blocks else 0."""
+    if verdict.decision == PROMOTE:
+        return 0
+    if verdict.decision == INCONCLUSIVE and not policy.inconclusive_blocks:
+        return 0
+    return 1
+
+
+def tolerance_for(policy: GateConfig, task: TaskFidelity) -> float:
+    """The largest acceptable drop for `task`, in the metric's own units."""
+    tol: SuiteTolerance = policy.per_task.get(task.task, policy.tolerance)
+    return tol.max_drop * task.base_score if tol.kind == "relative" else tol.max_drop
+
+
+def drop_interval(task: TaskFidelity, confidence: float) -> tuple[float, float, float]:
+    """(point, low, high) of the accuracy drop at `confidence`, rescaled if Fidelity used another."""
+    point, low, high = -task.delta, -task.ci_high, -task.ci_low
+    if math.isclose(confidence, task.confidence):
+        return point, low, high
+    middle, half = (low + high) / 2, (high - low) / 2
+    half *= norm.ppf(0.5 + confidence / 2) / norm.ppf(0.5 + task.confidence / 2)
+    return point, middle - half, middle + half
+
+
+def accuracy_rule(policy: GateConfig, task: TaskFidelity) -> RuleResult:
+    tolerance = tolerance_for(policy, task)
+    point, low, high = drop_interval(task, policy.confidence)
+    level = f"{policy.confidence:.0%}" + ("" if math.isclose(policy.confidence, task.confidence)
+                                         else f" (rescaled from {task.confidence:.0%})")
+    interval = f"drop {point:+.4f}, {level} CI [{low:+.4f}, {high:+.4f}] vs tolerance {tolerance:.4f}"
+    if high < tolerance - _TIE:
+        return _rule("accuracy", task.task, PASS, point, high, tolerance, f"non-inferior: {interval}")
+    if low > tolerance + _TIE:
+        return _rule("accuracy", task.task, FAIL, point, low, tolerance, f"worse than tolerated: {interval}")
+    more = items_to_settle(task.n, point, low, high, tolerance)
+    hint = f"~{more} more paired items would settle it" if more is not None else "point estimate sits at the tolerance"
+    return _rule("accuracy", task.task, INCONCLUSIVE, point, high, tolerance,
+                 f"interval straddles the tolerance: {interval}; {hint}", items_to_settle=more)
+
+
+def items_to_settle(n: int, point: float, low: float, high: float, tolerance: float) -> int | None:
+    """Extra paired items so the interval clears the tolerance, if the point estimate held.
+
+    Approximation: the half-width on the side facing the tolerance shrinks as sqrt(n / n_needed)
+    (the standard error of a paired mean), so n_needed = n * (half / gap)^2 with gap the distance
+    from the point estimate to the tolerance. None when the point estimate is at the tolerance.
+    """
+    gap = abs(tolerance - point)
+    if gap <= _TIE or n <= 0:
+        return None
+    half = (high - point) if point < tolerance else (point - low)
+    return max(1, math.ceil(n * (half / gap) ** 2) - n)
+
+
+def flip_rate_rules(policy: GateConfig, fidelity: Fidelity) -> list[RuleResult]:
+    return [_limit("flip_rate", t.task, t.flip_rate, policy.max_flip_rate, at_most=True,
+                   what=f"flip rate ({t.right_to_wrong} right->wrong, {t.wrong_to_right} wrong->right of {t.n})")
+            for t in fidelity.tasks]
+
+
+def kl_rules(policy: GateConfig, fidelity: Fidelity) -> list[RuleResult]:
+    rules = [_limit("kl", f"{t.task}/choices", t.choice_kl_mean, policy.max_kl, at_most=True,
+                    what="mean KL between choice distributions")
+             for t in fidelity.tasks if t.choice_kl_mean is not None]
+    if fidelity.divergence is not None:
+        rules.append(_limit("kl", "reference", fidelity.divergence.kl_mean, policy.max_kl, at_most=True,
+                            what=f"mean token KL on the reference text ({fidelity.divergence.tokens} tokens)"))
+    return rules or [_skipped("kl", "all", "no reference-text or choice KL in the fidelity record")]
+
+
+def cost_rule(policy: GateConfig, cost: CostResult | None, base_cost: CostResult | None,
+              bench: BenchResult | None, base_bench: BenchResult | None) -> RuleResult:
+    if cost is None or base_cost is None or cost.measured is None or base_cost.measured is None:
+        return _skipped("cost", "usd_per_1m_tokens", "no measured cost for variant and base (bench off?)")
+    for who, result in (("variant", bench), ("base", base_bench)):
+        if result is not None and result.knee_batch_size is None:
+            return _skipped("cost", "usd_per_1m_tokens", f"the {who} has no knee: no load level met the SLO")
+    saving = 1 - cost.measured.usd_per_million_output_tokens / base_cost.measured.usd_per_million_output_tokens
+    return _limit("cost", "usd_per_1m_tokens", saving, policy.min_cost_saving, at_most=False,
+                  what=f"saving in $/1M output tokens vs base ({cost.measured.usd_per_million_output_tokens:.4g} "
+                       f"vs {base_cost.measured.usd_per_million_output_tokens:.4g})")
+
+
+def throughput_rule(policy: GateConfig, bench: BenchResult | None, base_bench: BenchResult | None) -> RuleResult:
+    if bench is None or base_bench is None:
+        return _skipped("throughput", "tokens_per_s", "no bench result for variant and base (bench off?)")
+    base_levels = {level.batch_size: level for level in base_bench.levels}
+    shared = sorted(level.batch_size for level in bench.levels if level.batch_size in base_levels)
+    if not shared:
+        return _skipped("throughput", "tokens_per_s", "variant and base share no load level")
+    variant_tps = next(lv for lv in bench.levels if lv.batch_size == shared[0]).output_tokens_per_s
+    base_tps = base_levels[shared[0]].output_tokens_per_s
+    return _limit("throughput", f"bs{shared[0]}", variant_tps / base_tps - 1, policy.min_throughput_gain,
+                  at_most=False,
+                  what=f"output tokens/s gain at batch {shared[0]} ({variant_tps:.1f} vs {base_tps:.1f})")
+
+
+def _limit(rule: str, scope: str, observed: float | None, threshold: float, at_most: bool, what: str) -> RuleResult:
+    if observed is None:
+        return _skipped(rule, scope, f"no {what}")
+    ok = observed <= threshold if at_most else observed >= threshold
+    relation = ("<=" if ok else ">") if at_most else (">=" if ok else "<")
+    return _rule(rule, scope, PASS if ok else FAIL, observed, observed, threshold,
+                 f"{what}: {observed:.4g} {relation} {threshold:.4g}")
+
+
+def _skipped(rule: str, scope: str, why: str) -> RuleResult:
+    return _rule(rule, scope, SKIPPED, None, None, None, why)
+
+
+def _rule(rule: str, scope: str, status: str, observed: float | None, bound: float | None,
+          threshold: float | None, message: str, items_to_settle: int | None = None) -> RuleResult:
+    # `blocking` is filled in by decide(), which knows the policy.
+    return RuleResult(rule=rule, scope=scope, blocking=False, status=status, observed=observed,
+                      bound=bound, threshold=threshold, message=message, items_to_settle=items_to_settle)
+
+
+def _combine(rules: list[RuleResult]) -> str:
+    blocking = {rule.status for rule in rules if rule.blocking}
+    if FAIL in blocking:
+        return REJECT
+    return INCONCLUSIVE if INCONCLUSIVE in blocking else PROMOTE
+
+
+def _reasons(rules: list[RuleResult]) -> list[str]:
+    """Every rule that did not simply pass, blocking ones first."""
+    ordered = sorted((r for r in rules if r.status != PASS), key=lambda r: not r.blocking)
+    return [f"{'blocking' if r.blocking else 'warning'} {r.rule}[{r.scope}] {r.status}: {r.message}"
+            for r in ordered]

@@ -1,0 +1,155 @@
+"""The sweep report: Pareto plot (fidelity vs cost, fidelity vs latency) and a summary table.
+
+`python -m pipelines.run -m quant=fp8,w8a8,awq,gptq` writes it at the end of a sweep (and the
+tracker attaches it to the sweep's parent run); `python -m pytest tests/test_report.py` tests it.
+
+Fidelity is the mean score over tasks (the variant's own scores; the base's from its evaluation).
+Cost is measured $/1M output tokens at the knee; latency is p95 end-to-end at the smallest load
+level (what one user sees). Variants without bench data stay in the table; the plot names them as
+skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pipelines.records import LoadLevel, Outcome
+from pipelines.storage import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+def pareto_front(costs: list[float], qualities: list[float]) -> list[int]:
+    """Indices of the points no other point beats: lower-or-equal cost and higher-or-equal quality,
+    strictly better in one. Sorted by cost."""
+    front = [i for i in range(len(costs))
+             if not any(costs[j] <= costs[i] and qualities[j] >= qualities[i]
+                        and (costs[j] < costs[i] or qualities[j] > qualities[i]) for j in range(len(costs)))]
+    return sorted(front, key=lambda i: (costs[i], -qualities[i]))
+
+
+def mean_score(outcome: Outcome) -> float | None:
+    if outcome.fidelity and outcome.fidelity.tasks:
+        return sum(t.variant_score for t in outcome.fidelity.tasks) / len(outcome.fidelity.tasks)
+    if outcome.variant_eval and outcome.variant_eval.tasks:
+        return sum(t.value for t in outcome.variant_eval.tasks) / len(outcome.variant_eval.tasks)
+    return None
+
+
+def usd_per_million(outcome: Outcome) -> float | None:
+    measured = outcome.cost.measured if outcome.cost else None
+    return measured.usd_per_million_output_tokens if measured else None
+
+
+def e2e_p95_ms(outcome: Outcome) -> float | None:
+    levels = outcome.bench.levels if outcome.bench else []
+    return min(levels, key=lambda level: level.batch_size).e2e_ms.p95 if levels else None
+
+
+def write_sweep_report(outcomes: list[Outcome], out_dir: str | Path) -> list[Path]:
+    """Write pareto.png, summary.md and summary.txt under `out_dir`; return their paths."""
+    out = Path(out_dir)
+    paths = [atomic_write_text(out / "summary.md", markdown_table(outcomes)),
+             atomic_write_text(out / "summary.txt", text_table(outcomes))]
+    paths.insert(0, pareto_plot(outcomes, out / "pareto.png"))
+    log.info("sweep report written to %s", out)
+    return paths
+
+
+def pareto_plot(outcomes: list[Outcome], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
+    _panel(axes[0], outcomes, usd_per_million, "$ per 1M output tokens (at the knee)")
+    _panel(axes[1], outcomes, e2e_p95_ms, "p95 end-to-end latency, ms (smallest load level)")
+    axes[0].set_ylabel("mean task score")
+    skipped = [o.variant_name for o in outcomes if mean_score(o) is None or usd_per_million(o) is None
+               or e2e_p95_ms(o) is None]
+    if skipped:
+        figure.text(0.01, 0.01, f"not plotted (no eval, bench or cost data): {', '.join(skipped)}", fontsize=8)
+    figure.suptitle("Pareto frontier: higher score, lower cost / latency (frontier marked with stars)")
+    figure.tight_layout(rect=(0, 0.04, 1, 0.95))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def _panel(axis, outcomes: list[Outcome], x_of, label: str) -> None:
+    points = [(x_of(o), mean_score(o), o) for o in outcomes if x_of(o) is not None and mean_score(o) is not None]
+    if not points:
+        axis.text(0.5, 0.5, "no data", ha="center", transform=axis.transAxes)
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    front = pareto_front(xs, ys)
+    for i, (x, y, outcome) in enumerate(points):
+        axis.scatter(x, y, marker="*" if i in front else "o", s=160 if i in front else 50,
+                     color="tab:green" if i in front else "tab:gray", zorder=3)
+        axis.annotate(_label(outcome), (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9)
+    axis.plot([xs[i] for i in front], [ys[i] for i in front], drawstyle="steps-post", color="tab:green", alpha=0.6)
+    axis.set_xlabel(label)
+    axis.margins(x=0.2, y=0.1)  # room for the labels
+    axis.grid(alpha=0.3)
+
+
+def _decision(outcome: Outcome) -> str:
+    return outcome.verdict.decision if outcome.verdict else ("FAILED" if outcome.error else "base")
+
+
+def _label(outcome: Outcome) -> str:
+    return f"{outcome.variant_name} ({_decision(outcome)})"
+
+
+def summary_rows(outcomes: list[Outcome]) -> tuple[list[str], list[list[str]]]:
+    """Header and one row per outcome; a missing value is '-'."""
+    tasks = sorted({t.task for o in outcomes if o.fidelity for t in o.fidelity.tasks})
+    header = ["variant", "verdict", *[f"{task} delta [CI]" for task in tasks], "flips r>w/w>r", "ref KL",
+              "tok/s", "$/1M tok", "size MB"]
+    return header, [_row(o, tasks) for o in outcomes]
+
+
+def _row(outcome: Outcome, tasks: list[str]) -> list[str]:
+    by_task = {t.task: t for t in outcome.fidelity.tasks} if outcome.fidelity else {}
+    deltas = [f"{t.delta:+.3f} [{t.ci_low:+.3f}, {t.ci_high:+.3f}]" if (t := by_task.get(task)) else "-"
+              for task in tasks]
+    flips = (f"{sum(t.right_to_wrong for t in by_task.values())}/{sum(t.wrong_to_right for t in by_task.values())}"
+             if by_task else "-")
+    divergence = outcome.fidelity.divergence if outcome.fidelity else None
+    level = _throughput_level(outcome)
+    size = (outcome.variant.size_bytes if outcome.variant
+            else outcome.bench.checkpoint_bytes if outcome.bench else None)
+    return [outcome.variant_name, _decision(outcome), *deltas, flips,
+            _fmt(divergence.kl_mean if divergence else None, ".4f"),
+            _fmt(level.output_tokens_per_s if level else None, ".1f"), _fmt(usd_per_million(outcome), ".3g"),
+            _fmt(size / 2**20 if size is not None else None, ".1f")]
+
+
+def _throughput_level(outcome: Outcome) -> LoadLevel | None:
+    """The knee's load level (what cost is computed at), else the smallest one measured."""
+    levels = outcome.bench.levels if outcome.bench else []
+    knee = [lv for lv in levels if lv.batch_size == outcome.bench.knee_batch_size] if levels else []
+    return (knee or sorted(levels, key=lambda lv: lv.batch_size) or [None])[0]
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def markdown_table(outcomes: list[Outcome]) -> str:
+    header, rows = summary_rows(outcomes)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def text_table(outcomes: list[Outcome]) -> str:
+    header, rows = summary_rows(outcomes)
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
+
+    def render(cells: list[str]) -> str:
+        return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip()
+
+    return "\n".join([render(header), render(["-" * w for w in widths]), *map(render, rows)]) + "\n"

@@ -1,0 +1,181 @@
+"""MLflow param, metric and tag names for an `Outcome`: public API, computed here and nowhere else.
+
+`python -m pytest tests/test_track.py` reads them back from a real MLflow store.
+
+Params: the resolved config flattened to `a.b.c` keys; secrets (keys named token, secret,
+password, api_key, access_key, ...; values that look like `hf_...` tokens or `user:pass@` in a
+URL) become `***`.
+
+Metrics (`<task>` is the lm-eval task name, `<k>` a batch size / concurrency level):
+- `fidelity/<task>/{n, base_score, variant_score, delta, ci_low, ci_high, confidence, mcnemar_p,
+  right_to_wrong, wrong_to_right, flips, flip_rate, choice_kl_mean, choice_kl_p95,
+  choice_top1_agreement}`; `fidelity/mean_{base_score,variant_score,delta}` over tasks
+- `fidelity/reference/{kl_mean, kl_p95, top1_agreement, base_perplexity, variant_perplexity,
+  perplexity_ratio, tokens}` (reference-text divergence)
+- `eval/<task>/{score, stderr, n}` (this run's own scores; the only accuracy metrics of the base run)
+- `bench/bs<k>/{output_tokens_per_s, output_tokens_per_s_std, requests_per_s, goodput_rps,
+  meets_slo, ttft_p50_ms, ttft_p95_ms, ttft_p99_ms, itl_p50_ms, ..., e2e_p99_ms}`;
+  `bench/{knee_batch_size, peak_memory_bytes, checkpoint_bytes}`
+- `cost/{usd_per_1m_tokens, output_tokens_per_s, replicas, monthly_usd, price_per_hour,
+  decode_roofline_fraction, saving_vs_base}`; `cost/projected/<hardware>/{usd_per_1m_tokens,
+  replicas, monthly_usd}` (roofline projections, never measured)
+- `variant/{size_bytes, quantize_seconds}`; `gate/decision` (1 PROMOTE, 0 INCONCLUSIVE, -1 REJECT)
+
+Tags: `quantgate.{model, variant, quant, scheme, backend, role, sweep, verdict, policy,
+content_hash, error, git_commit}`, `quantgate.version.<library>`, `quantgate.suite.<task>`
+(`<version>@<content hash>`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pipelines.records import BenchResult, CostResult, EvalResult, Fidelity, Outcome
+
+REDACTED = "***"
+_SECRET_KEY = re.compile(r"(^|[_.-])(token|secret|password|passwd|api[_-]?key|access[_-]?key|credentials?)([_.-]|$)",
+                         re.IGNORECASE)
+_SECRET_VALUES = [(re.compile(r"hf_[A-Za-z0-9]{8,}"), REDACTED), (re.compile(r"//[^/@\s:]+:[^/@\s]+@"), "//***@")]
+_UNSAFE_KEY_CHARS = re.compile(r"[^\w./ -]")
+DECISION_CODES = {"PROMOTE": 1.0, "INCONCLUSIVE": 0.0, "REJECT": -1.0}
+
+
+def redact_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a nested config with secret-named keys and token-like values replaced by ***."""
+    clean: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            clean[key] = redact_config(value)
+        elif _SECRET_KEY.search(str(key)) and value not in (None, ""):
+            clean[key] = REDACTED
+        elif isinstance(value, str):
+            clean[key] = redact_value(value)
+        elif isinstance(value, list):
+            clean[key] = [redact_value(v) if isinstance(v, str) else v for v in value]
+        else:
+            clean[key] = value
+    return clean
+
+
+def flatten_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> {"a.b.c": "value"}, secrets redacted."""
+    flat: dict[str, str] = {}
+    for key, value in redact_config(config).items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten_params(value, prefix=f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = str(value)
+    return flat
+
+
+def redact_value(text: str) -> str:
+    for pattern, replacement in _SECRET_VALUES:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def outcome_metrics(outcome: Outcome) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    if outcome.fidelity:
+        metrics.update(fidelity_metrics(outcome.fidelity))
+    if outcome.variant_eval:
+        metrics.update(eval_metrics(outcome.variant_eval))
+    if outcome.bench:
+        metrics.update(bench_metrics(outcome.bench))
+    if outcome.cost:
+        metrics.update(cost_metrics(outcome.cost, outcome.base_cost))
+    if outcome.variant:
+        metrics.update({"variant/size_bytes": outcome.variant.size_bytes,
+                        "variant/quantize_seconds": outcome.variant.quantize_seconds})
+    if outcome.verdict:
+        metrics["gate/decision"] = DECISION_CODES[outcome.verdict.decision]
+    return {key: float(value) for key, value in metrics.items() if value is not None}
+
+
+def fidelity_metrics(fidelity: Fidelity) -> dict[str, float | None]:
+    metrics: dict[str, float | None] = {}
+    if not fidelity.tasks:
+        return metrics
+    for t in fidelity.tasks:
+        prefix = f"fidelity/{_key(t.task)}"
+        for name in ("n", "base_score", "variant_score", "delta", "ci_low", "ci_high", "confidence", "mcnemar_p",
+                     "right_to_wrong", "wrong_to_right", "flip_rate", "choice_kl_mean", "choice_kl_p95",
+                     "choice_top1_agreement"):
+            metrics[f"{prefix}/{name}"] = getattr(t, name)
+        metrics[f"{prefix}/flips"] = t.right_to_wrong + t.wrong_to_right
+    for name in ("base_score", "variant_score", "delta"):
+        metrics[f"fidelity/mean_{name}"] = sum(getattr(t, name) for t in fidelity.tasks) / len(fidelity.tasks)
+    if fidelity.divergence:
+        d = fidelity.divergence
+        metrics.update({f"fidelity/reference/{name}": getattr(d, name) for name in (
+            "tokens", "kl_mean", "kl_p95", "top1_agreement", "base_perplexity", "variant_perplexity",
+            "perplexity_ratio")})
+    return metrics
+
+
+def eval_metrics(result: EvalResult) -> dict[str, float | None]:
+    metrics: dict[str, float | None] = {}
+    for t in result.tasks:
+        metrics.update({f"eval/{_key(t.task)}/score": t.value, f"eval/{_key(t.task)}/stderr": t.stderr,
+                        f"eval/{_key(t.task)}/n": t.n})
+    return metrics
+
+
+def bench_metrics(bench: BenchResult) -> dict[str, float | None]:
+    metrics: dict[str, float | None] = {"bench/knee_batch_size": bench.knee_batch_size,
+                                        "bench/peak_memory_bytes": bench.peak_memory_bytes,
+                                        "bench/checkpoint_bytes": bench.checkpoint_bytes}
+    for level in bench.levels:
+        prefix = f"bench/bs{level.batch_size}"
+        for name in ("output_tokens_per_s", "output_tokens_per_s_std", "requests_per_s", "goodput_rps"):
+            metrics[f"{prefix}/{name}"] = getattr(level, name)
+        metrics[f"{prefix}/meets_slo"] = float(level.meets_slo)
+        for latency in ("ttft", "itl", "e2e"):
+            percentiles = getattr(level, f"{latency}_ms")
+            for p in ("p50", "p95", "p99"):
+                metrics[f"{prefix}/{latency}_{p}_ms"] = getattr(percentiles, p)
+    return metrics
+
+
+def cost_metrics(cost: CostResult, base_cost: CostResult | None) -> dict[str, float | None]:
+    metrics: dict[str, float | None] = {"cost/decode_roofline_fraction": cost.decode_roofline_fraction}
+    if cost.measured:
+        m = cost.measured
+        metrics.update({"cost/usd_per_1m_tokens": m.usd_per_million_output_tokens,
+                        "cost/output_tokens_per_s": m.output_tokens_per_s, "cost/replicas": m.replicas_for_target,
+                        "cost/monthly_usd": m.monthly_usd, "cost/price_per_hour": m.price_per_hour})
+        if base_cost and base_cost.measured:
+            metrics["cost/saving_vs_base"] = (1 - m.usd_per_million_output_tokens
+                                              / base_cost.measured.usd_per_million_output_tokens)
+    for p in cost.projected:
+        prefix = f"cost/projected/{_key(p.hardware)}"
+        metrics.update({f"{prefix}/usd_per_1m_tokens": p.usd_per_million_output_tokens,
+                        f"{prefix}/replicas": p.replicas_for_target, f"{prefix}/monthly_usd": p.monthly_usd})
+    return metrics
+
+
+def outcome_tags(outcome: Outcome, config: dict[str, Any], role: str) -> dict[str, str]:
+    quant = config.get("quant", {})
+    tags = {"quantgate.model": outcome.model, "quantgate.variant": outcome.variant_name, "quantgate.role": role,
+            "quantgate.quant": quant.get("name", outcome.variant_name), "quantgate.sweep": config.get("sweep")}
+    if outcome.variant:
+        tags.update({"quantgate.scheme": outcome.variant.scheme or "none", "quantgate.backend": outcome.variant.backend,
+                     "quantgate.content_hash": outcome.variant.content_hash})
+        tags.update({f"quantgate.version.{lib}": v for lib, v in outcome.variant.versions.items()})
+    if outcome.bench:
+        tags.update({f"quantgate.version.{lib}": v for lib, v in outcome.bench.versions.items()})
+    if outcome.variant_eval:
+        hashes = outcome.variant_eval.suite_hashes
+        tags.update({f"quantgate.suite.{_key(t.task)}": f"{t.version}@{hashes.get(t.task, '?')}"
+                     for t in outcome.variant_eval.tasks})
+    if outcome.verdict:
+        tags.update({"quantgate.verdict": outcome.verdict.decision, "quantgate.policy": outcome.verdict.policy})
+    if outcome.error:
+        tags["quantgate.error"] = outcome.error[:5000]
+    return {key: redact_value(str(value)) for key, value in tags.items() if value is not None}
+
+
+def _key(name: str) -> str:
+    """A task or hardware name made safe for an MLflow key (letters, digits, _ - . / space)."""
+    return _UNSAFE_KEY_CHARS.sub("_", name)

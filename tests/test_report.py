@@ -1,0 +1,60 @@
+"""The sweep report: Pareto frontier (hand-worked), plot and tables written from hand-made outcomes.
+
+nice -n 10 python -m pytest tests/test_report.py -q
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from pipelines.records import Outcome
+from pipelines.report import markdown_table, pareto_front, text_table, write_sweep_report
+
+from test_track import make_outcome
+
+
+@pytest.mark.parametrize("costs, qualities, expected", [
+    # A(1, .70) cheapest; B(2, .80) better; C(3, .75) dominated by B; D(4, .90) best.
+    ([1, 2, 3, 4], [0.70, 0.80, 0.75, 0.90], [0, 1, 3]),
+    # Equal cost: only the higher quality survives; an exact duplicate point keeps both.
+    ([1, 1, 2], [0.5, 0.6, 0.6], [1]),
+    ([1, 1], [0.5, 0.5], [0, 1]),
+    ([], [], []),
+])
+def test_pareto_front_hand_worked(costs, qualities, expected):
+    assert pareto_front(costs, qualities) == expected
+
+
+@pytest.fixture
+def outcomes(tmp_path) -> list[Outcome]:
+    base = make_outcome(tmp_path, "base", decision=None)
+    base = replace(base, fidelity=None, variant=None)
+    promoted = make_outcome(tmp_path, "gptq", decision="PROMOTE")
+    no_bench = replace(make_outcome(tmp_path, "awq", decision="INCONCLUSIVE"), bench=None, cost=None)
+    failed = Outcome(variant_name="w2", model="tiny-llama", error="quantize: boom")
+    return [base, promoted, no_bench, failed]
+
+
+def test_report_files_written(outcomes, tmp_path):
+    paths = write_sweep_report(outcomes, tmp_path / "report")
+    assert [p.name for p in paths] == ["pareto.png", "summary.md", "summary.txt"]
+    assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths[0].stat().st_size > 10_000
+
+
+def test_table_keeps_variants_without_bench(outcomes):
+    lines = markdown_table(outcomes).splitlines()
+    assert lines[0].startswith("| variant | verdict | qg_invoice delta [CI] | flips r>w/w>r | ref KL | tok/s")
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in lines[2:]}
+    assert set(rows) == {"base", "gptq", "awq", "w2"}
+    assert "| PROMOTE | -0.010 [-0.018, -0.002] | 3/1 | 0.0100 | 120.0 | 0.23 |" in rows["gptq"]
+    assert rows["awq"].endswith("| 3/1 | 0.0100 | - | - | 0.0 |")
+    assert "| FAILED |" in rows["w2"]
+
+
+def test_text_table_aligns_columns(outcomes):
+    lines = text_table(outcomes).splitlines()
+    assert len(lines) == 2 + len(outcomes)
+    verdict_column = lines[0].index("verdict")
+    assert [line[verdict_column:].split()[0] for line in lines[2:]] == ["base", "PROMOTE", "INCONCLUSIVE", "FAILED"]

@@ -1,0 +1,268 @@
+"""The MLflow tracker against real MLflow 3.17.2 stores: a tmp sqlite file, and (slow) a real server.
+
+nice -n 10 python -m pytest tests/test_track.py -q            (add -m slow for the server test)
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from pipelines.config import TrackingConfig
+from pipelines.errors import InputError
+from pipelines.records import (BenchResult, CostEstimate, CostResult, Divergence, EvalResult, Fidelity, LoadLevel,
+                               Outcome, Percentiles, RuleResult, TaskFidelity, TaskResult, Variant, Verdict)
+from pipelines.track import make_tracker
+from pipelines.track.mlflow_tracker import MLflowTracker, check_reachable
+
+CONFIG = {"model": {"name": "tiny-llama", "source": "hf_abcdefghijklmnopqrstuvwxyz0123"},
+          "quant": {"name": "gptq", "scheme": "W4A16", "params": {}},
+          "eval": {"tasks": ["qg_invoice"], "reference_max_tokens": 4096},
+          "hub": {"hf_token": "secret-value", "api_key": "k", "password": None},
+          "bench": {"input_tokens": 64, "batch_sizes": [1, 4]}, "sweep": "nightly"}
+
+
+def make_outcome(tmp: Path, name: str = "gptq", decision: str | None = "PROMOTE", error: str | None = None) -> Outcome:
+    checkpoint = tmp / f"ckpt-{name}"
+    checkpoint.mkdir(exist_ok=True)
+    (checkpoint / "model.safetensors").write_bytes(b"weights")
+    items = tmp / f"items-{name}.jsonl"
+    items.write_text('{"doc_id": 0, "correct": 1}\n')
+    variant = Variant(name=name, base="tiny-llama", backend="llmcompressor", method="gptq", scheme="W4A16",
+                      checkpoint_dir=str(checkpoint), size_bytes=7, content_hash=f"hash-{name}", cache_key="k",
+                      quantize_seconds=8.0, from_cache=False, versions={"llmcompressor": "0.14.0.1"})
+    task_result = TaskResult(task="qg_invoice", version="1.0", output_type="multiple_choice", metric="acc",
+                             value=0.79, stderr=0.02, n=200, items_path=str(items))
+    evaluation = EvalResult(model=name, model_hash="h", settings={}, settings_hash="s",
+                            suite_hashes={"qg_invoice": "abc"}, tasks=[task_result],
+                            reference_logprobs_path=None, seconds=1.0)
+    fidelity = Fidelity(variant=name, reference="base", variant_hash="v", reference_hash="b", settings_hash="s",
+                        tasks=[TaskFidelity(task="qg_invoice", metric="acc", n=200, base_score=0.8, variant_score=0.79,
+                                            delta=-0.01, ci_low=-0.018, ci_high=-0.002, confidence=0.95,
+                                            mcnemar_p=0.25, right_to_wrong=3, wrong_to_right=1, flip_rate=0.02,
+                                            choice_kl_mean=0.004)],
+                        divergence=Divergence(tokens=4096, kl_mean=0.01, kl_p95=0.03, top1_agreement=0.97,
+                                              base_perplexity=9.0, variant_perplexity=9.3, perplexity_ratio=1.033))
+    pct = Percentiles(p50=100.0, p95=150.0, p99=180.0)
+    level = LoadLevel(batch_size=4, requests=8, repeats=3, output_tokens_per_s=120.0, output_tokens_per_s_std=2.0,
+                      requests_per_s=3.0, ttft_ms=pct, itl_ms=pct, e2e_ms=pct, goodput_rps=3.0, meets_slo=True)
+    bench = BenchResult(variant=name, engine="hf", device="cpu", levels=[level], knee_batch_size=4,
+                        peak_memory_bytes=10**8, memory_kind="rss", checkpoint_bytes=7)
+    cost = CostResult(variant=name, target_qps=1.0, headroom=0.25, projected=[], decode_roofline_fraction=0.4,
+                      measured=CostEstimate(hardware="cpu-2core", basis="measured", price_per_hour=0.1,
+                                            output_tokens_per_s=120.0, usd_per_million_output_tokens=0.23,
+                                            replicas_for_target=1, monthly_usd=73.0))
+    verdict = None if decision is None else Verdict(
+        variant=name, decision=decision, policy="default", reasons=[],
+        rules=[RuleResult(rule="accuracy", scope="qg_invoice", blocking=True, status="PASS", observed=0.01,
+                          bound=0.018, threshold=0.02, message="non-inferior")])
+    return Outcome(variant_name=name, model="tiny-llama", variant=variant, base_eval=evaluation,
+                   variant_eval=evaluation, fidelity=fidelity, bench=bench, cost=cost, verdict=verdict, error=error)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("mlflow")
+
+
+@pytest.fixture
+def tracker(store, monkeypatch, request) -> MLflowTracker:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracking = TrackingConfig(name="test", uri=f"sqlite:///{store}/mlflow.db",
+                              artifact_location=str(store / "artifacts"), experiment="quantgate-test",
+                              registered_model=f"tiny-{request.node.name}".replace("[", "-").replace("]", ""))
+    return make_tracker(tracking)
+
+
+def artifact_text(tracker: MLflowTracker, run_id: str, path: str) -> str:
+    import mlflow.artifacts
+
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, tracking_uri=tracker.uri)
+    return Path(local).read_text()
+
+
+def test_params_are_flattened_and_secrets_redacted(tracker, tmp_path):
+    run = tracker.client.get_run(tracker.log_outcome(make_outcome(tmp_path), CONFIG))
+    params = run.data.params
+    assert params["quant.scheme"] == "W4A16" and params["bench.input_tokens"] == "64"
+    assert params["eval.reference_max_tokens"] == "4096" and params["bench.batch_sizes"] == "[1, 4]"
+    assert params["hub.hf_token"] == "***" and params["hub.api_key"] == "***" and params["model.source"] == "***"
+    assert "secret-value" not in artifact_text(tracker, run.info.run_id, "config.yaml")
+
+
+def test_metrics_tags_and_artifacts_read_back(tracker, tmp_path):
+    run = tracker.client.get_run(tracker.log_outcome(make_outcome(tmp_path), CONFIG))
+    metrics, tags = run.data.metrics, run.data.tags
+    assert metrics["fidelity/qg_invoice/delta"] == pytest.approx(-0.01)
+    assert metrics["fidelity/qg_invoice/flips"] == 4 and metrics["fidelity/reference/kl_mean"] == pytest.approx(0.01)
+    assert metrics["bench/bs4/ttft_p95_ms"] == 150.0 and metrics["cost/usd_per_1m_tokens"] == pytest.approx(0.23)
+    assert metrics["gate/decision"] == 1.0 and metrics["eval/qg_invoice/score"] == pytest.approx(0.79)
+    assert tags["quantgate.verdict"] == "PROMOTE" and tags["quantgate.sweep"] == "nightly"
+    assert tags["quantgate.suite.qg_invoice"] == "1.0@abc" and tags["quantgate.scheme"] == "W4A16"
+    assert tags["quantgate.version.mlflow"] == "3.17.2"
+    summary = json.loads(artifact_text(tracker, run.info.run_id, "summary.json"))
+    assert summary["decision"] == "PROMOTE" and summary["metrics"]["cost/usd_per_1m_tokens"] == pytest.approx(0.23)
+    assert json.loads(artifact_text(tracker, run.info.run_id, "records/fidelity.json"))["tasks"][0]["n"] == 200
+    assert artifact_text(tracker, run.info.run_id, "items/variant/qg_invoice.jsonl").startswith('{"doc_id": 0')
+    assert yaml.safe_load(artifact_text(tracker, run.info.run_id, "config.yaml"))["bench"]["batch_sizes"] == [1, 4]
+
+
+def test_sweep_children_and_reference_nest_under_parent(tracker, tmp_path):
+    parent = tracker.start_sweep("nightly", CONFIG)
+    base = tracker.log_outcome(make_outcome(tmp_path, "none", decision=None), CONFIG, parent, reference=True)
+    child = tracker.log_outcome(make_outcome(tmp_path, "fp8"), CONFIG, parent)
+    tracker.log_sweep_report(parent, [_write(tmp_path / "summary.md", "| variant |")])
+    runs = {run_id: tracker.client.get_run(run_id) for run_id in (base, child)}
+    assert all(run.data.tags["mlflow.parentRunId"] == parent for run in runs.values())
+    assert runs[base].data.tags["quantgate.role"] == "reference"
+    assert tracker.client.get_run(parent).info.status == "FINISHED"
+    assert [a.path for a in tracker.client.list_artifacts(parent, "report")] == ["report/summary.md"]
+
+
+def test_failed_variant_is_a_failed_run_with_its_error(tracker, tmp_path):
+    outcome = make_outcome(tmp_path, "awq", decision=None, error="quantize: Cannot access accelerator device")
+    run = tracker.client.get_run(tracker.log_outcome(outcome, CONFIG))
+    assert run.info.status == "FAILED"
+    assert run.data.tags["quantgate.error"] == "quantize: Cannot access accelerator device"
+    assert "accelerator" in artifact_text(tracker, run.info.run_id, "error.txt")
+
+
+def test_alias_moves_only_on_promote(tracker, tmp_path):
+    name, alias = tracker.tracking.registered_model, tracker.tracking.promote_alias
+    tracker.log_outcome(make_outcome(tmp_path, "w2", decision="REJECT"), CONFIG)
+    assert tracker.client.search_registered_models(f"name='{name}'") == []
+    promoted = tracker.log_outcome(make_outcome(tmp_path, "gptq", decision="PROMOTE"), CONFIG)
+    for decision in ("REJECT", "INCONCLUSIVE"):
+        tracker.log_outcome(make_outcome(tmp_path, "w8a8", decision=decision), CONFIG)
+    version = tracker.client.get_model_version_by_alias(name, alias)
+    assert version.run_id == promoted and version.tags["quantgate.verdict"] == "PROMOTE"
+    assert version.source == f"runs:/{promoted}/checkpoint"
+    assert artifact_text(tracker, promoted, "checkpoint/model.safetensors") == "weights"
+
+
+def test_large_checkpoint_is_registered_through_a_pointer(tracker, tmp_path):
+    tracker.tracking.log_checkpoint_max_mb = 0
+    outcome = make_outcome(tmp_path, "fp8", decision="PROMOTE")
+    run_id = tracker.log_outcome(outcome, CONFIG)
+    pointer = json.loads(artifact_text(tracker, run_id, "checkpoint/quantgate-checkpoint.json"))
+    assert pointer["checkpoint_dir"] == outcome.variant.checkpoint_dir and pointer["content_hash"] == "hash-fp8"
+    assert [a.path for a in tracker.client.list_artifacts(run_id, "checkpoint")] == ["checkpoint/quantgate-checkpoint.json"]
+
+
+def _log_from_process(uri: str, artifacts: str, parent: str, tmp: str, names: list[str]) -> None:
+    tracker = MLflowTracker(TrackingConfig(name="t", uri=uri, artifact_location=artifacts, experiment="quantgate-test"))
+    for name in names:
+        tracker.log_outcome(make_outcome(Path(tmp), name, decision="REJECT"), CONFIG, parent)
+
+
+@pytest.mark.slow
+def test_two_processes_log_to_one_sqlite_store_at_once(tracker, tmp_path):
+    parent = tracker.start_sweep("concurrent", CONFIG)
+    context = multiprocessing.get_context("spawn")
+    jobs = [context.Process(target=_log_from_process, args=(tracker.uri, tracker.tracking.artifact_location, parent,
+                                                           str(tmp_path), [f"{who}-{i}" for i in range(3)]))
+            for who in ("a", "b")]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join(timeout=180)
+    assert [job.exitcode for job in jobs] == [0, 0]
+    children = tracker.client.search_runs([tracker.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+    assert sorted(run.info.run_name for run in children) == ["a-0", "a-1", "a-2", "b-0", "b-1", "b-2"]
+    assert {run.info.status for run in children} == {"FINISHED"}
+
+
+def test_closed_port_fails_fast(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    started = time.monotonic()
+    with pytest.raises(InputError, match="unreachable"):
+        check_reachable(TrackingConfig(name="t", uri=f"http://127.0.0.1:{free_port()}"))
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize("uri, message", [("file:./mlruns", "unsupported scheme"), ("ftp://x", "unsupported")])
+def test_unsupported_scheme(uri, message, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(InputError, match=message):
+        check_reachable(TrackingConfig(name="t", uri=uri))
+
+
+def test_unwritable_sqlite_directory(tmp_path, monkeypatch):
+    blocker = _write(tmp_path / "a-file", "x")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{blocker}/sub/mlflow.db")
+    with pytest.raises(InputError, match="cannot write"):
+        check_reachable(TrackingConfig(name="t", uri="sqlite:///ignored.db"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# No MLflow job runner (huey consumers): the test needs none, and it slows start-up and shutdown.
+SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                               f"sqlite:///{tmp_path}/db", "--artifacts-destination", str(tmp_path / "artifacts"),
+                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True, env={**os.environ, **SERVER_ENV})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while not _healthy(url):
+            assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not come up in 60 s"
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the server and the workers it forked
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # its workers share the session we gave it
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/health", timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+@pytest.mark.slow
+def test_real_server_logs_reads_back_and_aliases_promote_only(mlflow_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    tracking = TrackingConfig(name="server", uri="http://unused:1", artifact_location=None, registered_model="tiny")
+    check_reachable(tracking)
+    tracker = MLflowTracker(tracking)
+    parent = tracker.start_sweep("server", CONFIG)
+    rejected = tracker.log_outcome(make_outcome(tmp_path, "w2", decision="REJECT"), CONFIG, parent)
+    assert tracker.client.search_registered_models("name='tiny'") == []
+    promoted = tracker.log_outcome(make_outcome(tmp_path, "gptq", decision="PROMOTE"), CONFIG, parent)
+    run = tracker.client.get_run(rejected)
+    assert run.data.metrics["fidelity/qg_invoice/delta"] == pytest.approx(-0.01)
+    assert run.data.tags["mlflow.parentRunId"] == parent and run.data.tags["quantgate.verdict"] == "REJECT"
+    assert json.loads(artifact_text(tracker, rejected, "summary.json"))["decision"] == "REJECT"
+    assert tracker.client.get_model_version_by_alias("tiny", "candidate").run_id == promoted

@@ -38,6 +38,8 @@ class ModelConfig:
     trust_remote_code: bool = False
     # Pickle checkpoints can run code on load; only safetensors unless the user opts in.
     allow_pickle: bool = False
+    # Hub token for gated models; prefer the HF_TOKEN environment variable. Never logged.
+    token: str | None = None
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -230,6 +232,17 @@ class TrackingConfig:
     experiment: str = "quantgate"
     registered_model: str | None = None
     promote_alias: str = "candidate"
+    # Tracker backend, a name in registry.TRACKERS.
+    backend: str = "mlflow"
+    # A promoted checkpoint up to this size is copied into the run's artifacts (the registered
+    # version's source); a larger one is registered through a pointer file naming its local path.
+    log_checkpoint_max_mb: float = 2000.0
+
+    def __post_init__(self) -> None:
+        if not self.promote_alias.strip():
+            raise ConfigError("tracking.promote_alias is empty: name the registry alias PROMOTE sets, e.g. candidate")
+        if self.log_checkpoint_max_mb < 0:
+            raise ConfigError(f"tracking.log_checkpoint_max_mb={self.log_checkpoint_max_mb} must be >= 0")
 
 
 @dataclass

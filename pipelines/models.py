@@ -70,7 +70,8 @@ def _download(model: ModelConfig) -> Path:
     if model.allow_pickle:
         patterns.append("*.bin")
     try:
-        return Path(snapshot_download(model.source, revision=model.revision, allow_patterns=patterns))
+        return Path(snapshot_download(model.source, revision=model.revision, allow_patterns=patterns,
+                                      token=model.token))
     except Exception as error:  # the hub client raises many types; all mean "not reachable here"
         raise InputError(f"model.source={model.source} could not be fetched from the hub "
                          f"({type(error).__name__}); download it and set model.source=/path/to/dir") from error

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from pipelines.config import QuantConfig, RunConfig
 from pipelines.errors import UserError
 from pipelines.records import Outcome, save_record
+from pipelines.storage import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ def run_variant(cfg: RunConfig, output_dir: Path | None = None, parent_run_id: s
     preflight(cfg)
     output_dir = Path(output_dir or Path(cfg.cache_dir) / "runs" / f"{cfg.model.name}-{cfg.quant.name}")
     outcome = Outcome(variant_name=cfg.quant.name, model=cfg.model.name, output_dir=str(output_dir))
+    atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(resolved_config(cfg)))
+    log.info("variant %s of %s: outputs in %s", cfg.quant.name, cfg.model.name, output_dir)
     stage = "load base"
     try:
         base = resolve_base(cfg.model)
@@ -117,10 +120,17 @@ def _gate(cfg: RunConfig, outcome: Outcome) -> None:
                              bench=outcome.bench, base_bench=outcome.base_bench)
 
 
-def _track(cfg: RunConfig, outcome: Outcome, parent_run_id: str | None) -> None:
-    if not cfg.tracking.enabled:
-        return
-    from pipelines.track.mlflow_tracker import MLflowTracker
+def resolved_config(cfg: RunConfig) -> dict[str, Any]:
+    """The run's full config with secrets redacted: what is logged and written next to results."""
+    from pipelines.track.keys import redact_config
 
-    resolved = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
-    MLflowTracker(cfg.tracking).log_outcome(outcome, resolved, parent_run_id=parent_run_id)
+    return redact_config(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True))
+
+
+def _track(cfg: RunConfig, outcome: Outcome, parent_run_id: str | None) -> None:
+    from pipelines.track import make_tracker
+
+    tracker = make_tracker(cfg.tracking)
+    if tracker is not None:
+        is_base = cfg.quant.backend == "none"
+        tracker.log_outcome(outcome, resolved_config(cfg), parent_run_id=parent_run_id, reference=is_base)

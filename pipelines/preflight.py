@@ -23,10 +23,9 @@ def preflight(cfg: RunConfig) -> None:
     model_config = base_model_config(cfg.model)
     _check_quant(cfg, model_config)
     check_suites(cfg.eval)
-    if cfg.tracking.enabled:
-        from pipelines.track.mlflow_tracker import check_reachable
+    from pipelines.track import check_reachable
 
-        check_reachable(cfg.tracking)
+    check_reachable(cfg.tracking)
 
 
 def check_writable(directory: Path, option: str) -> None:

@@ -47,7 +47,9 @@ def start(configs: list[RunConfig]) -> None:
     if cfg.tracking.enabled:
         from pipelines.track.mlflow_tracker import MLflowTracker
 
-        os.environ[PARENT_ENV] = MLflowTracker(cfg.tracking).start_sweep(name, cfg.model.name)
+        from pipelines.pipeline import resolved_config
+
+        os.environ[PARENT_ENV] = MLflowTracker(cfg.tracking).start_sweep(name, resolved_config(cfg))
     log.info("sweep %s: %d variants; outcomes in %s", name, len(configs), directory)
 
 
@@ -68,16 +70,29 @@ def record(outcome: Outcome, cfg: RunConfig) -> None:
 
 def finish(configs: list[RunConfig]) -> int:
     """Report every outcome, log the sweep's report, and return the command's exit code."""
-    from pipelines.report import write_report
+    from pipelines.report import text_table, write_sweep_report
 
     outcomes = _load_outcomes() if active() else list(_single_run)
     directory = Path(os.environ.get(SWEEP_DIR_ENV) or outcomes[0].output_dir or configs[0].cache_dir)
-    files = write_report(outcomes, directory / "report")
+    files = write_sweep_report(outcomes, directory / "report")
+    print(text_table(outcomes))
+    for outcome in outcomes:
+        _print_verdict(outcome)
+    log.info("report: %s", ", ".join(str(f) for f in files))
     if active() and parent_run_id():
         from pipelines.track.mlflow_tracker import MLflowTracker
 
-        MLflowTracker(configs[0].tracking).log_sweep_report(parent_run_id(), outcomes, files)
+        MLflowTracker(configs[0].tracking).log_sweep_report(parent_run_id(), files)
     return max((o.exit_code for o in outcomes), default=STAGE_FAILED)
+
+
+def _print_verdict(outcome: Outcome) -> None:
+    if outcome.error:
+        print(f"{outcome.variant_name}: FAILED ({outcome.error})")
+        return
+    print(f"{outcome.variant_name}: {outcome.verdict.decision}")
+    for reason in outcome.verdict.reasons:
+        print(f"  - {reason}")
 
 
 def _load_outcomes() -> list[Outcome]:

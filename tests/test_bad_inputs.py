@@ -1,0 +1,155 @@
+"""Bad input gets one line naming the offending value, exit code 2, no traceback, and changes
+nothing already on disk (cache and MLflow store are snapshotted around every case)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipelines import run
+
+SUITE_TEMPLATE = """task: {task}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}} Answer:"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{answer}}}}"
+metric_list:
+  - metric: acc
+metadata:
+  version: 1.0
+"""
+GOOD_ROW = {"question": "Is 3 more than 2?", "choices": [" yes", " no"], "answer": 0}
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_suite(root: Path, rows: list[dict] | None, yaml_text: str | None = None) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    data = root / "items.jsonl"
+    if rows is not None:
+        data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (root / "qg_probe.yaml").write_text(yaml_text or SUITE_TEMPLATE.format(task="qg_probe", data=data))
+    return root
+
+
+def copy_model(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_llama_dir):
+    """Valid inputs plus one broken copy of each, built once."""
+    root = tmp_path_factory.mktemp("bad-inputs")
+    truncated = copy_model(tiny_llama_dir, root / "truncated")
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    pickled = copy_model(tiny_llama_dir, root / "pickled")
+    (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
+    remote = copy_model(tiny_llama_dir, root / "remote-code")
+    config = json.loads((remote / "config.json").read_text())
+    (remote / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModel": "x.Model"}}))
+    (root / "not-a-model").mkdir()
+    (root / "empty.txt").write_text("")
+    return {
+        "root": root, "model": tiny_llama_dir, "truncated": truncated, "pickled": pickled,
+        "remote": remote, "suite": write_suite(root / "suite-ok", [GOOD_ROW] * 3),
+        "malformed": write_suite(root / "suite-malformed", [GOOD_ROW], yaml_text="task: [unclosed\n"),
+        "missing_data": write_suite(root / "suite-missing", None),
+        "missing_field": write_suite(root / "suite-field", [GOOD_ROW, {"question": "q", "answer": 0}]),
+        "empty_suite": write_suite(root / "suite-empty", []),
+        "port": closed_port(),
+    }
+
+
+CASES = [
+    # (id, overrides built from `world`, text the message must contain, or a function of `world`)
+    ("unknown-quant", lambda w: ["quant=nonsense"], "nonsense"),
+    ("unknown-model", lambda w: ["model=nonsense"], "nonsense"),
+    ("unknown-eval", lambda w: ["eval=nonsense"], "nonsense"),
+    ("unknown-bench", lambda w: ["bench=nonsense"], "nonsense"),
+    ("unknown-gate", lambda w: ["gate=nonsense"], "nonsense"),
+    ("unknown-hardware", lambda w: ["hardware=nonsense"], "nonsense"),
+    ("missing-model-path", lambda w: ["model.source=/no/such/model"], "/no/such/model"),
+    ("not-a-model-dir", lambda w: [f"model.source={w['root'] / 'not-a-model'}"], "not-a-model"),
+    ("truncated-checkpoint", lambda w: [f"model.source={w['truncated']}"], "truncated"),
+    ("pickle-checkpoint", lambda w: [f"model.source={w['pickled']}"], "pytorch_model.bin"),
+    ("remote-code-without-opt-in", lambda w: [f"model.source={w['remote']}"], "trust_remote_code"),
+    ("malformed-suite-yaml", lambda w: [f"eval.include_path={w['malformed']}", "eval.tasks=[qg_probe]"],
+     "qg_probe.yaml"),
+    ("suite-data-missing", lambda w: [f"eval.include_path={w['missing_data']}", "eval.tasks=[qg_probe]"],
+     "qg_probe"),
+    ("suite-row-missing-field", lambda w: [f"eval.include_path={w['missing_field']}", "eval.tasks=[qg_probe]"],
+     "item 1"),
+    ("empty-suite", lambda w: [f"eval.include_path={w['empty_suite']}", "eval.tasks=[qg_probe]"], "qg_probe"),
+    ("unknown-task", lambda w: [f"eval.include_path={w['suite']}", "eval.tasks=[qg_nope]"], "qg_nope"),
+    ("calibration-missing", lambda w: ["quant=gptq", "quant.calibration.source=/no/such/calib.txt"],
+     "/no/such/calib.txt"),
+    ("calibration-empty", lambda w: ["quant=gptq", f"quant.calibration.source={w['root'] / 'empty.txt'}"],
+     "empty.txt"),
+    ("group-size-does-not-divide", lambda w: ["quant=gptq", "quant.group_size=96"], "96"),
+    ("legacy-autogptq", lambda w: ["quant=gptq", "quant.backend=autogptq"], "gptqmodel"),
+    ("tracking-unreachable", lambda w: [f"tracking.uri=http://127.0.0.1:{w['port']}"],
+     lambda w: f"127.0.0.1:{w['port']}"),
+    ("tracking-bad-scheme", lambda w: ["tracking.uri=ftp://example/mlflow"], "ftp://example/mlflow"),
+    ("zero-calibration-samples", lambda w: ["quant=gptq", "quant.calibration.num_samples=0"], "num_samples=0"),
+    ("zero-batch-size", lambda w: ["eval.batch_size=0"], "eval.batch_size=0"),
+    ("negative-slo", lambda w: ["bench.slo.ttft_p95_ms=-5"], "ttft_p95_ms=-5"),
+    ("gate-tolerance-out-of-range", lambda w: ["gate.tolerance.max_drop=2"], "max_drop=2"),
+    ("cache-dir-not-writable", lambda w: [f"cache_dir={w['root'] / 'empty.txt' / 'cache'}"], "cache_dir="),
+]
+
+
+def snapshot(*roots: Path) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+            for root in roots for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture()
+def populated_state(tmp_path, world):
+    """A cache and an MLflow store that already hold results; bad input must not touch them."""
+    cache, store = tmp_path / "cache", tmp_path / "mlruns"
+    (cache / "variants").mkdir(parents=True)
+    (cache / "variants" / "keep.json").write_text('{"done": true}')
+    store.mkdir()
+    (store / "keep.txt").write_text("earlier run")
+    return cache, store
+
+
+@pytest.mark.parametrize("case,make_overrides,expected", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(case, make_overrides, expected, world,
+                                                           populated_state, monkeypatch, capsys):
+    cache, store = populated_state
+    defaults = [f"model.source={world['model']}", f"cache_dir={cache}",
+                f"tracking.uri=sqlite:///{store}/mlflow.db", "bench=off"]
+    overrides = make_overrides(world)
+    keys = {o.split("=")[0] for o in overrides}
+    argv = [d for d in defaults if d.split("=")[0] not in keys] + overrides
+    if case.startswith("unknown-") and case != "unknown-task":
+        argv = overrides + [f"cache_dir={cache}"]
+    before = snapshot(cache, store)
+    monkeypatch.setattr(sys, "argv", ["pipelines.run", *argv])
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        run.main()
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2, err
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err
+    assert (expected(world) if callable(expected) else expected) in err
+    assert snapshot(cache, store) == before

@@ -107,10 +107,13 @@ def _benchmark(cfg: RunConfig, outcome: Outcome) -> None:
 
 
 def _cost(cfg: RunConfig, outcome: Outcome) -> None:
+    from pipelines.bench.shape import read_model_shape
     from pipelines.cost import estimate_cost
 
-    outcome.base_cost = estimate_cost(outcome.base_bench, cfg.hardware, cfg.bench, outcome.base_variant)
-    outcome.cost = estimate_cost(outcome.bench, cfg.hardware, cfg.bench, outcome.variant)
+    for bench, variant, field in ((outcome.base_bench, outcome.base_variant, "base_cost"),
+                                  (outcome.bench, outcome.variant, "cost")):
+        shape = read_model_shape(variant.checkpoint_dir)
+        setattr(outcome, field, estimate_cost(bench, cfg.hardware, cfg.bench, shape))
 
 
 def _gate(cfg: RunConfig, outcome: Outcome) -> None:

@@ -15,6 +15,7 @@ from pipelines.errors import ConfigError
 # quant.backend=none (the baseline) needs no quantizer: run_quantize returns the base itself.
 QUANTIZERS = {
     "llmcompressor": "pipelines.quantize.llmcompressor_backend:LLMCompressorQuantizer",
+    "gptqmodel": "pipelines.quantize.gptqmodel_backend:GPTQModelQuantizer",
     "autogptq": "pipelines.quantize.legacy:AutoGPTQQuantizer",
     "autoawq": "pipelines.quantize.legacy:AutoAWQQuantizer",
 }
@@ -26,7 +27,6 @@ EVAL_RUNNERS = {
 
 BENCH_ENGINES = {
     "hf": "pipelines.bench.engines.hf:HFEngine",
-    "vllm": "pipelines.bench.engines.vllm:VLLMEngine",
 }
 
 TRACKERS = {

@@ -1,0 +1,141 @@
+"""Cost stage: BenchResult -> CostResult ($ per 1M output tokens, replicas, monthly $).
+
+Measured (the hardware the bench ran on, at the knee):
+    usd_per_million = price_per_hour / (output_tokens_per_s * 3600) * 1e6
+    replicas = ceil(target_qps * W * (1 + headroom) / B)      (Little's law: concurrency L = lambda * W)
+    monthly_usd = replicas * price_per_hour * 730
+  with B the knee batch size (one replica serves B requests at once) and W the level's mean E2E latency.
+  No knee (no level meets the SLO) -> measured is None: there is no load at which the SLO holds.
+Projected (roofline, other hardware; always basis="projected", never mixed with measured), at
+  B = the largest bench batch size whose weights + KV cache fit in the hardware's memory:
+    decode step = max((weight_bytes + B * kv_bytes_per_token * context) / bandwidth, 2 * params * B / peak_flops)
+    prefill     = 2 * params * B * input_tokens / peak_flops
+    W = prefill + output_tokens * decode step;  tokens/s = B * output_tokens / W; replicas as above
+  with context = input_tokens + output_tokens / 2 (the mean context over decoding). A roofline is
+  an upper bound on speed: projected costs are lower bounds.
+Run by `python -m pipelines.run`; checked by `pytest tests/test_bench.py -k cost`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from importlib.resources import files
+
+from omegaconf import OmegaConf
+
+from pipelines.bench.shape import ModelShape
+from pipelines.config import BenchConfig, HardwareConfig
+from pipelines.errors import ConfigError
+from pipelines.records import BenchResult, CostEstimate, CostResult
+from pipelines.registry import did_you_mean
+
+log = logging.getLogger(__name__)
+
+HOURS_PER_MONTH = 730
+
+
+def estimate_cost(bench: BenchResult, hardware: HardwareConfig, bench_cfg: BenchConfig,
+                  shape: ModelShape) -> CostResult:
+    projected = [estimate for name in hardware.project_to
+                 if (estimate := projected_estimate(shape, load_hardware(name), bench_cfg)) is not None]
+    return CostResult(variant=bench.variant, target_qps=bench_cfg.target_qps, headroom=bench_cfg.headroom,
+                      measured=measured_estimate(bench, hardware, bench_cfg), projected=projected,
+                      decode_roofline_fraction=decode_roofline_fraction(bench, hardware, bench_cfg, shape))
+
+
+def measured_estimate(bench: BenchResult, hardware: HardwareConfig, bench_cfg: BenchConfig) -> CostEstimate | None:
+    if bench.knee_batch_size is None:
+        return None
+    knee = next(level for level in bench.levels if level.batch_size == bench.knee_batch_size)
+    return _estimate(hardware, "measured", knee.batch_size, knee.output_tokens_per_s, knee.e2e_mean_ms / 1e3,
+                     bench_cfg)
+
+
+def projected_estimate(shape: ModelShape, hardware: HardwareConfig, bench_cfg: BenchConfig) -> CostEstimate | None:
+    context = bench_cfg.input_tokens + bench_cfg.output_tokens / 2
+    batch = _largest_fitting_batch(shape, hardware, bench_cfg)
+    if batch is None:
+        log.warning("projection to %s skipped: %.1f GB of weights do not fit in %s GB", hardware.name,
+                    shape.weight_bytes / 1e9, hardware.memory_gb)
+        return None
+    latency = (prefill_bound_s(shape, hardware, batch, bench_cfg.input_tokens)
+               + bench_cfg.output_tokens * decode_step_bound_s(shape, hardware, batch, context))
+    return _estimate(hardware, "projected", batch, batch * bench_cfg.output_tokens / latency, latency, bench_cfg)
+
+
+def decode_step_bound_s(shape: ModelShape, hardware: HardwareConfig, batch: int, context: float) -> float:
+    """Lower bound on one decoding step: read all weights plus every sequence's KV cache, or do the math."""
+    bytes_read = shape.weight_bytes + batch * shape.kv_bytes_per_token * context
+    memory_s = bytes_read / (hardware.memory_bandwidth_gb_s * 1e9)
+    return max(memory_s, 2 * shape.params * batch / peak_flops(hardware, shape))
+
+
+def prefill_bound_s(shape: ModelShape, hardware: HardwareConfig, batch: int, prompt_tokens: int) -> float:
+    return 2 * shape.params * batch * prompt_tokens / peak_flops(hardware, shape)
+
+
+def peak_flops(hardware: HardwareConfig, shape: ModelShape) -> float:
+    """Peak dense FLOP/s for the matmul dtype; hardware without it runs the checkpoint's float dtype."""
+    for dtype in (shape.compute_dtype, shape.dtype):
+        if dtype in hardware.peak_dense_tflops:
+            return hardware.peak_dense_tflops[dtype] * 1e12
+    raise ConfigError(f"hardware.peak_dense_tflops of {hardware.name} has no {shape.dtype} entry; "
+                      f"add it to conf/hardware/{hardware.name}.yaml")
+
+
+def decode_roofline_fraction(bench: BenchResult, hardware: HardwareConfig, bench_cfg: BenchConfig,
+                             shape: ModelShape) -> float | None:
+    """Measured batch-1 decode tokens/s (1 / mean ITL) over the roofline bound on the same hardware."""
+    batch_one = next((level for level in bench.levels if level.batch_size == 1), None)
+    if batch_one is None or not batch_one.itl_mean_ms:
+        return None
+    context = bench_cfg.input_tokens + bench_cfg.output_tokens / 2
+    bound_tokens_per_s = 1 / decode_step_bound_s(shape, hardware, 1, context)
+    return (1e3 / batch_one.itl_mean_ms) / bound_tokens_per_s
+
+
+def usd_per_million_tokens(price_per_hour: float, tokens_per_s: float) -> float:
+    return price_per_hour / (tokens_per_s * 3600) * 1e6
+
+
+def replicas_needed(target_qps: float, latency_s: float, batch_size: int, headroom: float) -> int:
+    """Little's law: requests in flight = target_qps * latency; one replica holds batch_size of them."""
+    # Rounded first so that float noise (e.g. 2.0000000000000004) does not buy a whole extra replica.
+    return max(1, math.ceil(round(target_qps * latency_s * (1 + headroom) / batch_size, 9)))
+
+
+def price_per_hour(hardware: HardwareConfig) -> float:
+    price = getattr(hardware.price_per_hour, hardware.price_tier)
+    if price is None:
+        raise ConfigError(f"hardware {hardware.name} has no {hardware.price_tier} price; "
+                          f"set hardware.price_per_hour.{hardware.price_tier} or another hardware.price_tier")
+    return price
+
+
+def load_hardware(name: str) -> HardwareConfig:
+    """A conf/hardware/<name>.yaml, validated against the HardwareConfig schema."""
+    directory = files("pipelines.conf") / "hardware"
+    names = sorted(entry.name.removesuffix(".yaml") for entry in directory.iterdir() if entry.name.endswith(".yaml"))
+    if name not in names:
+        raise ConfigError(did_you_mean("hardware in hardware.project_to", name, names))
+    node = OmegaConf.create((directory / f"{name}.yaml").read_text())
+    node.pop("defaults", None)
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(HardwareConfig), node))
+
+
+def _largest_fitting_batch(shape: ModelShape, hardware: HardwareConfig, bench_cfg: BenchConfig) -> int | None:
+    kv_per_request = shape.kv_bytes_per_token * (bench_cfg.input_tokens + bench_cfg.output_tokens)
+    fitting = [b for b in bench_cfg.batch_sizes
+               if shape.weight_bytes + b * kv_per_request <= hardware.memory_gb * 1e9]
+    return max(fitting) if fitting else None
+
+
+def _estimate(hardware: HardwareConfig, basis: str, batch: int, tokens_per_s: float, latency_s: float,
+              bench_cfg: BenchConfig) -> CostEstimate:
+    price = price_per_hour(hardware)
+    replicas = replicas_needed(bench_cfg.target_qps, latency_s, batch, bench_cfg.headroom)
+    return CostEstimate(hardware=hardware.name, basis=basis, price_per_hour=price, output_tokens_per_s=tokens_per_s,
+                        usd_per_million_output_tokens=usd_per_million_tokens(price, tokens_per_s),
+                        replicas_for_target=replicas, monthly_usd=replicas * price * HOURS_PER_MONTH,
+                        batch_size=batch, e2e_latency_s=latency_s)

@@ -1,0 +1,178 @@
+"""The evaluate stage: lm-eval on one checkpoint, per-item records, reference log-probs, all cached.
+
+`run_evaluate(cfg, variant)` evaluates `variant` once per (checkpoint content hash, suite content,
+eval settings); a second call with the same three evaluates nothing and returns the cached
+EvalResult. Cached results live in `<cache_dir>/evals/<content hash>/<key>/`:
+    eval_result.json         the EvalResult record
+    items/<task>.jsonl       per-item records (format: pipelines/evaluate/items.py)
+    reference_logprobs.safetensors   reference-text log-probs (format: pipelines/evaluate/reference.py)
+    lm_eval_results.json     lm-eval's own aggregate output, for audit
+    quantgate-manifest.json  written last: a directory without it is incomplete and redone
+
+What the key covers (everything that can change a result, nothing that cannot):
+  - the suite: every file under the include path but READMEs (task YAMLs with their
+    `metadata.version`, utils.py, data files; suites keep their data there), or lm-eval's version
+    for built-in tasks (their hub datasets cannot be hashed offline; the record's per-task
+    suite_hashes also cover the exact documents, prompts and targets scored, from lm-eval's hashes);
+  - settings: runner, tasks, num_fewshot, limit, max_length, add_bos_token, apply_chat_template,
+    seed, dtype, device type, eval.params, the reference-text hash/window/max tokens, the lm_eval /
+    transformers / torch (/ vllm) versions, and batch_size: padding and batch composition change
+    logits slightly at low precision, and a sweep reuses its base at one batch size anyway.
+The record's `settings` holds the same values with add_bos_token resolved to what the tokenizer
+actually does, so a BOS mismatch between base and variant (lm-eval issue #2676) is caught by the
+fidelity comparison.
+
+Exercised by: pytest tests/test_evaluate.py
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import RunConfig
+from pipelines.evaluate.items import items_from_samples, primary_metric, write_items
+from pipelines.evaluate.lmeval_runner import LMEvalRunner, resolve_include_path
+from pipelines.evaluate.reference import compute_reference_logprobs, reference_text
+from pipelines.records import EvalResult, TaskResult, Variant, load_record, save_record
+from pipelines.registry import EVAL_RUNNERS, resolve
+from pipelines.storage import (atomic_directory, atomic_write_text, hash_files, library_versions, read_manifest,
+                               stable_hash, write_manifest)
+
+log = logging.getLogger(__name__)
+
+RECORD_FILE = "eval_result.json"
+REFERENCE_FILE = "reference_logprobs.safetensors"
+
+
+def run_evaluate(cfg: RunConfig, variant: Variant) -> EvalResult:
+    """Evaluate `variant` on cfg.eval's tasks, or reuse the cached result."""
+    from pipelines.models import offline_environment
+
+    offline_environment(cfg.model)
+    include = resolve_include_path(cfg.eval.include_path)
+    text = reference_text(cfg.eval.reference_text)
+    settings = requested_settings(cfg, text)
+    suite = suite_hash(include)
+    directory = Path(cfg.cache_dir) / "evals" / variant.content_hash / stable_hash({"settings": settings,
+                                                                                    "suite": suite})
+    if not cfg.overwrite and read_manifest(directory) is not None:
+        log.info("reusing cached evaluation of %s from %s", variant.name, directory)
+        return load_cached(directory, variant.name)
+    runner = resolve(EVAL_RUNNERS, "eval runner", cfg.eval.runner)(cfg.eval, cfg.model, cfg.hardware.device)
+    with atomic_directory(directory) as scratch:
+        result = _evaluate_into(scratch, directory, runner, cfg, variant, settings, suite, include, text)
+        write_manifest(scratch, {"stage": "evaluate", "model": variant.name, "model_hash": variant.content_hash,
+                                 "settings_hash": result.settings_hash, "suite_hash": suite,
+                                 "include_path": str(include) if include else None})
+    log.info("evaluation of %s written to %s", variant.name, directory)
+    return result
+
+
+def requested_settings(cfg: RunConfig, text: str | None) -> dict[str, Any]:
+    """Every eval setting that can change a result (see the module docstring for why each is here)."""
+    ev = cfg.eval
+    versions = library_versions("lm_eval", "transformers", "torch", *(["vllm"] if ev.runner == "vllm" else []))
+    return {
+        "runner": ev.runner, "tasks": list(ev.tasks), "num_fewshot": ev.num_fewshot, "limit": ev.limit,
+        "max_length": ev.max_length, "add_bos_token": ev.add_bos_token,
+        "apply_chat_template": ev.apply_chat_template, "seed": ev.seed, "batch_size": ev.batch_size,
+        "dtype": cfg.model.dtype, "device": cfg.hardware.device.split(":")[0], "params": dict(ev.params),
+        "reference_text_hash": stable_hash(text) if text is not None else None,
+        "reference_window": ev.reference_window, "reference_max_tokens": ev.reference_max_tokens,
+        "versions": versions,
+    }
+
+
+def suite_hash(include: Path | None) -> str:
+    """Content hash of every suite file; built-in tasks are pinned by the lm-eval version instead."""
+    if include is None:
+        return stable_hash({"builtin_tasks": library_versions("lm_eval")})
+    # READMEs change no result; hidden files and bytecode are not the suite.
+    files = [p for p in include.rglob("*") if p.is_file() and p.suffix != ".md" and "__pycache__" not in p.parts
+             and not any(part.startswith(".") for part in p.relative_to(include).parts)]
+    return hash_files(files, root=include)
+
+
+def effective_add_bos_token(tokenizer, configured: bool | None) -> bool:
+    """What lm-eval will do: the configured value, else whether the tokenizer prepends BOS itself."""
+    if configured is not None:
+        return configured
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("hello")["input_ids"][:1] == [bos]
+
+
+def load_cached(directory: Path, name: str) -> EvalResult:
+    """The cached record, with its file paths pointing at where the cache is now."""
+    result = load_record(EvalResult, directory / RECORD_FILE)
+    for task in result.tasks:
+        task.items_path = str(directory / "items" / f"{task.task}.jsonl")
+    if result.reference_logprobs_path is not None:
+        result.reference_logprobs_path = str(directory / REFERENCE_FILE)
+    result.model, result.from_cache = name, True
+    return result
+
+
+def _evaluate_into(scratch: Path, final: Path, runner: LMEvalRunner, cfg: RunConfig, variant: Variant,
+                   settings: dict[str, Any], suite: str, include: Path | None, text: str | None) -> EvalResult:
+    from pipelines.models import load_tokenizer
+
+    start = time.perf_counter()
+    checkpoint = Path(variant.checkpoint_dir)
+    tokenizer = load_tokenizer(checkpoint, cfg.model.trust_remote_code)
+    settings = {**settings, "add_bos_token": effective_add_bos_token(tokenizer, cfg.eval.add_bos_token)}
+    manager = runner.task_manager(include)
+    lm = runner.build_lm(checkpoint, cfg.eval.add_bos_token)
+    results = runner.evaluate(lm, manager)
+    tasks, suite_hashes = _write_tasks(results, scratch, final, suite)
+    reference_path = None
+    if text is not None:
+        model, reference_tokenizer = _reference_model(lm, cfg, checkpoint)
+        compute_reference_logprobs(model, reference_tokenizer, text, window=cfg.eval.reference_window,
+                                   max_tokens=cfg.eval.reference_max_tokens, batch_size=cfg.eval.batch_size,
+                                   add_bos_token=settings["add_bos_token"], out_path=scratch / REFERENCE_FILE)
+        reference_path = str(final / REFERENCE_FILE)
+    result = EvalResult(model=variant.name, model_hash=variant.content_hash, settings=settings,
+                        settings_hash=stable_hash(settings), suite_hashes=suite_hashes, tasks=tasks,
+                        reference_logprobs_path=reference_path, seconds=time.perf_counter() - start)
+    save_record(result, scratch / RECORD_FILE)
+    return result
+
+
+def _write_tasks(results: dict[str, Any], scratch: Path, final: Path,
+                 suite: str) -> tuple[list[TaskResult], dict[str, str]]:
+    """Per-item files and TaskResults for every leaf task lm-eval ran (groups have no items)."""
+    import json
+
+    atomic_write_text(scratch / "lm_eval_results.json", json.dumps(
+        {k: v for k, v in results.items() if k != "samples"}, indent=2, default=str))
+    tasks, suite_hashes = [], {}
+    for task, samples in sorted(results["samples"].items()):
+        metric, filter_name = primary_metric(results, task)
+        output_type = results["configs"][task]["output_type"]
+        items = items_from_samples(samples, metric, filter_name, output_type, task)
+        write_items(items, scratch / "items" / f"{task}.jsonl")
+        version = str(results["versions"][task])
+        summary = results["results"][task]
+        stderr = summary.get(f"{metric}_stderr,{filter_name}")
+        tasks.append(TaskResult(task=task, version=version, output_type=output_type, metric=metric,
+                                value=float(summary[f"{metric},{filter_name}"]),
+                                stderr=float(stderr) if isinstance(stderr, (int, float)) else None,
+                                n=len(items), items_path=str(final / "items" / f"{task}.jsonl")))
+        # The exact documents, prompts and targets scored: equal hashes mean the same items were asked.
+        asked = [(s["doc_hash"], s["prompt_hash"], s["target_hash"]) for s in samples if s["filter"] == filter_name]
+        suite_hashes[task] = stable_hash({"suite": suite, "version": version, "items": asked})
+    return tasks, suite_hashes
+
+
+def _reference_model(lm, cfg: RunConfig, checkpoint: Path):
+    """The model lm-eval already loaded (hf), or a transformers load of the checkpoint (vllm)."""
+    if cfg.eval.runner == "hf":
+        return lm.model, lm.tokenizer
+    from pipelines.models import load_causal_lm, load_tokenizer
+
+    model = load_causal_lm(checkpoint, cfg.model.dtype, cfg.model.trust_remote_code,
+                           cfg.model.allow_pickle, cfg.hardware.device)
+    return model, load_tokenizer(checkpoint, cfg.model.trust_remote_code)

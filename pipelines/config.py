@@ -102,7 +102,7 @@ class EvalConfig:
     reference_text: str | None = "embedded"
     reference_max_tokens: int = 4096
     reference_window: int = 256
-    confidence: float = 0.95
+    # The confidence level of every interval is the gate's (gate.confidence): one level, one decision.
     bootstrap_samples: int = 10000
     params: dict[str, Any] = field(default_factory=dict)
 
@@ -114,7 +114,6 @@ class EvalConfig:
                   bootstrap_samples=self.bootstrap_samples)
         if self.num_fewshot is not None and self.num_fewshot < 0:
             raise ConfigError(f"eval.num_fewshot={self.num_fewshot} must be >= 0")
-        _fraction("eval", "confidence", self.confidence)
 
 
 @dataclass

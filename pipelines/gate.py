@@ -7,8 +7,8 @@ Rules (each yields a `RuleResult` with observed value, bound, threshold and a me
   absolute (points) or relative (x base score), per-task overrides. PASS when the upper bound of
   the drop (-ci_low) < tolerance, FAIL when the lower bound (-ci_high) > tolerance, otherwise
   INCONCLUSIVE. Both comparisons are strict: a bound exactly at the tolerance (within 1e-12) does
-  not decide. The Fidelity CI is at eval.confidence; when policy.confidence differs the interval is
-  rescaled around its midpoint by z(policy)/z(fidelity) (normal approximation: exact for Wald
+  not decide. The pipeline computes Fidelity at policy.confidence; for a record made at another
+  level (an older run, an engine comparison) the interval is rescaled around its midpoint by z(policy)/z(fidelity) (normal approximation: exact for Wald
   intervals, approximate for bootstrap ones) and the message says so.
 - flip_rate (per task): observed rate <= max_flip_rate (a hard limit, no interval).
 - kl: reference-text mean KL and each multiple-choice task's mean choice KL <= max_kl.

@@ -94,7 +94,7 @@ def _evaluate(cfg: RunConfig, outcome: Outcome) -> None:
 def _fidelity(cfg: RunConfig, outcome: Outcome) -> None:
     from pipelines.fidelity import compare
 
-    outcome.fidelity = compare(outcome.base_eval, outcome.variant_eval, confidence=cfg.eval.confidence,
+    outcome.fidelity = compare(outcome.base_eval, outcome.variant_eval, confidence=cfg.gate.confidence,
                                bootstrap_samples=cfg.eval.bootstrap_samples, seed=cfg.seed,
                                reference_name="base", variant_name=cfg.quant.name)
 

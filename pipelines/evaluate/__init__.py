@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 from pipelines.config import RunConfig
 from pipelines.evaluate.items import items_from_samples, primary_metric, write_items
 from pipelines.evaluate.lmeval_runner import LMEvalRunner, resolve_include_path
@@ -58,15 +60,18 @@ def run_evaluate(cfg: RunConfig, variant: Variant) -> EvalResult:
     suite = suite_hash(include)
     directory = Path(cfg.cache_dir) / "evals" / variant.content_hash / stable_hash({"settings": settings,
                                                                                     "suite": suite})
-    if not cfg.overwrite and read_manifest(directory) is not None:
-        log.info("reusing cached evaluation of %s from %s", variant.name, directory)
-        return load_cached(directory, variant.name)
-    runner = resolve(EVAL_RUNNERS, "eval runner", cfg.eval.runner)(cfg.eval, cfg.model, cfg.hardware.device)
-    with atomic_directory(directory) as scratch:
-        result = _evaluate_into(scratch, directory, runner, cfg, variant, settings, suite, include, text)
-        write_manifest(scratch, {"stage": "evaluate", "model": variant.name, "model_hash": variant.content_hash,
-                                 "settings_hash": result.settings_hash, "suite_hash": suite,
-                                 "include_path": str(include) if include else None})
+    # Parallel sweep jobs (joblib launcher) share the base: one evaluates it, the others wait and reuse.
+    with FileLock(f"{directory}.lock"):
+        if not cfg.overwrite and read_manifest(directory) is not None:
+            log.info("reusing cached evaluation of %s from %s", variant.name, directory)
+            return load_cached(directory, variant.name)
+        log.info("evaluating %s on %s", variant.name, ", ".join(cfg.eval.tasks))
+        runner = resolve(EVAL_RUNNERS, "eval runner", cfg.eval.runner)(cfg.eval, cfg.model, cfg.hardware.device)
+        with atomic_directory(directory) as scratch:
+            result = _evaluate_into(scratch, directory, runner, cfg, variant, settings, suite, include, text)
+            write_manifest(scratch, {"stage": "evaluate", "model": variant.name,
+                                     "model_hash": variant.content_hash, "settings_hash": result.settings_hash,
+                                     "suite_hash": suite, "include_path": str(include) if include else None})
     log.info("evaluation of %s written to %s", variant.name, directory)
     return result
 

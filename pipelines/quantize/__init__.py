@@ -1,0 +1,116 @@
+"""Quantize stage: base model -> `Variant`, a cached compressed-tensors checkpoint (or the base itself).
+
+`python -m pipelines.run quant=awq` runs it first. Checkpoints live under
+`<cache_dir>/variants/<model>/<quant name>-<key>`, keyed by the base fingerprint, the quant config,
+the calibration texts and the library versions, so a rerun or a resumed sweep reuses them
+(`overwrite=true` redoes them). A checkpoint is built in a scratch directory and renamed into place
+with its manifest written last: a killed run leaves nothing that looks finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+from pipelines import storage
+from pipelines.config import QuantConfig, RunConfig
+from pipelines.models import BaseModel
+from pipelines.quantize.calibration import load_calibration
+from pipelines.quantize.compat import CALIBRATED_METHODS, check_quant_compatible
+from pipelines.records import Variant
+from pipelines.registry import QUANTIZERS, resolve
+
+log = logging.getLogger(__name__)
+
+# Libraries whose version changes a backend's output: part of the cache key and the manifest.
+BACKEND_LIBRARIES = {
+    "llmcompressor": ("llmcompressor", "compressed-tensors", "transformers", "torch"),
+    "gptqmodel": ("gptqmodel", "transformers", "torch"),
+}
+
+
+class Quantizer(Protocol):
+    def quantize(self, base: BaseModel, quant: QuantConfig, calibration: list[str], out_dir: Path,
+                 seed: int) -> None:
+        """Write a complete checkpoint of `base` quantized per `quant`, tokenizer included, into out_dir."""
+
+
+def run_quantize(cfg: RunConfig, base: BaseModel) -> Variant:
+    """The variant `cfg.quant` of `base`: the base itself for quant=none, else a (cached) checkpoint."""
+    quant = cfg.quant
+    check_quant_compatible(base.config, quant)
+    if quant.backend == "none":
+        return _baseline(quant, base)
+    calibration = load_calibration(quant.calibration) if uses_calibration(quant) else []
+    versions = storage.library_versions(*BACKEND_LIBRARIES.get(quant.backend, ("transformers", "torch")))
+    key = variant_key(base, quant, calibration, versions, cfg.seed)
+    out_dir = Path(cfg.cache_dir) / "variants" / base.name / f"{quant.name}-{key}"
+    manifest = storage.read_manifest(out_dir)
+    if manifest and not cfg.overwrite:
+        log.info("reusing cached variant at %s", out_dir)
+        return _variant(quant, base, out_dir, key, manifest, from_cache=True)
+    manifest = _build(cfg, base, calibration, versions, key, out_dir)
+    return _variant(quant, base, out_dir, key, manifest, from_cache=False)
+
+
+def uses_calibration(quant: QuantConfig) -> bool:
+    return quant.needs_calibration or quant.method in CALIBRATED_METHODS
+
+
+def variant_key(base: BaseModel, quant: QuantConfig, calibration: list[str], versions: dict[str, str],
+                seed: int) -> str:
+    """Cache key; calibration settings, texts and seed count only for methods that read data."""
+    settings = dataclasses.asdict(quant)
+    if not uses_calibration(quant):
+        settings.pop("calibration")
+    data = {"texts": storage.stable_hash(calibration), "seed": seed} if calibration else None
+    return storage.stable_hash({"base": base.fingerprint, "quant": settings, "calibration": data,
+                                "versions": versions})
+
+
+def _build(cfg: RunConfig, base: BaseModel, calibration: list[str], versions: dict[str, str], key: str,
+           out_dir: Path) -> dict[str, Any]:
+    quant = cfg.quant
+    quantizer: Quantizer = resolve(QUANTIZERS, "quantization backend", quant.backend)()
+    log.info("quantizing %s with %s/%s (%s, %d calibration texts) -> %s",
+             base.name, quant.backend, quant.method, quant.scheme, len(calibration), out_dir)
+    started = time.perf_counter()
+    with storage.atomic_directory(out_dir) as scratch:
+        quantizer.quantize(base, quant, calibration, scratch, cfg.seed)
+        log.info("hashing the checkpoint")
+        manifest = {
+            "what": f"{base.name} quantized with {quant.name}", "cache_key": key,
+            "base": {"name": base.name, "fingerprint": base.fingerprint, "path": str(base.path)},
+            "engine": quant.backend, "method": quant.method, "scheme": quant.scheme,
+            "quant": dataclasses.asdict(quant), "calibration_texts": len(calibration),
+            "versions": versions, "size_bytes": storage.directory_size(scratch),
+            "content_hash": storage.hash_directory(scratch), "seed": cfg.seed,
+            "seconds": round(time.perf_counter() - started, 3),
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        # Last: a directory with a manifest is a finished checkpoint.
+        storage.write_manifest(scratch, manifest)
+    log.info("variant %s written to %s (%.1f MB, %.1f s)", quant.name, out_dir,
+             manifest["size_bytes"] / 1e6, manifest["seconds"])
+    return manifest
+
+
+def _variant(quant: QuantConfig, base: BaseModel, out_dir: Path, key: str, manifest: dict[str, Any],
+             from_cache: bool) -> Variant:
+    return Variant(name=quant.name, base=base.name, backend=quant.backend, method=quant.method,
+                   scheme=quant.scheme, checkpoint_dir=str(out_dir), size_bytes=manifest["size_bytes"],
+                   content_hash=manifest["content_hash"], cache_key=key,
+                   quantize_seconds=manifest["seconds"], from_cache=from_cache, versions=manifest["versions"])
+
+
+def _baseline(quant: QuantConfig, base: BaseModel) -> Variant:
+    """quant=none: the base model is the variant; nothing is written."""
+    log.info("quant=none: using the base model at %s unchanged", base.path)
+    return Variant(name=quant.name, base=base.name, backend="none", method="none", scheme=None,
+                   checkpoint_dir=str(base.path), size_bytes=storage.directory_size(base.path),
+                   content_hash=base.fingerprint, cache_key=base.fingerprint, quantize_seconds=0.0,
+                   from_cache=False, versions={})

@@ -84,8 +84,24 @@ def _check_suites(tasks: tuple[str, ...], include_path: str | None) -> None:
         if task not in manager.all_tasks:
             local = [name for name in manager.all_tasks if name.startswith("qg_")] or manager.all_tasks
             raise ConfigError(did_you_mean("eval task", task, local))
-    for name, task in _leaf_tasks(manager.load_task_or_group(list(tasks))):
+    try:
+        loaded = _quietly(manager.load_task_or_group, list(tasks))
+    except Exception as error:  # lm-eval and datasets raise many types; all mean "this suite cannot load"
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise InputError(f"eval tasks {', '.join(tasks)} cannot be loaded: {reason}") from error
+    for name, task in _leaf_tasks(loaded):
         _check_items(name, task)
+
+
+def _quietly(load, *args):
+    """Progress bars of `datasets` would break the one-line error a user gets on stderr."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        return load(*args)
+    finally:
+        datasets.enable_progress_bars()
 
 
 def _check_yaml_files(root: Path) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from pipelines.config import QuantConfig
 from pipelines.errors import ConfigError
 from pipelines.quantize.legacy import LEGACY_BACKENDS, legacy_backend_error
-from pipelines.registry import QUANTIZERS, did_you_mean
+from pipelines.registry import QUANTIZERS, did_you_mean, resolve
 
 # "none" is handled by run_quantize itself (the base is the variant), so it has no registry line.
 BACKENDS = ["none", *QUANTIZERS]
@@ -43,6 +43,11 @@ def check_backend(quant: QuantConfig) -> None:
     if (quant.backend == "none") != (quant.method == "none"):
         raise ConfigError(f"quant.backend={quant.backend} with quant.method={quant.method}: the baseline needs "
                           "both set to none, a quantized variant neither (e.g. quant=fp8)")
+    if quant.backend != "none":
+        # A backend may check its own limits up front (its module imports nothing heavy).
+        backend_check = getattr(resolve(QUANTIZERS, "quantization backend", quant.backend), "check", None)
+        if backend_check is not None:
+            backend_check(quant)
 
 
 def check_quant_compatible(model_config: dict[str, Any], quant: QuantConfig) -> None:

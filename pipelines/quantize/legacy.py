@@ -13,7 +13,6 @@ from pathlib import Path
 from pipelines.config import QuantConfig
 from pipelines.errors import ConfigError
 from pipelines.models import BaseModel
-from pipelines.registry import QUANTIZERS
 
 LEGACY_BACKENDS = {
     "autogptq": "AutoGPTQ is end-of-life upstream and auto-gptq 0.7.1 neither imports with transformers 5 "
@@ -23,10 +22,8 @@ LEGACY_BACKENDS = {
 
 
 def legacy_backend_error(backend: str) -> ConfigError:
-    # Name gptqmodel only where this install has that backend, so the advice always works.
-    successor = " or quant.backend=gptqmodel (their maintained successor)" if "gptqmodel" in QUANTIZERS else ""
-    return ConfigError(f"quant.backend={backend}: {LEGACY_BACKENDS[backend]}; use quant.backend=llmcompressor "
-                       f"(same GPTQ/AWQ methods, e.g. quant=gptq){successor}")
+    return ConfigError(f"quant.backend={backend}: {LEGACY_BACKENDS[backend]}; use quant.backend=gptqmodel, their "
+                       "maintained successor (pip install -e '.[gptqmodel]'), or quant.backend=llmcompressor")
 
 
 class AutoGPTQQuantizer:

@@ -217,8 +217,10 @@ def _copy_items(outcome: Outcome, target: Path) -> None:
 
 
 def _git_tags() -> dict[str, str]:
+    """The commit of quantgate's own code (not of whatever directory the run started in)."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True,
+                                cwd=Path(__file__).resolve().parent)
     except (OSError, subprocess.SubprocessError):
         return {}
     return {"quantgate.git_commit": commit.stdout.strip(), "mlflow.source.git.commit": commit.stdout.strip()}

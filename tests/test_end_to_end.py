@@ -1,0 +1,129 @@
+"""The whole pipeline through the real CLI: a sweep on the embedded model, then reliability on a
+tiny model (resume after SIGKILL, byte-identical re-runs, secrets never logged)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+# Small load levels: the CLI path is what is tested here; BENCHMARKS.md has the real scenario.
+FAST_BENCH = ["bench.batch_sizes=[1,2]", "bench.requests_per_level=2", "bench.repeats=1",
+              "bench.warmup_requests=1", "bench.output_tokens=8", "bench.input_tokens=16"]
+SECRET = "hf_QuantgateTestSecret0123456789abcd"
+
+
+def cli(args: list[str], tmp: Path, timeout: int = 900, **popen) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    command = [sys.executable, "-m", "pipelines.run", *args, f"cache_dir={tmp / 'cache'}",
+               f"tracking.uri=sqlite:///{tmp / 'mlruns' / 'mlflow.db'}",
+               f"tracking.artifact_location={tmp / 'mlruns' / 'artifacts'}",
+               f"hydra.run.dir={tmp / 'outputs'}", f"hydra.sweep.dir={tmp / 'multirun'}"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp, **popen)
+
+
+def mlflow_runs(tmp: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("quantgate")
+    return client, client.search_runs([experiment.experiment_id])
+
+
+def test_sweep_on_embedded_model_gates_and_logs(tmp_path):
+    args = ["-m", "quant=none,fp8,canary-w2", "eval=quick", "sweep=e2e", *FAST_BENCH]
+    result = cli(args, tmp_path)
+    assert result.returncode == 1, result.stderr[-3000:]  # the canary is rejected
+    client, runs = mlflow_runs(tmp_path)
+    parent = [r for r in runs if r.data.tags.get("quantgate.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
+    verdicts = {r.data.tags["quantgate.quant"]: r.data.tags["quantgate.verdict"] for r in children}
+    assert len(parent) == 1 and verdicts["none"] == "PROMOTE" and verdicts["canary-w2"] == "REJECT"
+    assert set(verdicts) == {"none", "fp8", "canary-w2"}
+    canary = next(r for r in children if r.data.tags["quantgate.quant"] == "canary-w2")
+    assert any(key.endswith("mcnemar_p") and value < 0.01 for key, value in canary.data.metrics.items())
+    report = tmp_path / "cache" / "sweeps" / "e2e" / "report"
+    assert any(report.glob("*.png")) and any(report.glob("*.md"))
+    assert "canary-w2" in result.stdout and "REJECT" in result.stdout
+
+    assert result.stdout.count("evaluating ") == 3  # base once, then fp8 and the canary: N+1 for N=2
+    rerun = cli(args, tmp_path)
+    assert rerun.returncode == 1
+    assert "reusing cached evaluation" in rerun.stdout and "evaluating " not in rerun.stdout
+
+
+def tiny_args(tiny_llama_dir: Path) -> list[str]:
+    return [f"model.source={tiny_llama_dir}", "eval.limit=12", "eval.reference_max_tokens=256", "bench=off"]
+
+
+def fidelity_files(tmp: Path) -> dict[str, str]:
+    outcomes = sorted((tmp / "cache" / "sweeps").glob("*/outcomes/*.json"))
+    return {path.name: json.dumps(json.loads(path.read_text())["fidelity"], sort_keys=True) for path in outcomes}
+
+
+def manifests(tmp: Path) -> dict[str, float]:
+    return {str(p): p.stat().st_mtime for p in (tmp / "cache").glob("*/*/*/quantgate-manifest.json")}
+
+
+def test_killed_sweep_resumes_without_redoing_finished_work(tmp_path, tiny_llama_dir):
+    args = ["-m", "quant=fp8,canary-w2", "sweep=resume", *tiny_args(tiny_llama_dir)]
+    reference = tmp_path / "uninterrupted"
+    reference.mkdir()
+    assert cli(args, reference).returncode in (0, 1)
+
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    first_done = killed / "cache" / "sweeps" / "resume" / "outcomes"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    process = subprocess.Popen([sys.executable, "-m", "pipelines.run", *args, f"cache_dir={killed / 'cache'}",
+                                f"tracking.uri=sqlite:///{killed / 'mlruns' / 'mlflow.db'}",
+                                f"hydra.sweep.dir={killed / 'multirun'}"],
+                               cwd=killed, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not any(first_done.glob("*fp8.json")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    finished = manifests(killed)
+    assert finished, "nothing was finished before the kill"
+
+    resumed = cli(args, killed)
+    assert resumed.returncode in (0, 1), resumed.stderr[-3000:]
+    assert all(manifests(killed)[path] == mtime for path, mtime in finished.items())
+    assert fidelity_files(killed) == fidelity_files(reference)
+
+
+def test_same_config_twice_gives_byte_identical_fidelity(tmp_path, tiny_llama_dir):
+    from pipelines.pipeline import compose_config, run_variant
+    from pipelines.records import save_record
+
+    texts = []
+    for attempt in ("first", "second"):
+        cfg = compose_config(["quant=fp8", "tracking=off", f"cache_dir={tmp_path / attempt}",
+                              *tiny_args(tiny_llama_dir)])
+        outcome = run_variant(cfg, output_dir=tmp_path / attempt / "run")
+        texts.append(save_record(outcome.fidelity, tmp_path / attempt / "fidelity.json").read_bytes())
+    assert texts[0] == texts[1]
+
+
+def test_secrets_never_reach_mlflow_artifacts_or_logs(tmp_path, tiny_llama_dir):
+    result = cli(["quant=fp8", f"model.token={SECRET}", *tiny_args(tiny_llama_dir)], tmp_path)
+    assert result.returncode in (0, 1), result.stderr[-3000:]
+    client, runs = mlflow_runs(tmp_path)
+    assert runs
+    for run in runs:
+        assert SECRET not in json.dumps({**run.data.params, **run.data.tags})
+    assert SECRET not in result.stdout + result.stderr
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and path.suffix != ".db":
+            assert SECRET.encode() not in path.read_bytes(), path

@@ -1,0 +1,31 @@
+"""The eval-item record shared by the embedded domain generators.
+
+Exercised by: python -m pipelines.embedded.data --out /tmp/qg-data
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    """One held-out question: the prompt, its gold answer and (for multiple choice) the options."""
+
+    id: str
+    query: str
+    answer: str
+    choices: tuple[str, ...] = ()
+    meta: dict = field(default_factory=dict)
+
+    def full_text(self) -> str:
+        """The item rendered exactly as a training record would be (prompt, answer, period)."""
+        return f"{self.query} {self.answer}."
+
+    def to_row(self) -> dict:
+        row = asdict(self)
+        if self.choices:
+            row["choices"] = list(self.choices)
+            row["label"] = self.choices.index(self.answer)
+        else:
+            del row["choices"]
+        return row

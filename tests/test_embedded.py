@@ -1,0 +1,112 @@
+"""Tests of the embedded default model, its data generator and the bundled qg_domain suites.
+
+Run: HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 pytest tests/test_embedded.py -q
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+from transformers import AutoConfig, AutoTokenizer
+
+from evalsuites import SUITES_DIR
+from pipelines.embedded import CALIBRATION_TEXT, EMBEDDED_MODEL_DIR, REFERENCE_TEXT
+from pipelines.embedded.data import SUITE_DATA_DIR, build_world, main as write_data, training_records
+from pipelines.embedded.train import ModelShape, TrainConfig, train
+
+DATA_FILE_TASKS = ("qg_vendor_facts", "qg_invoice_total", "qg_policy_route")
+TASKS = (*DATA_FILE_TASKS, "qg_policy_route_gen")  # the _gen task reads qg_policy_route.jsonl
+MAX_MODEL_BYTES = 25 * 2**20
+
+
+def test_same_seed_gives_identical_data():
+    first, second = build_world(7), build_world(7)
+    assert first.eval_sets == second.eval_sets
+    assert (first.calibration_text, first.reference_text) == (second.calibration_text, second.reference_text)
+    assert training_records(first, 2000) == training_records(second, 2000)
+    assert build_world(8).eval_sets != first.eval_sets
+
+
+def test_heldout_text_never_appears_in_training_records():
+    world = build_world()
+    corpus = set(training_records(world, 30000))
+    heldout = [item.full_text() for items in world.eval_sets.values() for item in items]
+    heldout += world.reference_text.splitlines()
+    assert len(heldout) > 1800
+    assert not corpus.intersection(heldout)
+
+
+def test_shipped_data_files_match_the_generator(tmp_path):
+    write_data(["--out", str(tmp_path)])
+    for task in DATA_FILE_TASKS:
+        assert (tmp_path / f"{task}.jsonl").read_bytes() == (SUITE_DATA_DIR / f"{task}.jsonl").read_bytes()
+    assert (tmp_path / "calibration.txt").read_text() == CALIBRATION_TEXT.read_text()
+    assert (tmp_path / "reference.txt").read_text() == REFERENCE_TEXT.read_text()
+
+
+def test_trainer_is_deterministic_on_a_tiny_budget():
+    tiny = TrainConfig(steps=3, batch_size=2, seq_len=32, warmup_steps=1, tokenizer_records=400,
+                       shape=ModelShape(hidden=64, layers=1, heads=1, intermediate=128, vocab=320))
+    first, second = train(tiny, progress=False), train(tiny, progress=False)
+    assert first.losses == second.losses
+    assert len(first.losses) == 3
+
+
+def test_shipped_model_shapes_suit_every_quantization_scheme():
+    config = AutoConfig.from_pretrained(EMBEDDED_MODEL_DIR)
+    assert config.head_dim == 64 and config.vocab_size % 64 == 0
+    with safe_open(EMBEDDED_MODEL_DIR / "model.safetensors", "pt") as weights:
+        linear_shapes = [weights.get_slice(name).get_shape() for name in weights.keys()
+                         if name.endswith("proj.weight") or name == "lm_head.weight"]
+    assert linear_shapes and all(in_dim % 128 == 0 for _, in_dim in linear_shapes)
+    assert (EMBEDDED_MODEL_DIR / "model.safetensors").stat().st_size <= MAX_MODEL_BYTES
+
+
+def test_shipped_tokenizer_adds_bos_and_splits_digits():
+    tokenizer = AutoTokenizer.from_pretrained(EMBEDDED_MODEL_DIR)
+    ids = tokenizer("Total: 2048")["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id
+    assert tokenizer.convert_ids_to_tokens(ids)[-4:] == ["2", "0", "4", "8"]
+    assert tokenizer.eos_token_id is not None and tokenizer.pad_token_id is not None
+
+
+@pytest.fixture(scope="module")
+def suite_tasks(tmp_path_factory) -> dict:
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    cwd = Path.cwd()
+    # Load from an unrelated directory: data paths must not depend on the working directory.
+    os.chdir(tmp_path_factory.mktemp("elsewhere"))
+    try:
+        nested = get_task_dict(["qg_domain"], TaskManager(include_path=str(SUITES_DIR)))
+    finally:
+        os.chdir(cwd)
+    (group_tasks,) = nested.values()
+    return group_tasks
+
+
+def test_suites_load_through_task_manager_with_enough_items(suite_tasks):
+    assert sorted(suite_tasks) == sorted(TASKS)
+    for task in suite_tasks.values():
+        docs = list(task.test_docs())
+        assert len(docs) >= 500
+        assert all(doc["id"] and doc["query"] and doc["answer"] for doc in docs)
+
+
+def test_multiple_choice_targets_point_at_the_answer(suite_tasks):
+    for name in ("qg_vendor_facts", "qg_policy_route"):
+        task = suite_tasks[name]
+        assert task.OUTPUT_TYPE == "multiple_choice"
+        doc = next(iter(task.test_docs()))
+        assert task.doc_to_choice(doc)[task.doc_to_target(doc)] == doc["answer"]
+    assert suite_tasks["qg_invoice_total"].OUTPUT_TYPE == "generate_until"
+    assert suite_tasks["qg_policy_route_gen"].OUTPUT_TYPE == "generate_until"
+
+
+def test_suite_ids_are_unique_per_task():
+    for task in DATA_FILE_TASKS:
+        rows = [json.loads(line) for line in (SUITE_DATA_DIR / f"{task}.jsonl").read_text().splitlines()]
+        assert len({row["id"] for row in rows}) == len(rows)

@@ -127,3 +127,17 @@ def test_secrets_never_reach_mlflow_artifacts_or_logs(tmp_path, tiny_llama_dir):
     for path in tmp_path.rglob("*"):
         if path.is_file() and path.suffix != ".db":
             assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_parallel_sweep_with_joblib_launcher(tmp_path, tiny_llama_dir):
+    """Jobs in separate processes share one parent run and one SQLite store without corrupting it."""
+    args = ["-m", "quant=fp8,canary-w2", "sweep=parallel", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+            *tiny_args(tiny_llama_dir)]
+    result = cli(args, tmp_path)
+    assert result.returncode in (0, 1), result.stderr[-3000:]
+    client, runs = mlflow_runs(tmp_path)
+    parent = [r for r in runs if r.data.tags.get("quantgate.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
+    assert len(parent) == 1 and sorted(r.data.tags["quantgate.quant"] for r in children) == ["canary-w2", "fp8"]
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert len(fidelity_files(tmp_path)) == 2

@@ -5,7 +5,7 @@ Trains a byte-level BPE tokenizer (digits split into single tokens) and a
 vocab 1024), so FP8/INT8/W4A16 schemes and vLLM accept it. Same seed, same steps,
 same thread count -> identical loss sequence. Exercised by:
 
-    python -m pipelines.embedded.train --out pipelines/embedded/tiny-llama --steps 360
+    python -m pipelines.embedded.train --out pipelines/embedded/tiny-llama --steps 4000
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ class ModelShape:
 @dataclass
 class TrainConfig:
     seed: int = DEFAULT_SEED
-    steps: int = 360
+    steps: int = 4000
     batch_size: int = 8
     seq_len: int = 128
     lr: float = 3e-3

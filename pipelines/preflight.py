@@ -7,13 +7,13 @@ Each failure is a `UserError` with one line naming the bad value and the fix.
 from __future__ import annotations
 
 import logging
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
 from pipelines.config import EvalConfig, ModelConfig, RunConfig
 from pipelines.errors import ConfigError, InputError
 from pipelines.registry import did_you_mean
+from pipelines.storage import check_writable
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +26,6 @@ def preflight(cfg: RunConfig) -> None:
     from pipelines.track import check_reachable
 
     check_reachable(cfg.tracking)
-
-
-def check_writable(directory: Path, option: str) -> None:
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory):
-            pass
-    except OSError as error:
-        raise InputError(f"{option}={directory} is not writable ({error.strerror}); "
-                         f"choose a writable directory with {option}=...") from error
 
 
 def base_model_config(model: ModelConfig) -> dict | None:

@@ -49,6 +49,19 @@ def atomic_directory(final: Path) -> Iterator[Path]:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
+def check_writable(directory: Path, option: str) -> None:
+    """InputError naming the config option when `directory` cannot be created or written."""
+    from pipelines.errors import InputError
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        raise InputError(f"{option}={directory} is not writable ({error.strerror}); "
+                         f"choose a writable directory with {option}=...") from None
+
+
 def stable_hash(value: Any, length: int = 16) -> str:
     """Hash of a JSON-able value that does not depend on key order."""
     text = json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))

@@ -201,7 +201,7 @@ def test_unsupported_scheme(uri, message, monkeypatch):
 def test_unwritable_sqlite_directory(tmp_path, monkeypatch):
     blocker = _write(tmp_path / "a-file", "x")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{blocker}/sub/mlflow.db")
-    with pytest.raises(InputError, match="cannot write"):
+    with pytest.raises(InputError, match="is not writable"):
         check_reachable(TrackingConfig(name="t", uri="sqlite:///ignored.db"))
 
 

@@ -34,7 +34,7 @@ import yaml
 from pipelines.config import TrackingConfig
 from pipelines.errors import InputError
 from pipelines.records import Outcome, save_record
-from pipelines.storage import directory_size, library_versions
+from pipelines.storage import check_writable, directory_size, library_versions
 from pipelines.track.keys import flatten_params, outcome_metrics, outcome_tags, redact_config, redact_value
 
 log = logging.getLogger(__name__)
@@ -61,14 +61,7 @@ def check_reachable(tracking: TrackingConfig) -> None:
 
 
 def _check_sqlite(uri: str) -> None:
-    directory = Path(uri.removeprefix("sqlite:///")).parent
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory):
-            pass
-    except OSError as error:
-        raise InputError(f"tracking.uri={uri}: cannot write {directory} ({error.strerror}); "
-                         "choose a writable path") from None
+    check_writable(Path(uri.removeprefix("sqlite:///")).parent, "the tracking.uri directory")
 
 
 def _check_http(uri: str) -> None:

@@ -55,7 +55,7 @@ def plain_command(overrides: list[str], output: Path) -> list[str]:
 
     cfg = compose(overrides)
     model_args = f"pretrained={resolve_base(cfg.model).path},dtype={cfg.model.dtype}"
-    command = ["lm_eval", "run", "--model", "hf", "--model_args", model_args,
+    command = [str(Path(sys.executable).with_name("lm_eval")), "run", "--model", "hf", "--model_args", model_args,
                "--include_path", str(resolve_include_path(cfg.eval.include_path)),
                "--tasks", ",".join(cfg.eval.tasks), "--device", cfg.hardware.device,
                "--batch_size", str(cfg.eval.batch_size), "--seed", str(cfg.eval.seed),

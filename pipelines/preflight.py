@@ -49,7 +49,10 @@ def _check_quant(cfg: RunConfig, model_config: dict | None) -> None:
 
 
 def check_suites(eval_cfg: EvalConfig) -> None:
-    """Every task exists, its YAML parses, and every item renders (fields present, non-empty)."""
+    """Every task exists, its YAML parses, every item renders, and the reference text is there."""
+    from pipelines.evaluate.reference import reference_text
+
+    reference_text(eval_cfg.reference_text)
     _check_suites(tuple(eval_cfg.tasks), suites_directory(eval_cfg.include_path))
 
 

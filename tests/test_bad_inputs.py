@@ -111,6 +111,7 @@ CASES = [
     ("zero-batch-size", lambda w: ["eval.batch_size=0"], "eval.batch_size=0"),
     ("negative-slo", lambda w: ["bench.slo.ttft_p95_ms=-5"], "ttft_p95_ms=-5"),
     ("gate-tolerance-out-of-range", lambda w: ["gate.tolerance.max_drop=2"], "max_drop=2"),
+    ("reference-text-missing", lambda w: ["eval.reference_text=/no/such/reference.txt"], "/no/such/reference.txt"),
     ("cache-dir-not-writable", lambda w: [f"cache_dir={w['root'] / 'empty.txt' / 'cache'}"], "cache_dir="),
 ]
 

@@ -106,6 +106,36 @@ def test_multiple_choice_targets_point_at_the_answer(suite_tasks):
     assert suite_tasks["qg_policy_route_gen"].OUTPUT_TYPE == "generate_until"
 
 
+def test_invoice_filter_reads_the_total_off_every_gold_worked_solution(suite_tasks):
+    from lm_eval.filters.extraction import RegexFilter
+
+    task = suite_tasks["qg_invoice_total"]
+    (regex_step,) = [step for step in task.config.filter_list[0]["filter"] if step["function"] == "regex"]
+    docs = list(task.test_docs())
+    # What generation returns for a perfect answer: the worked text, cut before the stop sequence.
+    generated = [[doc["worked"]] for doc in docs]
+    assert all("." not in text and "\n" not in text for (text,) in generated)
+    extracted = [found for (found,) in RegexFilter(regex_step["regex_pattern"]).apply(generated, docs)]
+    assert extracted == [doc["answer"] for doc in docs]
+
+
+def test_invoice_worked_solutions_are_correct_and_fit_the_generation_budget(suite_tasks):
+    task = suite_tasks["qg_invoice_total"]
+    tokenizer = AutoTokenizer.from_pretrained(EMBEDDED_MODEL_DIR)
+    for doc in task.test_docs():
+        amounts = [int(amount) for amount in doc["query"].removeprefix("Invoice lines ").rstrip(".").split(", ")]
+        ones, tens, total = doc["worked"].split(", ")
+        ones_terms, ones_sum = ones.removeprefix("Ones ").split("=")
+        tens_terms, tens_sum = tens.removeprefix("tens ").split("=")
+        assert [int(d) for d in ones_terms.split("+")] == [amount % 10 for amount in amounts]
+        carry, *tens_digits = (int(d) for d in tens_terms.split("+"))
+        assert int(ones_sum) == sum(amount % 10 for amount in amounts) and carry == int(ones_sum) // 10
+        assert tens_digits == [amount // 10 for amount in amounts] and int(tens_sum) == carry + sum(tens_digits)
+        assert total == f"total {sum(amounts)}" == f"total {doc['answer']}"
+        budget = task.config.generation_kwargs["max_gen_toks"]
+        assert len(tokenizer(" " + doc["worked"] + ".", add_special_tokens=False)["input_ids"]) <= budget
+
+
 def test_suite_ids_are_unique_per_task():
     for task in DATA_FILE_TASKS:
         rows = [json.loads(line) for line in (SUITE_DATA_DIR / f"{task}.jsonl").read_text().splitlines()]

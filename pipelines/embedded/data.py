@@ -31,7 +31,7 @@ REFERENCE_RECORDS_PER_DOMAIN = 60
 CALIBRATION_PARAGRAPHS = 256
 RECORDS_PER_PARAGRAPH = 4
 # Share of training records per domain; knowledge gets most because facts need repetition.
-DOMAIN_MIX = {"knowledge": 0.40, "invoices": 0.35, "policies": 0.25}
+DOMAIN_MIX = {"knowledge": 0.45, "invoices": 0.30, "policies": 0.25}
 SUITE_DATA_DIR = SUITES_DIR / "qg_domain" / "data"
 
 

@@ -15,7 +15,7 @@ import random
 from pipelines.embedded.items import EvalItem
 
 TASK = "qg_vendor_facts"
-N_VENDORS = 330
+N_VENDORS = 660
 ZIPF_OFFSET = 20
 SYLLABLES = ("ka", "lo", "mi", "ven", "tor", "sa", "bel", "dri", "quo", "nex", "pra", "zul",
              "fen", "go", "rax", "til", "mor", "hu", "ves", "dan")
@@ -57,7 +57,7 @@ class KnowledgeDomain:
         self.rng = rng
         self.vendors = vendor_names(rng, N_VENDORS)
         self.facts = {v: {a: rng.choice(spec[0]) for a, spec in ATTRIBUTES.items()} for v in self.vendors}
-        # Zipf popularity by list position: vendor 0 is seen ~17x as often as vendor 329.
+        # Zipf popularity by list position: vendor 0 is seen ~34x as often as vendor 659.
         self.cum_weights = list(itertools.accumulate(1.0 / (rank + ZIPF_OFFSET) for rank in range(N_VENDORS)))
         self.heldout: set[tuple[str, str]] = set()
 

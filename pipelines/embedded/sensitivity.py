@@ -3,7 +3,8 @@
 Fake-quantizes every decoder Linear with symmetric round-to-nearest per group of 128
 input weights at several bit widths, and scores each copy on the qg_domain items with
 the same scoring rules as the lm-eval tasks (multiple choice by summed log-likelihood
-of " choice"; invoice totals by greedy generation up to the period). It is a design aid
+of " choice"; invoice totals by greedy generation up to the period, total taken by the
+task's own regex filter). It is a design aid
 for the embedded model, not the pipeline's evaluator. Exercised by:
 
     python -m pipelines.embedded.sensitivity --model pipelines/embedded/tiny-llama --bits 8 4 3 2
@@ -13,16 +14,19 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
+from pathlib import Path
 
 import torch
+import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipelines.embedded import EMBEDDED_MODEL_DIR
 from pipelines.embedded.data import SUITE_DATA_DIR
 
 GROUP_SIZE = 128
-MAX_NEW_TOKENS = 6
 BATCH = 64
+INVOICE_TASK_YAML = SUITE_DATA_DIR.parent / "invoice_total" / "qg_invoice_total.yaml"
 
 
 def fake_quantize(model: torch.nn.Module, bits: int) -> torch.nn.Module:
@@ -62,16 +66,25 @@ def choice_correct(model, tokenizer, items: list[dict]) -> list[bool]:
     return [pick(item) == item["label"] for item in items]
 
 
+def _generation_rules(task_yaml: Path) -> tuple[int, re.Pattern]:
+    """The task's own token budget and answer regex, so this probe scores exactly as lm-eval does."""
+    task = yaml.safe_load(task_yaml.read_text())
+    regex = next(step["regex_pattern"] for step in task["filter_list"][0]["filter"] if step["function"] == "regex")
+    return task["generation_kwargs"]["max_gen_toks"], re.compile(regex)
+
+
 @torch.no_grad()
-def generation_correct(model, tokenizer, items: list[dict]) -> list[bool]:
+def generation_correct(model, tokenizer, items: list[dict], task_yaml: Path = INVOICE_TASK_YAML) -> list[bool]:
+    max_new_tokens, answer_regex = _generation_rules(task_yaml)
     tokenizer.padding_side = "left"
     correct = []
     for start in range(0, len(items), BATCH):
         batch = items[start:start + BATCH]
         encoded = tokenizer([item["query"] for item in batch], return_tensors="pt", padding=True)
-        output = model.generate(**encoded, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+        output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False)
         texts = tokenizer.batch_decode(output[:, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
-        correct += [text.split(".")[0].strip() == item["answer"] for text, item in zip(texts, batch)]
+        answers = [answer_regex.findall(text.split(".")[0].split("\n")[0]) for text in texts]
+        correct += [bool(found) and found[0] == item["answer"] for found, item in zip(answers, batch)]
     return correct
 
 

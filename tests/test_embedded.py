@@ -9,13 +9,14 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors import safe_open
 from transformers import AutoConfig, AutoTokenizer
 
 from evalsuites import SUITES_DIR
 from pipelines.embedded import CALIBRATION_TEXT, EMBEDDED_MODEL_DIR, REFERENCE_TEXT
 from pipelines.embedded.data import SUITE_DATA_DIR, build_world, main as write_data, training_records
-from pipelines.embedded.train import ModelShape, TrainConfig, train
+from pipelines.embedded.train import ModelShape, TrainConfig, add_activation_noise, build_model, train, train_tokenizer
 
 DATA_FILE_TASKS = ("qg_vendor_facts", "qg_invoice_total", "qg_policy_route")
 TASKS = (*DATA_FILE_TASKS, "qg_policy_route_gen")  # the _gen task reads qg_policy_route.jsonl
@@ -53,6 +54,23 @@ def test_trainer_is_deterministic_on_a_tiny_budget():
     first, second = train(tiny, progress=False), train(tiny, progress=False)
     assert first.losses == second.losses
     assert len(first.losses) == 3
+
+
+def test_activation_noise_perturbs_training_forwards_only():
+    tokenizer = train_tokenizer(training_records(build_world(), 200), 320)
+    model = build_model(ModelShape(hidden=64, layers=1, heads=1, intermediate=128, vocab=320), tokenizer)
+    batch = tokenizer(["Invoice lines 47, 21."], return_tensors="pt")["input_ids"]
+    model.eval()
+    clean = model(batch).logits
+    hooks = add_activation_noise(model, 0.04)
+    assert len(hooks) == 7  # q, k, v, o, gate, up, down of the one layer; never lm_head
+    assert torch.equal(model(batch).logits, clean)
+    model.train()
+    noisy = model(batch).logits
+    assert not torch.equal(noisy, clean) and torch.allclose(noisy, clean, atol=0.5)
+    for hook in hooks:
+        hook.remove()
+    assert torch.equal(model(batch).logits, clean)
 
 
 def test_shipped_model_shapes_suit_every_quantization_scheme():

@@ -3,9 +3,9 @@
 Fake-quantizes every decoder Linear with symmetric round-to-nearest per group of 128
 input weights at several bit widths, and scores each copy on the qg_domain items with
 the same scoring rules as the lm-eval tasks (multiple choice by summed log-likelihood
-of " choice"; invoice totals by greedy generation up to the period, total taken by the
-task's own regex filter). It is a design aid
-for the embedded model, not the pipeline's evaluator. Exercised by:
+of " choice"; invoice totals by greedy generation up to the period, the total read by
+the task's own regex filter). It is a design aid for the embedded model, not the
+pipeline's evaluator. Exercised by:
 
     python -m pipelines.embedded.sensitivity --model pipelines/embedded/tiny-llama --bits 8 4 3 2
 """

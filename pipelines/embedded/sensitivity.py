@@ -53,9 +53,9 @@ def continuation_logprobs(model, tokenizer, context: str, continuations: list[st
     context_len = len(tokenizer(context)["input_ids"])
     wholes = [tokenizer(context + c)["input_ids"] for c in continuations]
     width = max(map(len, wholes))
-    padded = torch.tensor([ids + [tokenizer.pad_token_id] * (width - len(ids)) for ids in wholes])
-    logprobs = model(padded).logits[:, :-1].log_softmax(-1)
-    return [logprobs[row, context_len - 1:len(ids) - 1].gather(-1, torch.tensor(ids[context_len:])[:, None]).sum().item()
+    padded = torch.tensor([ids + [tokenizer.pad_token_id] * (width - len(ids)) for ids in wholes], device=model.device)
+    logprobs = model(padded).logits[:, :-1].float().log_softmax(-1)
+    return [logprobs[row, context_len - 1:len(ids) - 1].gather(-1, padded[row, context_len:len(ids), None]).sum().item()
             for row, ids in enumerate(wholes)]
 
 
@@ -80,7 +80,7 @@ def generation_correct(model, tokenizer, items: list[dict], task_yaml: Path = IN
     correct = []
     for start in range(0, len(items), BATCH):
         batch = items[start:start + BATCH]
-        encoded = tokenizer([item["query"] for item in batch], return_tensors="pt", padding=True)
+        encoded = tokenizer([item["query"] for item in batch], return_tensors="pt", padding=True).to(model.device)
         output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False)
         texts = tokenizer.batch_decode(output[:, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
         answers = [answer_regex.findall(text.split(".")[0].split("\n")[0]) for text in texts]

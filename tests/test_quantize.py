@@ -6,6 +6,7 @@ Weights are checked by unpacking the safetensors with torch/numpy here, not with
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from pipelines.registry import QUANTIZERS, resolve
 from pipelines.storage import read_manifest
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "quant"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SCHEMES = ["fp8", "w8a8", "awq", "gptq", "canary-w2"]
 Q_PROJ = "model.layers.0.self_attn.q_proj"
 PARAGRAPHS = [f"Invoice {i} totals {i * 7} dollars; refunds follow policy {i % 5} within {i} days." for i in range(12)]
@@ -163,6 +165,22 @@ def test_fp8_variant_loads_back_and_tracks_base_logits(variants, tiny_base):
         variant_logits = load_causal_lm(Path(variants["fp8"].checkpoint_dir))(tokens).logits
     assert torch.isfinite(variant_logits).all()
     assert (torch.linalg.norm(variant_logits - base_logits) / torch.linalg.norm(base_logits)) < 0.1
+
+
+def test_fp8_kernel_path_of_the_gpu_benchmark_serves_the_same_quantization(variants, tiny_base):
+    """benchmarks/fp8_kernels.py runs FP8 variants on torch._scaled_mm (which also runs on the CPU)."""
+    spec = importlib.util.spec_from_file_location("fp8_kernels", BENCHMARKS / "fp8_kernels.py")
+    fp8_kernels = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fp8_kernels)
+    tokens = torch.randint(3, 512, (2, 16), generator=torch.Generator().manual_seed(1))
+    checkpoint = Path(variants["fp8"].checkpoint_dir)
+    with torch.no_grad():
+        emulated = load_causal_lm(checkpoint)(tokens).logits
+        served = fp8_kernels.load_fp8_model(tiny_base.path, checkpoint, "cpu", dtype=torch.float32)
+        kernel = served(tokens).logits
+    assert isinstance(served.get_submodule(Q_PROJ), fp8_kernels.Fp8Linear)
+    # Same weights, same per-token activation rule: only the GEMM's summation order differs.
+    torch.testing.assert_close(kernel, emulated, rtol=1e-4, atol=1e-4)
 
 
 def test_awq_params_reach_the_awq_modifier(variants):

@@ -70,6 +70,8 @@ def load_fp8_model(base_dir: Path, fp8_dir: Path, device: str, dtype: torch.dtyp
     CPU reproduces compressed-tensors' emulation, which the tests check."""
     from transformers import AutoModelForCausalLM
 
+    if not (fp8_dir / "model.safetensors").is_file():
+        raise SystemExit(f"no model.safetensors in {fp8_dir}: pass the variant directory `emulate` printed")
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype).to(device).eval()
     with safe_open(fp8_dir / "model.safetensors", framework="pt", device=device) as tensors:
         names = [key.removesuffix(".weight_scale") for key in tensors.keys() if key.endswith(".weight_scale")]
@@ -116,6 +118,8 @@ def emulate(args: argparse.Namespace) -> None:
 def kernels(args: argparse.Namespace) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if not torch.cuda.is_available():
+        raise SystemExit("kernels needs a CUDA GPU with FP8 tensor cores (Hopper or newer); here run emulate and report")
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 base means fp32, as on the CPU
     check_scaled_mm()
     tokenizer = AutoTokenizer.from_pretrained(args.base)
@@ -243,7 +247,7 @@ def gemm_lines(gemms: list[dict]) -> list[str]:
              "speed-up (with quant) | "
              "bf16 weight GB/s | FP8 weight GB/s | bf16 TFLOP/s | FP8 TFLOP/s | 80 layers, FP8 + quant, ms |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    modes = sorted({mode for row in gemms for mode in row.get("timing", ["eager"])})
+    modes = sorted({mode for row in gemms for mode in row["timing"]})
     lines.insert(0, f"Median of 100 timed calls each, replayed as: {', '.join(modes)}.\n")
     for tokens in sorted({row["tokens"] for row in gemms}):
         layer = [row for row in gemms if row["tokens"] == tokens]

@@ -37,6 +37,23 @@ class Variant:
 
 
 @dataclass
+class ServedModel:
+    """A checkpoint behind an OpenAI-compatible endpoint: what scoring and benchmarking talk to."""
+
+    # Root of the OpenAI API, e.g. http://127.0.0.1:8123/v1 (".../completions" is appended by users).
+    base_url: str
+    # The model name the server answers to (the "model" field of every request).
+    model: str
+    # A local directory holding the checkpoint's tokenizer (token counts, BOS, prompts as ids).
+    tokenizer_dir: str
+    # Which serve backend produced it (vllm, endpoint, ...), its version and its engine args:
+    # base and variant must share all three to be comparable.
+    engine: str
+    engine_version: str
+    engine_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class TaskResult:
     task: str
     version: str

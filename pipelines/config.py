@@ -127,6 +127,41 @@ class SLOConfig:
 
 
 @dataclass
+class ServeConfig:
+    """How a checkpoint is served for scoring and timing; base and variant always share it."""
+
+    name: str = MISSING
+    # A name in registry.SERVERS: inprocess (transformers in this process) | vllm | endpoint.
+    backend: str = "inprocess"
+    # The Python that runs vLLM's OpenAI server: vLLM lives in its own environment.
+    python: str = ".venv-vllm/bin/python"
+    # Engine dtype (vLLM --dtype); "auto" follows model.dtype.
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    # Further server arguments passed through untouched, e.g. ["--enforce-eager"].
+    extra_args: list[str] = field(default_factory=list)
+    # Environment variables for the server process (e.g. VLLM_CPU_KVCACHE_SPACE on CPU).
+    env: dict[str, str] = field(default_factory=dict)
+    # serve=endpoint: already-running OpenAI-compatible servers, by role ("base", "variant").
+    urls: dict[str, str] = field(default_factory=dict)
+    # Name of the environment variable holding the endpoint's API key (the key itself is never logged).
+    api_key_env: str | None = None
+    startup_timeout_s: float = 600.0
+    # Items per task scored both in-process and served, to report their per-item agreement (0: off).
+    agreement_items: int = 0
+
+    def __post_init__(self) -> None:
+        _positive("serve", max_model_len=self.max_model_len, tensor_parallel_size=self.tensor_parallel_size,
+                  pipeline_parallel_size=self.pipeline_parallel_size, startup_timeout_s=self.startup_timeout_s)
+        _fraction("serve", "gpu_memory_utilization", self.gpu_memory_utilization)
+        if self.agreement_items < 0:
+            raise ConfigError(f"serve.agreement_items={self.agreement_items} must be >= 0")
+
+
+@dataclass
 class BenchConfig:
     name: str = MISSING
     enabled: bool = True
@@ -249,6 +284,7 @@ class RunConfig:
     model: ModelConfig = MISSING
     quant: QuantConfig = MISSING
     eval: EvalConfig = MISSING
+    serve: ServeConfig = MISSING
     bench: BenchConfig = MISSING
     hardware: HardwareConfig = MISSING
     gate: GateConfig = MISSING
@@ -263,7 +299,7 @@ class RunConfig:
 
 
 GROUPS = {
-    "model": ModelConfig, "quant": QuantConfig, "eval": EvalConfig, "bench": BenchConfig,
+    "model": ModelConfig, "quant": QuantConfig, "eval": EvalConfig, "serve": ServeConfig, "bench": BenchConfig,
     "hardware": HardwareConfig, "gate": GateConfig, "tracking": TrackingConfig,
 }
 

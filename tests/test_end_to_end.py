@@ -143,3 +143,19 @@ def test_parallel_sweep_with_joblib_launcher(tmp_path, tiny_llama_dir):
     assert len(parent) == 1 and sorted(r.data.tags["quantgate.quant"] for r in children) == ["canary-w2", "fp8"]
     assert all(r.info.status == "FINISHED" for r in children)
     assert len(fidelity_files(tmp_path)) == 2
+
+
+def test_sweep_with_submitit_local_launcher(tmp_path, tiny_llama_dir):
+    """The cluster path README documents for SLURM, run locally: jobs are pickled into separate
+    processes by submitit, share one parent run, and the command exits with the gate's code."""
+    args = ["-m", "quant=fp8,canary-w2", "sweep=submitit", "hydra/launcher=submitit_local",
+            "hydra.launcher.timeout_min=20", *tiny_args(tiny_llama_dir)]
+    result = cli(args, tmp_path)
+    client, runs = mlflow_runs(tmp_path)
+    parent = [r for r in runs if r.data.tags.get("quantgate.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
+    assert len(parent) == 1 and sorted(r.data.tags["quantgate.quant"] for r in children) == ["canary-w2", "fp8"]
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert any((tmp_path / "multirun").glob("**/.submitit/*/*_submitted.pkl"))  # submitit really ran the jobs
+    verdicts = {r.data.tags["quantgate.verdict"] for r in children}
+    assert result.returncode == (0 if verdicts == {"PROMOTE"} else 1), result.stderr[-3000:]

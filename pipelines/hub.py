@@ -80,10 +80,7 @@ def pending_download_bytes(model: ModelConfig) -> int:
 
 def free_bytes(directory: Path) -> int:
     """Free space on the filesystem that holds `directory` (or would, once created)."""
-    existing = Path(directory).expanduser().resolve()
-    while not existing.exists():
-        existing = existing.parent
-    return shutil.disk_usage(existing).free
+    return shutil.disk_usage(_existing(directory)).free
 
 
 def check_free_space(directory: Path, needed: float, what: str, fix: str) -> None:
@@ -115,3 +112,33 @@ def download(model: ModelConfig) -> Path:
                                       token=model.token))
     except Exception as error:  # network drop mid-download: the rerun resumes
         raise hub_error(model, error) from error
+
+
+def check_access_and_room(model: ModelConfig, cache_dir: Path, variant_bytes: float, variant: str) -> None:
+    """Preflight: the hub lets this token read the model, and the disks hold its download and the variant."""
+    from pipelines.models import is_hub_id
+
+    download = 0
+    if is_hub_id(model.source) and not offline():
+        check_access(model)
+        download = pending_download_bytes(model)
+    if download and _same_filesystem(cache_dir, cache_directory()):
+        check_free_space(cache_dir, download + variant_bytes, f"the download ({download / GB:.1f} GB) and the "
+                         f"{variant} variant", "free space, or set HF_HUB_CACHE / cache_dir to a larger disk")
+        return
+    check_free_space(cache_directory(), download, f"downloading {model.source}",
+                     "free space or set HF_HUB_CACHE to a larger disk")
+    check_free_space(cache_dir, variant_bytes, f"the {variant} variant (~{variant_bytes / GB:.1f} GB)",
+                     "free space or set cache_dir to a larger disk")
+
+
+def _same_filesystem(first: Path, second: Path) -> bool:
+    return _existing(first).stat().st_dev == _existing(second).stat().st_dev
+
+
+def _existing(directory: Path) -> Path:
+    """`directory`, or its nearest existing parent: where it would be created."""
+    path = Path(directory).expanduser().resolve()
+    while not path.exists():
+        path = path.parent
+    return path

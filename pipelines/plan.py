@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.config import PriceConfig, RunConfig
-from pipelines.cost import decode_step_bound_s, prefill_bound_s, price_per_hour, projected_estimate
+from pipelines.cost import decode_step_bound_s, prefill_bound_s, projected_estimate
 from pipelines.errors import ConfigError, InputError
 from pipelines.sizing import (GB, ModelSize, kv_tokens, model_size, quantize_memory, read_config_json,
                               roofline_shape, serve_gb_per_gpu, smallest_tensor_parallel, uses_calibration,
@@ -137,7 +137,7 @@ def _inprocess_problem(plan: Plan, need: float) -> str:
             f"({plan.cfg.hardware.memory_gb:g} GB) but it needs ~{need:.0f} GB: use {fix}")
 
 
-def _scaled_hardware(cfg: RunConfig, gpus: int):
+def scaled_hardware(cfg: RunConfig, gpus: int):
     """`gpus` of the configured hardware as one roofline device: ideal tensor parallelism, the price times gpus."""
     hw, n = cfg.hardware, max(gpus, 1)
     price = PriceConfig(**{tier: (value * n if value is not None else None)
@@ -164,7 +164,7 @@ def _stages(plan: Plan) -> list[Stage]:
     known = bool(items) and None not in items
     eval_s = _eval_seconds(plan, sum(items) if known else 1000)
     stages.append(Stage("evaluate", None, per_gpu, gpus, eval_s if known else None,
-                        "base + variant" if known else f"~{_duration(eval_s)} per 1,000 items (base + variant)"))
+                        "base + variant" if known else f"~{eval_s:,.0f} s per 1,000 items (base + variant)"))
     if cfg.bench.enabled:
         stages.append(Stage("benchmark", None, per_gpu, gpus, _bench_seconds(plan), "base + variant, every level"))
     return stages
@@ -173,7 +173,7 @@ def _stages(plan: Plan) -> list[Stage]:
 def _quantize_seconds(plan: Plan) -> float:
     """Roofline lower bound on one GPU: calibration forward passes, GPTQ's Hessians, the weights onloaded once."""
     cfg, size = plan.cfg, plan.size
-    hw = _scaled_hardware(cfg, 1)
+    hw = scaled_hardware(cfg, 1)
     flops = hw.peak_dense_tflops.get(size.dtype, max(hw.peak_dense_tflops.values(), default=1.0)) * 1e12
     tokens = cfg.quant.calibration.num_samples * cfg.quant.calibration.max_seq_length if uses_calibration(cfg.quant) else 0
     passes = CALIBRATION_PASSES.get(cfg.quant.method, 2)
@@ -186,12 +186,12 @@ def _quantize_seconds(plan: Plan) -> float:
 
 def _eval_seconds(plan: Plan, items: int) -> float:
     shape = roofline_shape(plan.size, plan.base_bytes, None)
-    hw = _scaled_hardware(plan.cfg, plan.serve_gpus)
+    hw = scaled_hardware(plan.cfg, plan.serve_gpus)
     return 2 * prefill_bound_s(shape, hw, items, ASSUMED_TOKENS_PER_ITEM)
 
 
 def _bench_seconds(plan: Plan) -> float:
-    bench, hw = plan.cfg.bench, _scaled_hardware(plan.cfg, plan.serve_gpus)
+    bench, hw = plan.cfg.bench, scaled_hardware(plan.cfg, plan.serve_gpus)
     context = bench.input_tokens + bench.output_tokens / 2
     total = 0.0
     for weights, scheme in ((plan.base_bytes, None), (plan.variant_bytes, plan.cfg.quant.scheme)):
@@ -208,7 +208,7 @@ def _serving_cost(plan: Plan) -> list[str]:
     """Projected $ per 1M output tokens at the bench's load for base and variant (roofline, a lower bound)."""
     if not plan.serve_gpus:
         return []
-    hw, lines = _scaled_hardware(plan.cfg, plan.serve_gpus), []
+    hw, lines = scaled_hardware(plan.cfg, plan.serve_gpus), []
     for name, weights, scheme in (("base", plan.base_bytes, None),
                                   (plan.cfg.quant.name, plan.variant_bytes, plan.cfg.quant.scheme)):
         estimate = projected_estimate(roofline_shape(plan.size, weights, scheme), hw, plan.cfg.bench)
@@ -239,79 +239,10 @@ def suite_items(cfg: RunConfig) -> list[tuple[str, int | None]]:
     return [(name, min(n, cfg.eval.limit) if n is not None and cfg.eval.limit else n) for name, n in counted]
 
 
-def render(plan: Plan) -> str:
-    cfg, size, hw = plan.cfg, plan.size, plan.cfg.hardware
-    gpus = plan.serve_gpus
-    held = f"{gpus} x {hw.name}" if gpus else hw.name
-    price = price_per_hour(_scaled_hardware(cfg, gpus))
-    lines = [f"plan: model={cfg.model.name} quant={cfg.quant.name} hardware={hw.name} serve={cfg.serve.name} "
-             f"(estimates: roofline lower bounds, prices from conf/hardware/{hw.name}.yaml)",
-             f"  model      {_count(size.params)} parameters, {size.layers} layers; shape from {plan.shape_source}",
-             f"  weights    base {size.dtype} {_bytes(plan.base_bytes)} ({plan.base_bytes / size.params:.2f} B/param)"
-             f" | {cfg.quant.name} {cfg.quant.scheme or size.dtype} ~{_bytes(plan.variant_bytes)} "
-             f"({plan.variant_bytes / size.params:.2f} B/param)",
-             f"  disk       download {_bytes(plan.download_bytes)} into the Hugging Face cache + variant "
-             f"{_bytes(plan.variant_bytes if cfg.quant.method != 'none' else 0)} into {cfg.cache_dir}",
-             f"  serving    {_serving_line(plan)}",
-             f"  {'stage':<10} {'CPU RAM':>9} {'GPU mem/GPU':>12} {'GPUs':>5} {'time (est.)':>12} {'cost (est.)':>12}"]
-    for stage in plan.stages:
-        cost = stage.seconds / 3600 * price if stage.seconds is not None else None
-        lines.append(f"  {stage.name:<10} {_gb(stage.cpu_ram_gb):>9} {_gb(stage.gpu_gb):>12} {stage.gpus or '-':>5} "
-                     f"{_duration(stage.seconds):>12} {('$%.2f' % cost) if cost is not None else '?':>12}  {stage.note}")
-    known = [stage.seconds for stage in plan.stages if stage.seconds is not None]
-    lines.append(f"  {'total':<10} {'':>9} {'':>12} {'':>5} {_duration(sum(known)):>12} "
-                 f"{'$%.2f' % (sum(known) / 3600 * price):>12}  of the stages with an estimate; {held} held "
-                 f"for the whole run at ${price:.2f}/hour ({hw.price_tier})")
-    for line in plan.serving_cost:
-        lines.append(f"  serve cost (projected) {line}")
-    counted = [f"{name} {n:,}" for name, n in plan.suites if n is not None]
-    unknown = [name for name, n in plan.suites if n is None]
-    if counted:
-        lines.append("  items      " + ", ".join(counted))
-    if unknown:
-        lines.append(f"  items      unknown offline (hub datasets): {', '.join(unknown)}")
-    lines += [f"  warning    {warning}" for warning in plan.warnings]
-    lines.append(f"  verdict    {'DOES NOT FIT: ' + plan.problems[0] if plan.problems else 'fits'}")
-    return "\n".join(lines)
-
-
-def _serving_line(plan: Plan) -> str:
-    cfg, hw = plan.cfg, plan.cfg.hardware
-    if cfg.serve.backend == "endpoint":
-        return "served by serve.urls: not sized here"
-    if not plan.serve_gpus:
-        return f"on {hw.name} ({hw.memory_gb:g} GB), no GPU"
-    tokens = kv_tokens(cfg, plan.size)
-    per_gpu = serve_gb_per_gpu(plan.size, max(plan.base_bytes, plan.variant_bytes), tokens, plan.serve_gpus)
-    needs = (f"needs {plan.needed_tp} x {hw.name} at tensor-parallel {plan.needed_tp}" if plan.needed_tp
-             else f"does not fit on 8 x {hw.name}")
-    return (f"{needs}; configured {plan.serve_gpus} GPU(s): ~{per_gpu:.1f} GB per GPU of "
-            f"{hw.memory_gb * cfg.serve.gpu_memory_utilization:.0f} usable (weights + KV cache for {tokens:,} tokens "
-            f"+ {2.0:g} GB overhead)")
-
-
-def _count(params: float) -> str:
-    return f"{params / 1e9:.2f} B" if params >= 1e9 else f"{params / 1e6:.1f} M"
-
-
-def _bytes(value: float) -> str:
-    return f"{value / GB:.1f} GB" if value >= GB or not value else f"{value / 1e6:.1f} MB"
-
-
-def _gb(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f} GB"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
-
-
 def print_plans(configs: list[RunConfig]) -> int:
     """plan=true: print each configuration's plan; exit code 2 when one does not fit, else 0."""
+    from pipelines.plan_report import render
+
     plans = [build_plan(cfg, count_items=True) for cfg in configs]
     for plan in plans:
         print(render(plan))
@@ -347,34 +278,7 @@ def _check_this_machine(plan: Plan) -> None:
         if quantize.cpu_ram_gb * GB > total:
             raise InputError(f"quantizing {cfg.model.name} needs ~{quantize.cpu_ram_gb:.0f} GB of CPU RAM (llm-compressor "
                              f"keeps the model in CPU memory) and this machine has {total / GB:.0f} GB")
-    _check_hub_and_disk(plan)
-
-
-def _check_hub_and_disk(plan: Plan) -> None:
     from pipelines import hub
-    from pipelines.models import is_hub_id
 
-    cfg, download = plan.cfg, 0.0
-    if is_hub_id(cfg.model.source) and not hub.offline():
-        hub.check_access(cfg.model)
-        download = hub.pending_download_bytes(cfg.model)
     variant = plan.variant_bytes if cfg.quant.method != "none" else 0.0
-    cache, hf_cache = Path(cfg.cache_dir), hub.cache_directory()
-    if download and _same_filesystem(cache, hf_cache):
-        hub.check_free_space(cache, download + variant, f"the download ({download / GB:.1f} GB) and the variant",
-                             "free space, or set HF_HUB_CACHE / cache_dir to a larger disk")
-        return
-    hub.check_free_space(hf_cache, download, f"downloading {cfg.model.source}",
-                         "free space or set HF_HUB_CACHE to a larger disk")
-    hub.check_free_space(cache, variant, f"the {cfg.quant.name} variant (~{variant / GB:.1f} GB)",
-                         "free space or set cache_dir to a larger disk")
-
-
-def _same_filesystem(first: Path, second: Path) -> bool:
-    def device(path: Path) -> int:
-        path = path.expanduser().resolve()
-        while not path.exists():
-            path = path.parent
-        return path.stat().st_dev
-
-    return device(first) == device(second)
+    hub.check_access_and_room(cfg.model, Path(cfg.cache_dir), variant, cfg.quant.name)

@@ -56,6 +56,8 @@ def _serving_line(plan: Plan) -> str:
     per_gpu = serve_gb_per_gpu(plan.size, max(plan.base_bytes, plan.variant_bytes), tokens, plan.serve_gpus)
     needs = (f"needs {plan.needed_tp} x {hw.name} at tensor-parallel {plan.needed_tp}" if plan.needed_tp
              else f"does not fit on 8 x {hw.name}")
+    if plan.needed_tp and cfg.serve.backend == "vllm" and plan.serve_gpus > plan.needed_tp:
+        needs += f" (serve.tensor_parallel_size={plan.needed_tp} would do)"
     return (f"{needs}; configured {plan.serve_gpus} GPU(s): ~{per_gpu:.1f} GB per GPU of "
             f"{hw.memory_gb * cfg.serve.gpu_memory_utilization:.0f} usable (weights + KV cache for {tokens:,} tokens "
             f"+ {SERVE_OVERHEAD_GB:g} GB overhead)")

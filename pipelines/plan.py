@@ -150,8 +150,10 @@ def scaled_hardware(cfg: RunConfig, gpus: int):
 def _stages(plan: Plan) -> list[Stage]:
     cfg, size = plan.cfg, plan.size
     gpus = plan.serve_gpus
-    per_gpu = (serve_gb_per_gpu(size, max(plan.base_bytes, plan.variant_bytes), kv_tokens(cfg, size), gpus)
-               if gpus else None)
+    served = serve_gb_per_gpu(size, max(plan.base_bytes, plan.variant_bytes), kv_tokens(cfg, size), max(gpus, 1))
+    per_gpu = served if gpus else None
+    # Without GPUs the model, its KV cache and activations live in CPU RAM (against endpoints: elsewhere).
+    ram = served if not gpus and cfg.serve.backend != "endpoint" else None
     stages = [Stage("download", None, None, 0, plan.download_bytes / (ASSUMED_DOWNLOAD_MB_S * 1e6),
                     f"at {ASSUMED_DOWNLOAD_MB_S} MB/s (assumed)" if plan.download_bytes else "local: nothing to fetch")]
     if cfg.quant.method != "none":
@@ -163,10 +165,10 @@ def _stages(plan: Plan) -> list[Stage]:
     items = [n for _, n in plan.suites]
     known = bool(items) and None not in items
     eval_s = _eval_seconds(plan, sum(items) if known else 1000)
-    stages.append(Stage("evaluate", None, per_gpu, gpus, eval_s if known else None,
-                        "base + variant" if known else f"~{eval_s:,.0f} s per 1,000 items (base + variant)"))
+    stages.append(Stage("evaluate", ram, per_gpu, gpus, eval_s if known else None,
+                        "base + variant" if known else f"~{duration(eval_s)} per 1,000 items (base + variant)"))
     if cfg.bench.enabled:
-        stages.append(Stage("benchmark", None, per_gpu, gpus, _bench_seconds(plan), "base + variant, every level"))
+        stages.append(Stage("benchmark", ram, per_gpu, gpus, _bench_seconds(plan), "base + variant, every level"))
     return stages
 
 
@@ -239,6 +241,14 @@ def suite_items(cfg: RunConfig) -> list[tuple[str, int | None]]:
     return [(name, min(n, cfg.eval.limit) if n is not None and cfg.eval.limit else n) for name, n in counted]
 
 
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
 def print_plans(configs: list[RunConfig]) -> int:
     """plan=true: print each configuration's plan; exit code 2 when one does not fit, else 0."""
     from pipelines.plan_report import render
@@ -263,12 +273,13 @@ def check_plan(cfg: RunConfig) -> None:
 
 def _check_this_machine(plan: Plan) -> None:
     cfg, hw = plan.cfg, plan.cfg.hardware
-    if hw.device.startswith("cuda") and plan.serve_gpus:
+    gpus = max((stage.gpus for stage in plan.stages), default=0)
+    if hw.device.startswith("cuda") and gpus:
         import torch
 
         found = torch.cuda.device_count()
-        if found < plan.serve_gpus:
-            raise InputError(f"the plan needs {plan.serve_gpus} x {hw.name} (CUDA) and this machine has {found}: "
+        if found < gpus:
+            raise InputError(f"the plan needs {gpus} x {hw.name} (CUDA) and this machine has {found}: "
                              "run on a machine that has them (plan=true shows the plan anywhere)")
     quantize = next((stage for stage in plan.stages if stage.name == "quantize"), None)
     if quantize is not None:

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from pipelines.cost import price_per_hour
-from pipelines.plan import Plan, scaled_hardware
+from pipelines.plan import Plan, duration, scaled_hardware
 from pipelines.sizing import GB, SERVE_OVERHEAD_GB, kv_tokens, serve_gb_per_gpu
 
 
@@ -73,11 +73,3 @@ def _bytes(value: float) -> str:
 
 def _gb(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} GB"
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"

@@ -242,3 +242,21 @@ def test_chat_calibration_is_rendered_with_the_models_chat_template(tmp_path):
     assert load_calibration(cal, tmp_path) == ["user: Total of invoice 1042?\nassistant: 51 dollars.",
                                                "user: Route this claim."]
     assert [json.loads(text) for text in load_calibration(cal)] == chats  # preflight: checked, not rendered
+
+
+def test_preflight_refuses_a_variant_that_does_not_fit_on_the_disk(monkeypatch, tmp_path):
+    monkeypatch.setattr(hub, "free_bytes", lambda directory: 1000)
+    (cfg,) = compose_all(["quant=gptq", f"cache_dir={tmp_path / 'cache'}"])
+    with pytest.raises(InputError, match=r"the gptq variant .* are free; free space or set cache_dir"):
+        check_plan(cfg)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_quantizing_on_a_gpu_needs_one_even_against_endpoints(model_dirs, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    (cfg,) = compose_all(["model=llama3-8b", f"model.source={model_dirs['llama3-8b']}", "quant=fp8", "serve=endpoint"])
+    assert build_plan(cfg).serve_gpus == 0
+    with pytest.raises(InputError, match=r"needs 1 x h100 \(CUDA\) and this machine has 0"):
+        check_plan(cfg)

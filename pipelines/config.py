@@ -41,6 +41,9 @@ class ModelConfig:
     # Hub token for gated models; prefer the HF_TOKEN environment variable. Never logged.
     token: str | None = None
     description: str = ""
+    # config.json fields that size the model (hidden_size, num_hidden_layers, ...), so plan=true and
+    # preflight can size a hub model before any download; its own config.json wins once local.
+    shape: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.dtype not in {"auto", "float32", "bfloat16", "float16"}:
@@ -53,6 +56,8 @@ class CalibrationConfig:
     source: str = "embedded"
     split: str = "train"
     text_field: str = "text"
+    # The field holds chat messages ([{role, content}, ...]) rendered with the base model's chat template.
+    chat_template: bool = False
     num_samples: int = 64
     max_seq_length: int = 256
 
@@ -296,6 +301,8 @@ class RunConfig:
     # A human name for the sweep; groups child runs under one MLflow parent.
     sweep: str | None = None
     debug: bool = False
+    # Print the plan (sizes, memory, GPUs, disk, items, time and cost) and stop: nothing is downloaded or run.
+    plan: bool = False
 
 
 GROUPS = {

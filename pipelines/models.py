@@ -64,17 +64,9 @@ def local_model_directory(model: ModelConfig) -> Path:
 
 
 def _download(model: ModelConfig) -> Path:
-    from huggingface_hub import snapshot_download
+    from pipelines.hub import download
 
-    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]
-    if model.allow_pickle:
-        patterns.append("*.bin")
-    try:
-        return Path(snapshot_download(model.source, revision=model.revision, allow_patterns=patterns,
-                                      token=model.token))
-    except Exception as error:  # the hub client raises many types; all mean "not reachable here"
-        raise InputError(f"model.source={model.source} could not be fetched from the hub "
-                         f"({type(error).__name__}); download it and set model.source=/path/to/dir") from error
+    return download(model)
 
 
 def check_model_directory(path: Path, allow_pickle: bool = False) -> None:

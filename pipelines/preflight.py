@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 
 
 def preflight(cfg: RunConfig) -> None:
+    from pipelines.plan import check_plan
+
+    check_plan(cfg)  # fits the hardware, this machine and its disk; hub access: before anything is written
     check_writable(Path(cfg.cache_dir), "cache_dir")
     model_config = base_model_config(cfg.model)
     _check_quant(cfg, model_config)

@@ -3,6 +3,7 @@
     python -m pipelines.run                                  # embedded model, baseline
     python -m pipelines.run model=llama3-70b quant=awq       # one variant
     python -m pipelines.run -m quant=fp8,w8a8,awq,gptq       # a sweep: one MLflow parent run
+    python -m pipelines.run model=llama3-70b quant=awq plan=true   # sizes, GPUs, disk, time, cost; runs nothing
 
 Exit codes: 0 PROMOTE, 1 REJECT or blocking INCONCLUSIVE, 2 invalid input or configuration,
 3 a stage failed (a bug or a library failure: see the log and the FAILED MLflow run).
@@ -48,6 +49,10 @@ def main() -> None:
         return
     try:
         configs = compose_all(argv)
+        if configs[0].plan:  # plan=true: print what the run would need, then stop before any work
+            from pipelines.plan import print_plans
+
+            sys.exit(print_plans(configs))
         sweep.preflight_all(configs)
     except UserError as error:
         fail(error, "debug=true" in argv)

@@ -45,7 +45,7 @@ def run_quantize(cfg: RunConfig, base: BaseModel) -> Variant:
     check_quant_compatible(base.config, quant)
     if quant.backend == "none":
         return _baseline(quant, base)
-    calibration = load_calibration(quant.calibration) if uses_calibration(quant) else []
+    calibration = load_calibration(quant.calibration, base.path) if uses_calibration(quant) else []
     versions = storage.library_versions(*BACKEND_LIBRARIES.get(quant.backend, ("transformers", "torch")))
     key = variant_key(base, quant, calibration, versions, cfg.seed)
     out_dir = Path(cfg.cache_dir) / "variants" / base.name / f"{quant.name}-{key}"

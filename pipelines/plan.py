@@ -1,0 +1,295 @@
+"""The plan of a run, before any download or GPU hour: sizes, memory per stage, GPUs, disk, items, time, cost.
+
+    python -m pipelines.run model=llama3-70b quant=awq plan=true        (prints it; downloads and runs nothing)
+
+Sizes come from the model's config.json only (`pipelines/sizing.py`); times and costs are estimates
+from the roofline model (`pipelines/cost.py`) and the price in conf/hardware: lower bounds, labelled
+so. The normal run makes the same checks in preflight (`check_plan`) and refuses, with the fix, a
+plan that cannot fit, before any output is created.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipelines.config import PriceConfig, RunConfig
+from pipelines.cost import decode_step_bound_s, prefill_bound_s, projected_estimate
+from pipelines.errors import ConfigError, InputError
+from pipelines.sizing import (GB, ModelSize, kv_tokens, model_size, quantize_memory, read_config_json,
+                              roofline_shape, serve_gb_per_gpu, smallest_tensor_parallel, uses_calibration,
+                              valid_tensor_parallel, variant_bytes)
+
+log = logging.getLogger(__name__)
+
+ASSUMED_DOWNLOAD_MB_S = 100
+# Prompt tokens per scored item (lm-eval items are a question plus few-shot examples): an assumption.
+ASSUMED_TOKENS_PER_ITEM = 512
+# llm-compressor passes per calibration sample, per method: calibrate + propagate; AWQ adds its 20-point grid.
+CALIBRATION_PASSES = {"rtn": 0, "gptq": 2, "awq": 22, "smoothquant_gptq": 3}
+_warned: set[str] = set()
+
+
+@dataclass
+class Stage:
+    name: str
+    cpu_ram_gb: float | None
+    gpu_gb: float | None  # per GPU; None where the stage uses none
+    gpus: int
+    seconds: float | None
+    note: str = ""
+
+
+@dataclass
+class Plan:
+    cfg: RunConfig
+    size: ModelSize
+    shape_source: str
+    base_bytes: float
+    variant_bytes: float
+    download_bytes: float
+    serve_gpus: int  # GPUs the run holds (tensor x pipeline parallel); 0 on CPU or against endpoints
+    needed_tp: int | None
+    stages: list[Stage] = field(default_factory=list)
+    suites: list[tuple[str, int | None]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    serving_cost: list[str] = field(default_factory=list)
+
+
+def build_plan(cfg: RunConfig, count_items: bool = False) -> Plan:
+    config, source = read_config_json(cfg.model)
+    size = model_size(config, cfg.model)
+    from pipelines.models import is_hub_id
+
+    plan = Plan(cfg=cfg, size=size, shape_source=source, base_bytes=size.base_bytes,
+                variant_bytes=variant_bytes(size, cfg.quant),
+                download_bytes=size.base_bytes if is_hub_id(cfg.model.source) else 0.0, serve_gpus=0, needed_tp=None)
+    plan.warnings = real_model_warnings(cfg)
+    _size_serving(plan)
+    plan.suites = suite_items(cfg) if count_items else []
+    plan.stages = _stages(plan)
+    plan.serving_cost = [] if plan.problems else _serving_cost(plan)
+    return plan
+
+
+def real_model_warnings(cfg: RunConfig) -> list[str]:
+    """One line each for a real model paired with the embedded model's toy suites, calibration or CPU."""
+    if cfg.model.source == "embedded":
+        return []
+    model, found = cfg.model.name, []
+    if cfg.eval.include_path == "embedded":
+        found.append(f"eval={cfg.eval.name} scores {model} on the bundled toy suites (written for the 5 M-parameter "
+                     "embedded model): use eval=standard, and your own suites with eval.include_path=/path")
+    if uses_calibration(cfg.quant) and cfg.quant.calibration.source == "embedded":
+        found.append(f"quant={cfg.quant.name} calibrates {model} on the embedded toy text "
+                     f"({cfg.quant.calibration.num_samples} texts x {cfg.quant.calibration.max_seq_length} tokens): "
+                     "use calibration=ultrachat or quant.calibration.source=/path/to/your.jsonl")
+    if cfg.bench.enabled and (cfg.hardware.device == "cpu" or cfg.bench.name == "cpu"):
+        found.append(f"bench={cfg.bench.name} hardware={cfg.hardware.name} benchmarks and prices {model} on a CPU: "
+                     "use bench=gpu and your GPU's hardware (e.g. hardware=h100)")
+    return found
+
+
+def _size_serving(plan: Plan) -> None:
+    """GPUs and tensor parallelism that serving base and variant (same engine args) needs; problems if it cannot."""
+    cfg, size, hw = plan.cfg, plan.size, plan.cfg.hardware
+    tokens, largest = kv_tokens(cfg, size), max(plan.base_bytes, plan.variant_bytes)
+    if cfg.serve.backend == "endpoint":
+        return
+    if not hw.device.startswith("cuda"):
+        need = serve_gb_per_gpu(size, largest, tokens, 1)
+        if need > hw.memory_gb:
+            plan.problems.append(f"{cfg.model.name} needs ~{need:.0f} GB of memory to serve but hardware={hw.name} "
+                                 f"has {hw.memory_gb:g} GB: choose GPU hardware (bench=gpu hardware=h100)")
+        return
+    usable = hw.memory_gb * cfg.serve.gpu_memory_utilization
+    plan.needed_tp = smallest_tensor_parallel(size, largest, tokens, usable)
+    if cfg.serve.backend == "inprocess":
+        plan.serve_gpus = 1
+        need = serve_gb_per_gpu(size, largest, tokens, 1)
+        if need > hw.memory_gb:
+            plan.problems.append(_inprocess_problem(plan, need))
+        return
+    tp, pp = cfg.serve.tensor_parallel_size, cfg.serve.pipeline_parallel_size
+    plan.serve_gpus = tp * pp
+    if not valid_tensor_parallel(size, tp):
+        plan.problems.append(f"serve.tensor_parallel_size={tp} must divide the {size.heads} attention heads of "
+                             f"{cfg.model.name}: set serve.tensor_parallel_size={plan.needed_tp or 8}")
+    elif plan.needed_tp is None:
+        at_eight = serve_gb_per_gpu(size, largest, tokens, 8)
+        plan.problems.append(f"{cfg.model.name} does not fit on 8 x {hw.name} (~{at_eight:.0f} GB per GPU of "
+                             f"{usable:.0f} usable): choose hardware with more memory (e.g. hardware=h200)")
+    elif tp * pp < plan.needed_tp:
+        need = serve_gb_per_gpu(size, largest, tokens, tp * pp)
+        plan.problems.append(f"serving needs {plan.needed_tp} x {hw.name} at tensor-parallel {plan.needed_tp} "
+                             f"(~{need:.0f} GB per GPU at {tp * pp}, {usable:.0f} usable): "
+                             f"set serve.tensor_parallel_size={plan.needed_tp}")
+
+
+def _inprocess_problem(plan: Plan, need: float) -> str:
+    fix = (f"serve=vllm serve.tensor_parallel_size={plan.needed_tp}" if plan.needed_tp
+           else "hardware with more memory (e.g. hardware=h200)")
+    return (f"serve=inprocess loads {plan.cfg.model.name} onto one {plan.cfg.hardware.name} "
+            f"({plan.cfg.hardware.memory_gb:g} GB) but it needs ~{need:.0f} GB: use {fix}")
+
+
+def scaled_hardware(cfg: RunConfig, gpus: int):
+    """`gpus` of the configured hardware as one roofline device: ideal tensor parallelism, the price times gpus."""
+    hw, n = cfg.hardware, max(gpus, 1)
+    price = PriceConfig(**{tier: (value * n if value is not None else None)
+                           for tier, value in dataclasses.asdict(hw.price_per_hour).items()})
+    return dataclasses.replace(hw, memory_bandwidth_gb_s=hw.memory_bandwidth_gb_s * n, memory_gb=hw.memory_gb * n,
+                               peak_dense_tflops={k: v * n for k, v in hw.peak_dense_tflops.items()},
+                               price_per_hour=price)
+
+
+def _stages(plan: Plan) -> list[Stage]:
+    cfg, size = plan.cfg, plan.size
+    gpus = plan.serve_gpus
+    served = serve_gb_per_gpu(size, max(plan.base_bytes, plan.variant_bytes), kv_tokens(cfg, size), max(gpus, 1))
+    per_gpu = served if gpus else None
+    # Without GPUs the model, its KV cache and activations live in CPU RAM (against endpoints: elsewhere).
+    ram = served if not gpus and cfg.serve.backend != "endpoint" else None
+    stages = [Stage("download", None, None, 0, plan.download_bytes / (ASSUMED_DOWNLOAD_MB_S * 1e6),
+                    f"at {ASSUMED_DOWNLOAD_MB_S} MB/s (assumed)" if plan.download_bytes else "local: nothing to fetch")]
+    if cfg.quant.method != "none":
+        cpu, gpu = quantize_memory(size, cfg)
+        on_gpu = cfg.hardware.device.startswith("cuda")
+        note = "model in CPU RAM, " + ("one layer at a time on the GPU" if on_gpu else "quantized on the CPU")
+        stages.append(Stage("quantize", cpu / GB, gpu / GB if on_gpu else None, 1 if on_gpu else 0,
+                            _quantize_seconds(plan), note))
+    items = [n for _, n in plan.suites]
+    known = bool(items) and None not in items
+    eval_s = _eval_seconds(plan, sum(items) if known else 1000)
+    stages.append(Stage("evaluate", ram, per_gpu, gpus, eval_s if known else None,
+                        "base + variant" if known else f"~{duration(eval_s)} per 1,000 items (base + variant)"))
+    if cfg.bench.enabled:
+        stages.append(Stage("benchmark", ram, per_gpu, gpus, _bench_seconds(plan), "base + variant, every level"))
+    return stages
+
+
+def _quantize_seconds(plan: Plan) -> float:
+    """Roofline lower bound on one GPU: calibration forward passes, GPTQ's Hessians, the weights onloaded once."""
+    cfg, size = plan.cfg, plan.size
+    hw = scaled_hardware(cfg, 1)
+    flops = hw.peak_dense_tflops.get(size.dtype, max(hw.peak_dense_tflops.values(), default=1.0)) * 1e12
+    tokens = cfg.quant.calibration.num_samples * cfg.quant.calibration.max_seq_length if uses_calibration(cfg.quant) else 0
+    passes = CALIBRATION_PASSES.get(cfg.quant.method, 2)
+    seconds = passes * 2 * size.params * tokens / flops + plan.base_bytes / (hw.memory_bandwidth_gb_s * 1e9)
+    if cfg.quant.method in {"gptq", "smoothquant_gptq"}:
+        widths = [size.hidden] * 5 + [size.heads * size.head_dim, size.intermediate]
+        seconds += size.layers * sum(2 * tokens * w * w for w in widths) / flops
+    return seconds
+
+
+def _eval_seconds(plan: Plan, items: int) -> float:
+    shape = roofline_shape(plan.size, plan.base_bytes, None)
+    hw = scaled_hardware(plan.cfg, plan.serve_gpus)
+    return 2 * prefill_bound_s(shape, hw, items, ASSUMED_TOKENS_PER_ITEM)
+
+
+def _bench_seconds(plan: Plan) -> float:
+    bench, hw = plan.cfg.bench, scaled_hardware(plan.cfg, plan.serve_gpus)
+    context = bench.input_tokens + bench.output_tokens / 2
+    total = 0.0
+    for weights, scheme in ((plan.base_bytes, None), (plan.variant_bytes, plan.cfg.quant.scheme)):
+        shape = roofline_shape(plan.size, weights, scheme)
+        for batch in bench.batch_sizes:
+            batches = math.ceil(bench.requests_per_level / batch) * bench.repeats + math.ceil(bench.warmup_requests / batch)
+            latency = (prefill_bound_s(shape, hw, batch, bench.input_tokens)
+                       + bench.output_tokens * decode_step_bound_s(shape, hw, batch, context))
+            total += batches * latency
+    return total
+
+
+def _serving_cost(plan: Plan) -> list[str]:
+    """Projected $ per 1M output tokens at the bench's load for base and variant (roofline, a lower bound)."""
+    if not plan.serve_gpus:
+        return []
+    hw, lines = scaled_hardware(plan.cfg, plan.serve_gpus), []
+    for name, weights, scheme in (("base", plan.base_bytes, None),
+                                  (plan.cfg.quant.name, plan.variant_bytes, plan.cfg.quant.scheme)):
+        estimate = projected_estimate(roofline_shape(plan.size, weights, scheme), hw, plan.cfg.bench)
+        if estimate is not None:
+            lines.append(f"{name}: ${estimate.usd_per_million_output_tokens:.3f} per 1M output tokens at batch "
+                         f"{estimate.batch_size}; {estimate.replicas_for_target} replica(s) for "
+                         f"{plan.cfg.bench.target_qps:g} QPS, ${estimate.monthly_usd:,.0f}/month")
+    return lines
+
+
+def suite_items(cfg: RunConfig) -> list[tuple[str, int | None]]:
+    """Items per task: counted for local suites (lm-eval loads their files), None for hub datasets."""
+    from pipelines.preflight import suites_directory
+
+    include = suites_directory(cfg.eval.include_path)
+    local: dict[str, int] = {}
+    if include:
+        from lm_eval.tasks import TaskManager
+
+        from pipelines.preflight import _leaf_tasks, _quietly
+
+        logging.getLogger("lm_eval").setLevel(logging.ERROR)  # per-task notes would bury the plan
+        manager = TaskManager(include_path=include, include_defaults=False)
+        for task in [t for t in cfg.eval.tasks if t in manager.all_tasks]:
+            for name, leaf in _leaf_tasks(_quietly(manager.load_task_or_group, [task])):
+                local[name] = len(list(leaf.eval_docs))
+    counted = list(local.items()) + [(t, None) for t in cfg.eval.tasks if not include or t not in manager.all_tasks]
+    return [(name, min(n, cfg.eval.limit) if n is not None and cfg.eval.limit else n) for name, n in counted]
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def print_plans(configs: list[RunConfig]) -> int:
+    """plan=true: print each configuration's plan; exit code 2 when one does not fit, else 0."""
+    from pipelines.plan_report import render
+
+    plans = [build_plan(cfg, count_items=True) for cfg in configs]
+    for plan in plans:
+        print(render(plan))
+    return 2 if any(plan.problems for plan in plans) else 0
+
+
+def check_plan(cfg: RunConfig) -> None:
+    """Preflight: warn once per line, refuse a plan that cannot fit, then check this machine and the hub."""
+    plan = build_plan(cfg)
+    for warning in plan.warnings:
+        if warning not in _warned:
+            _warned.add(warning)
+            log.warning(warning)
+    if plan.problems:
+        raise ConfigError(plan.problems[0])
+    _check_this_machine(plan)
+
+
+def _check_this_machine(plan: Plan) -> None:
+    cfg, hw = plan.cfg, plan.cfg.hardware
+    gpus = max((stage.gpus for stage in plan.stages), default=0)
+    if hw.device.startswith("cuda") and gpus:
+        import torch
+
+        found = torch.cuda.device_count()
+        if found < gpus:
+            raise InputError(f"the plan needs {gpus} x {hw.name} (CUDA) and this machine has {found}: "
+                             "run on a machine that has them (plan=true shows the plan anywhere)")
+    quantize = next((stage for stage in plan.stages if stage.name == "quantize"), None)
+    if quantize is not None:
+        import psutil
+
+        total = psutil.virtual_memory().total
+        if quantize.cpu_ram_gb * GB > total:
+            raise InputError(f"quantizing {cfg.model.name} needs ~{quantize.cpu_ram_gb:.0f} GB of CPU RAM (llm-compressor "
+                             f"keeps the model in CPU memory) and this machine has {total / GB:.0f} GB")
+    from pipelines import hub
+
+    variant = plan.variant_bytes if cfg.quant.method != "none" else 0.0
+    hub.check_access_and_room(cfg.model, Path(cfg.cache_dir), variant, cfg.quant.name)

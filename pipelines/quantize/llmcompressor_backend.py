@@ -29,6 +29,9 @@ class LLMCompressorQuantizer:
         import torch
         from llmcompressor import oneshot
 
+        from pipelines.logs import route_library_logs
+
+        route_library_logs()  # importing llmcompressor pointed its logger at stdout
         torch.manual_seed(seed)
         recipe = build_recipe(quant)
         # resolve_base refuses custom code (auto_map) unless the user trusted it, so its presence means trust.

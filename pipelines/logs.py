@@ -9,9 +9,12 @@ into run.log). Checked by tests/test_new_user.py.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import sys
 from logging.handlers import MemoryHandler
+from typing import Iterator
 
 OWN_LOGGERS = ("pipelines", "__main__")
 # Records logged before Hydra opens run.log (config composition, preflight): at most this many are kept.
@@ -61,6 +64,27 @@ def replay_early_records() -> None:
                 handler.handle(record)
     _early.buffer.clear()
     logging.captureWarnings(True)
+
+
+@contextlib.contextmanager
+def library_output_to_log(name: str) -> Iterator[None]:
+    """Around an import or load that may first import llm-compressor or compressed-tensors: what they
+    print while importing (loguru sinks bound to stdout) goes to the `name` logger, then loguru is
+    routed to `logging` for good."""
+    with contextlib.redirect_stdout(_LogWriter(name)):
+        yield
+    route_library_logs()
+
+
+class _LogWriter(io.TextIOBase):
+    def __init__(self, name: str) -> None:
+        self.logger = logging.getLogger(name)
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            if line.strip():
+                self.logger.info(line.rstrip())
+        return len(text)
 
 
 def route_library_logs() -> None:

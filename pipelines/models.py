@@ -146,10 +146,10 @@ def load_causal_lm(path: Path, dtype: str = "auto", trust_remote_code: bool = Fa
     kwargs["dtype"] = "auto" if dtype == "auto" else getattr(torch, dtype)
     if device and device != "cpu":
         kwargs["device_map"] = device
-    model, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True, **kwargs)
-    from pipelines.logs import route_library_logs
+    from pipelines.logs import library_output_to_log
 
-    route_library_logs()  # compressed-tensors, imported by the load, points its logger at stdout
+    with library_output_to_log("transformers"):  # a compressed checkpoint imports compressed-tensors
+        model, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True, **kwargs)
     _refuse_partial_load(path, set(info["missing_keys"]), set(info["unexpected_keys"]))
     return model.eval()
 

@@ -27,11 +27,12 @@ class LLMCompressorQuantizer:
     def quantize(self, base: BaseModel, quant: QuantConfig, calibration: list[str], out_dir: Path,
                  seed: int) -> None:
         import torch
-        from llmcompressor import oneshot
 
-        from pipelines.logs import route_library_logs
+        from pipelines.logs import library_output_to_log
 
-        route_library_logs()  # importing llmcompressor pointed its logger at stdout
+        with library_output_to_log("llmcompressor"):  # its import logs to stdout ("No accelerator available!")
+            from llmcompressor import oneshot
+
         torch.manual_seed(seed)
         recipe = build_recipe(quant)
         # resolve_base refuses custom code (auto_map) unless the user trusted it, so its presence means trust.

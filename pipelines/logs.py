@@ -87,6 +87,16 @@ class _LogWriter(io.TextIOBase):
         return len(text)
 
 
+def adopt_torch_logs() -> None:
+    """torch gives its loggers their own stderr handler and stops them propagating; call after
+    importing torch so that its (and torchao's) warnings reach run.log instead of the console."""
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if name.split(".")[0] == "torch" and isinstance(logger, logging.Logger) and not logger.propagate:
+            for handler in [h for h in logger.handlers if type(h) is logging.StreamHandler]:
+                logger.removeHandler(handler)
+            logger.propagate = True
+
+
 def route_library_logs() -> None:
     """llm-compressor and compressed-tensors log through loguru straight to stdout, and reset its
     sinks when imported: call after importing them, so their lines reach `logging` (run.log)."""

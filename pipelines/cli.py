@@ -6,12 +6,15 @@ before Hydra starts a job, so a bad name or value costs milliseconds, not a quan
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
+import os
 import sys
+import typing
 from typing import Iterator
 
-from hydra import compose, initialize_config_module
+from hydra import compose
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
@@ -45,17 +48,73 @@ def is_inspection(argv: list[str]) -> bool:
 
 
 def compose_all(argv: list[str]) -> list[RunConfig]:
-    """Every config the command would run (one per sweep combination), validated."""
-    overrides = [arg for arg in argv if not arg.startswith("-") and "=" in arg]
+    """Every config the command would run (one per sweep combination), validated.
+
+    Searches the same config folders Hydra's own run will: the package's, `--config-dir` and
+    `hydra.searchpath=[...]`, so a user's eval suite or gate policy kept outside the repo works.
+    """
+    from hydra._internal.utils import get_args_parser
+
+    args = get_args_parser().parse_args(argv)
+    overrides = list(args.overrides)
+    searchpath = [o for o in overrides if o.lstrip("+").startswith("hydra.searchpath=")]
     register_schemas()
     GlobalHydra.instance().clear()
-    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        _check_group_choices(overrides)
-        return [_compose(combination) for combination in _expand_sweeps(overrides)]
+    _initialize(args.config_dir)
+    try:
+        _check_unknown_keys(overrides)
+        _check_group_choices(overrides, searchpath)
+        return [_compose(combination + searchpath) for combination in _expand_sweeps(overrides)]
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _initialize(config_dir: str | None) -> None:
+    """What `@hydra.main` sets up: the package's configs, with a `--config-dir` folder searched first."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
+
+    search_path = create_config_search_path(f"pkg://{CONFIG_MODULE}")
+    if config_dir is not None:
+        if not os.path.isdir(config_dir):
+            raise ConfigError(f"--config-dir {config_dir} is not a directory; give the folder holding your "
+                              "config groups (e.g. eval/, gate/)")
+        search_path.prepend(provider="command-line", path=f"file://{os.path.abspath(config_dir)}",
+                            anchor=SearchPathQuery(provider="schema"))
+    Hydra.create_main_hydra2(task_name="run", config_search_path=search_path)
+
+
+def _check_unknown_keys(overrides: list[str]) -> None:
+    """`+key=` and `++key=` may add keys the typed schema lacks, which nothing would read: refuse them."""
+    fields, open_dicts = _schema_keys(RunConfig)
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.key_or_group
+        if not (override.is_add() or override.is_force_add()) or "/" in key or key.startswith("hydra"):
+            continue
+        if key in GROUPS or key in fields or any(key.startswith(f"{name}.") for name in open_dicts):
+            continue
+        raise ConfigError(did_you_mean("config key", key, fields, listed_by="`python -m pipelines.run --cfg job`"))
+
+
+def _schema_keys(schema: type, prefix: str = "") -> tuple[list[str], list[str]]:
+    """Dotted names of every field under `schema`, and of the dict fields (which take any key)."""
+    fields, open_dicts = [], []
+    hints = typing.get_type_hints(schema)
+    for field in dataclasses.fields(schema):
+        name, hint = f"{prefix}{field.name}", hints[field.name]
+        fields.append(name)
+        if dataclasses.is_dataclass(hint):
+            nested_fields, nested_dicts = _schema_keys(hint, f"{name}.")
+            fields += nested_fields
+            open_dicts += nested_dicts
+        elif typing.get_origin(hint) is dict:
+            open_dicts.append(name)
+    return fields, open_dicts
 
 
 def _expand_sweeps(overrides: list[str]) -> Iterator[list[str]]:
-    parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("hydra")])
+    parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.lstrip("+").startswith("hydra")])
     choices = []
     for override in parsed:
         key = override.get_key_element()
@@ -64,13 +123,14 @@ def _expand_sweeps(overrides: list[str]) -> Iterator[list[str]]:
     return (list(combination) for combination in itertools.product(*choices))
 
 
-def _check_group_choices(overrides: list[str]) -> None:
+def _check_group_choices(overrides: list[str], searchpath: list[str]) -> None:
     loader = GlobalHydra.instance().config_loader()
     for override in OverridesParser.create().parse_overrides(overrides):
         group = override.key_or_group
         if group not in GROUPS or override.is_delete():
             continue
-        valid = [name for name in loader.get_group_options(group) if not name.endswith("_schema")]
+        valid = [name for name in loader.get_group_options(group, config_name="config", overrides=searchpath)
+                 if not name.endswith("_schema")]
         values = override.sweep_string_iterator() if override.is_sweep_override() else [override.get_value_element_as_str()]
         for value in values:
             if value not in valid:

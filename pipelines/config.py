@@ -22,10 +22,19 @@ def _positive(owner: str, **values: float | int | None) -> None:
             raise ConfigError(f"{owner}.{name}={value} must be > 0")
 
 
-def _fraction(owner: str, name: str, value: float, closed_low: bool = False) -> None:
+def _fraction(owner: str, name: str, value: float, closed_low: bool = False, closed_high: bool = False) -> None:
     low_ok = value >= 0 if closed_low else value > 0
-    if not (low_ok and value < 1):
-        raise ConfigError(f"{owner}.{name}={value} must be in {'[' if closed_low else '('}0, 1)")
+    high_ok = value <= 1 if closed_high else value < 1
+    if not (low_ok and high_ok):
+        raise ConfigError(f"{owner}.{name}={value} must be in "
+                          f"{'[' if closed_low else '('}0, 1{']' if closed_high else ')'}")
+
+
+def _at_least(owner: str, bound: float, **values: float | int | None) -> None:
+    # Non-numbers are skipped: a schema built before composition still holds MISSING ("???").
+    for name, value in values.items():
+        if isinstance(value, (int, float)) and value < bound:
+            raise ConfigError(f"{owner}.{name}={value} must be >= {bound}")
 
 
 @dataclass
@@ -202,6 +211,9 @@ class PriceConfig:
     reserved: float | None = None
     spot: float | None = None
 
+    def __post_init__(self) -> None:
+        _at_least("hardware.price_per_hour", 0, on_demand=self.on_demand, reserved=self.reserved, spot=self.spot)
+
 
 @dataclass
 class HardwareConfig:
@@ -218,6 +230,7 @@ class HardwareConfig:
 
     def __post_init__(self) -> None:
         _positive("hardware", memory_bandwidth_gb_s=self.memory_bandwidth_gb_s, memory_gb=self.memory_gb)
+        _positive("hardware.peak_dense_tflops", **self.peak_dense_tflops)
         if self.price_tier not in {"on_demand", "reserved", "spot"}:
             raise ConfigError(f"hardware.price_tier={self.price_tier} must be on_demand, reserved or spot")
 
@@ -248,13 +261,18 @@ class GateConfig:
     def __post_init__(self) -> None:
         _fraction("gate", "confidence", self.confidence)
         for task, tol in {"tolerance": self.tolerance, **self.per_task}.items():
+            where = "gate.tolerance" if task == "tolerance" else f"gate.per_task.{task}"
             if tol.kind not in {"absolute", "relative"}:
-                raise ConfigError(f"gate {task}.kind={tol.kind} must be absolute or relative")
-            _fraction("gate", f"{task}.max_drop", tol.max_drop, closed_low=True)
-        for name in ("max_flip_rate", "max_kl"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ConfigError(f"gate.{name}={value} must be >= 0")
+                raise ConfigError(f"{where}.kind={tol.kind} must be absolute or relative")
+            _fraction(where, "max_drop", tol.max_drop, closed_low=True)
+        # A flip rate or a cost saving above 1 can never be observed: such a bound silently passes everything.
+        for name in ("max_flip_rate", "min_cost_saving"):
+            if getattr(self, name) is not None:
+                _fraction("gate", name, getattr(self, name), closed_low=True, closed_high=True)
+        _at_least("gate", 0, max_kl=self.max_kl)
+        if self.min_throughput_gain is not None and self.min_throughput_gain <= -1:
+            raise ConfigError(f"gate.min_throughput_gain={self.min_throughput_gain} must be > -1 "
+                              "(a gain of -1 is zero throughput)")
         unknown = set(self.blocking) - {"accuracy", "flip_rate", "kl", "cost", "throughput"}
         if unknown:
             raise ConfigError(f"gate.blocking has unknown rules {sorted(unknown)}; "

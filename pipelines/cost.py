@@ -5,7 +5,8 @@ Measured (the hardware the bench ran on, at the knee):
     replicas = ceil(target_qps * W * (1 + headroom) / B)      (Little's law: concurrency L = lambda * W)
     monthly_usd = replicas * price_per_hour * 730
   with B the knee batch size (one replica serves B requests at once) and W the level's mean E2E latency.
-  No knee (no level meets the SLO) -> measured is None: there is no load at which the SLO holds.
+  No knee (no level meets the SLO) -> the same formulas at the best measured load (the level with the
+  most output tokens/s), flagged slo_met=False: what was measured is reported, and said to miss the SLO.
 Projected (roofline, other hardware; always basis="projected", never mixed with measured), at
   B = the largest bench batch size whose weights + KV cache fit in the hardware's memory:
     decode step = max((weight_bytes + B * kv_bytes_per_token * context) / bandwidth, 2 * params * B / peak_flops)
@@ -45,11 +46,18 @@ def estimate_cost(bench: BenchResult, hardware: HardwareConfig, bench_cfg: Bench
 
 
 def measured_estimate(bench: BenchResult, hardware: HardwareConfig, bench_cfg: BenchConfig) -> CostEstimate | None:
-    if bench.knee_batch_size is None:
+    if not bench.levels:
         return None
-    knee = next(level for level in bench.levels if level.batch_size == bench.knee_batch_size)
-    return _estimate(hardware, "measured", knee.batch_size, knee.output_tokens_per_s, knee.e2e_mean_ms / 1e3,
-                     bench_cfg)
+    if bench.knee_batch_size is None:
+        level = max(bench.levels, key=lambda lv: lv.output_tokens_per_s)
+        log.warning("%s: no load level met the SLO; cost is at the best measured load (batch %d), flagged "
+                    "'SLO not met'", bench.variant, level.batch_size)
+    else:
+        level = next(lv for lv in bench.levels if lv.batch_size == bench.knee_batch_size)
+    estimate = _estimate(hardware, "measured", level.batch_size, level.output_tokens_per_s,
+                         level.e2e_mean_ms / 1e3, bench_cfg)
+    estimate.slo_met = bench.knee_batch_size is not None
+    return estimate
 
 
 def projected_estimate(shape: ModelShape, hardware: HardwareConfig, bench_cfg: BenchConfig) -> CostEstimate | None:

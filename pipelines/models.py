@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,8 +138,67 @@ def load_causal_lm(path: Path, dtype: str = "auto", trust_remote_code: bool = Fa
     kwargs["dtype"] = "auto" if dtype == "auto" else getattr(torch, dtype)
     if device and device != "cpu":
         kwargs["device_map"] = device
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    from pipelines.logs import library_output_to_log
+
+    with library_output_to_log("transformers"):  # a compressed checkpoint imports compressed-tensors
+        model, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True, **kwargs)
+    _refuse_partial_load(path, set(info["missing_keys"]), set(info["unexpected_keys"]))
     return model.eval()
+
+
+def check_causal_lm(path: Path, config: dict[str, Any], trust_remote_code: bool = False) -> None:
+    """Before any work: config.json names a causal LM transformers supports, and the stored tensors
+    are exactly the ones that model has (tied weights may be absent), judged from the safetensors
+    headers and a weightless (meta-device) model. Otherwise transformers would fill the gaps with
+    random weights and every later stage would measure noise."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    architectures = config.get("architectures") or []
+    model_type = config.get("model_type")
+    supported = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    custom = bool(config.get("auto_map"))
+    if not custom and (any(a not in supported for a in architectures)
+                       or not architectures and model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES):
+        raise InputError(f"{path / 'config.json'} describes {', '.join(architectures) or model_type} "
+                         f"(model_type {model_type}), not a causal LM transformers supports; "
+                         "point model.source at a *ForCausalLM checkpoint")
+    files = sorted(path.glob("*.safetensors"))
+    if custom or not files or config.get("quantization_config"):
+        return  # pickle weights, custom code or a pre-quantized base: the load-time check covers them
+    _check_stored_tensors(path, files, trust_remote_code)
+
+
+def _check_stored_tensors(path: Path, files: list[Path], trust_remote_code: bool) -> None:
+    import torch
+
+    from pipelines.logs import adopt_torch_logs
+
+    adopt_torch_logs()  # torchao, imported with transformers' models, warns through torch's loggers
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code),
+                                                 trust_remote_code=trust_remote_code)
+    stored: set[str] = set()
+    for file in files:
+        with safe_open(file, "pt") as handle:
+            stored |= set(handle.keys())
+    expected = set(model.state_dict())
+    missing = expected - stored - set(getattr(model, "all_tied_weights_keys", None) or {})
+    ignore_missing = getattr(model, "_keys_to_ignore_on_load_missing", None) or []
+    ignore_unexpected = getattr(model, "_keys_to_ignore_on_load_unexpected", None) or []
+    _refuse_partial_load(path, {k for k in missing if not any(re.search(p, k) for p in ignore_missing)},
+                         {k for k in stored - expected if not any(re.search(p, k) for p in ignore_unexpected)})
+
+
+def _refuse_partial_load(path: Path, missing: set[str], unexpected: set[str]) -> None:
+    if not missing and not unexpected:
+        return
+    parts = [f"{len(keys)} {what} (e.g. {', '.join(sorted(keys)[:3])})"
+             for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+    raise InputError(f"{path} does not match its config.json: {'; '.join(parts)} tensors; transformers would "
+                     "fill the gaps with random weights. Re-export or re-download the checkpoint")
 
 
 def load_tokenizer(path: Path, trust_remote_code: bool = False):

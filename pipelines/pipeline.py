@@ -12,6 +12,7 @@ it is lost, because every stage caches its result on disk.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from pipelines import interrupts
 from pipelines.config import QuantConfig, RunConfig
 from pipelines.errors import UserError
 from pipelines.records import Outcome, save_record
@@ -27,6 +29,8 @@ from pipelines.storage import atomic_write_text
 log = logging.getLogger(__name__)
 
 BASELINE = QuantConfig(name="none", backend="none", method="none", ignore=[])
+# Written instead of outcome.json when Ctrl-C or SIGTERM cut the run short.
+INTERRUPTED = "INTERRUPTED"
 
 
 def compose_config(overrides: list[str] | None = None) -> RunConfig:
@@ -41,7 +45,7 @@ def compose_config(overrides: list[str] | None = None) -> RunConfig:
 
 def run_variant(cfg: RunConfig, output_dir: Path | None = None, parent_run_id: str | None = None) -> Outcome:
     """Run every stage for `cfg.quant` against the base; returns what each stage produced."""
-    from pipelines.models import offline_environment, resolve_base
+    from pipelines.models import offline_environment
     from pipelines.preflight import preflight
 
     offline_environment(cfg.model)
@@ -49,11 +53,30 @@ def run_variant(cfg: RunConfig, output_dir: Path | None = None, parent_run_id: s
     output_dir = Path(output_dir or Path(cfg.cache_dir) / "runs" / f"{cfg.model.name}-{cfg.quant.name}")
     outcome = Outcome(variant_name=cfg.quant.name, model=cfg.model.name, output_dir=str(output_dir))
     atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(resolved_config(cfg)))
+    (output_dir / INTERRUPTED).unlink(missing_ok=True)
     log.info("variant %s of %s: outputs in %s", cfg.quant.name, cfg.model.name, output_dir)
+    try:
+        _run_stages(cfg, outcome)
+        interrupts.entering("track")
+        _save(cfg, outcome, output_dir)
+        _track(cfg, outcome, parent_run_id)
+    except KeyboardInterrupt:
+        # outcome.json and summary.json mark a finished run; an interrupted one says so instead.
+        atomic_write_text(output_dir / INTERRUPTED,
+                          f"interrupted during {interrupts.current_stage()}; run the same command to resume\n")
+        raise
+    return outcome
+
+
+def _run_stages(cfg: RunConfig, outcome: Outcome) -> None:
+    from pipelines.models import resolve_base
+
     stage = "load base"
     try:
+        interrupts.entering(stage)
         base = resolve_base(cfg.model)
         for stage, step in _stages(cfg, base):
+            interrupts.entering(stage)
             started = time.perf_counter()
             step(outcome)
             log.info("%s done in %.1f s", stage, time.perf_counter() - started)
@@ -62,9 +85,17 @@ def run_variant(cfg: RunConfig, output_dir: Path | None = None, parent_run_id: s
     except Exception as error:  # any stage's failure is this variant's failure; the sweep goes on
         log.exception("variant %s failed in stage %s", cfg.quant.name, stage)
         outcome.error = f"{stage}: {type(error).__name__}: {error}"
+
+
+def _save(cfg: RunConfig, outcome: Outcome, output_dir: Path) -> None:
+    """outcome.json and summary.json, each with the exit code the process will return for this variant."""
+    from pipelines.sweep import exit_code_of
+    from pipelines.track.keys import outcome_metrics, outcome_summary
+
+    outcome.exit_code = exit_code_of(outcome, cfg)
     save_record(outcome, output_dir / "outcome.json")
-    _track(cfg, outcome, parent_run_id)
-    return outcome
+    summary = outcome_summary(outcome, outcome_metrics(outcome))
+    atomic_write_text(output_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True, default=float) + "\n")
 
 
 def _stages(cfg: RunConfig, base) -> list[tuple[str, Any]]:

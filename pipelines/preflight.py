@@ -6,6 +6,7 @@ Each failure is a `UserError` with one line naming the bad value and the fix.
 
 from __future__ import annotations
 
+import json
 import logging
 from functools import lru_cache
 from pathlib import Path
@@ -37,7 +38,17 @@ def base_model_config(model: ModelConfig) -> dict | None:
 
     if is_hub_id(model.source):
         return None
-    return read_model_config(local_model_directory(model), model)
+    path = local_model_directory(model)
+    config = read_model_config(path, model)
+    _check_causal_lm_once(path, json.dumps(config, sort_keys=True), model.trust_remote_code)
+    return config
+
+
+@lru_cache(maxsize=8)
+def _check_causal_lm_once(path: Path, config_json: str, trust_remote_code: bool) -> None:
+    from pipelines.models import check_causal_lm
+
+    check_causal_lm(path, json.loads(config_json), trust_remote_code)
 
 
 def _check_quant(cfg: RunConfig, model_config: dict | None) -> None:
@@ -79,7 +90,7 @@ def _check_suites(tasks: tuple[str, ...], include_path: str | None) -> None:
     for task in tasks:
         if task not in manager.all_tasks:
             local = [name for name in manager.all_tasks if name.startswith("qg_")] or manager.all_tasks
-            raise ConfigError(did_you_mean("eval task", task, local))
+            raise ConfigError(did_you_mean("eval task", task, local, listed_by="`lm-eval ls tasks`"))
     try:
         loaded = _quietly(manager.load_task_or_group, list(tasks))
     except Exception as error:  # lm-eval and datasets raise many types; all mean "this suite cannot load"

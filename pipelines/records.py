@@ -176,6 +176,8 @@ class CostEstimate:
     # The load (requests per batch) the estimate is at, and the mean E2E latency used in Little's law.
     batch_size: int | None = None
     e2e_latency_s: float | None = None
+    # False when no load level met the SLO: the estimate is then at the best measured load instead.
+    slo_met: bool = True
 
 
 @dataclass

@@ -34,12 +34,20 @@ TRACKERS = {
 }
 
 
-def did_you_mean(kind: str, name: str, choices: list[str] | dict[str, Any]) -> str:
-    """A one-line message for an unknown name, with the closest valid choice when there is one."""
+# A list of choices longer than this (e.g. lm-eval's ~15,000 built-in tasks) is not printed in full.
+MAX_LISTED_CHOICES = 20
+MAX_SUGGESTIONS = 5
+
+
+def did_you_mean(kind: str, name: str, choices: list[str] | dict[str, Any], listed_by: str | None = None) -> str:
+    """A one-line message for an unknown name: at most five close matches, and the valid choices
+    only when there are few enough to read (else `listed_by`, a command that lists them)."""
     valid = sorted(choices)
-    close = difflib.get_close_matches(name, valid, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return f"unknown {kind} '{name}'{hint}; valid choices: {', '.join(valid)}"
+    close = difflib.get_close_matches(name, valid, n=MAX_SUGGESTIONS)
+    hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+    listed = (f"valid choices: {', '.join(valid)}" if len(valid) <= MAX_LISTED_CHOICES
+              else f"{len(valid)} valid choices" + (f", listed by {listed_by}" if listed_by else ""))
+    return f"unknown {kind} '{name}'{hint}; {listed}"
 
 
 def resolve(registry: dict[str, str], kind: str, name: str) -> Any:

@@ -4,9 +4,10 @@
 tracker attaches it to the sweep's parent run); `python -m pytest tests/test_report.py` tests it.
 
 Fidelity is the mean score over tasks (the variant's own scores; the base's from its evaluation).
-Cost is measured $/1M output tokens at the knee; latency is p95 end-to-end at the smallest load
-level (what one user sees). Variants without bench data stay in the table; the plot names them as
-skipped.
+Cost is measured $/1M output tokens at the knee (marked "*" and footnoted when no load level met
+the SLO: then it is at the best measured load); latency is p95 end-to-end at the smallest load
+level (what one user sees). Variants without bench data stay in the table; each plot panel names
+the variants it could not plot.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pipelines.records import LoadLevel, Outcome
 from pipelines.storage import atomic_write_text
 
 log = logging.getLogger(__name__)
+
+SLO_NOT_MET = "* no load level met the SLO: $/1M tok is at the best measured load (SLO not met)"
 
 
 def pareto_front(costs: list[float], qualities: list[float]) -> list[int]:
@@ -42,6 +45,10 @@ def usd_per_million(outcome: Outcome) -> float | None:
     return measured.usd_per_million_output_tokens if measured else None
 
 
+def slo_not_met(outcome: Outcome) -> bool:
+    return bool(outcome.cost and outcome.cost.measured and not outcome.cost.measured.slo_met)
+
+
 def e2e_p95_ms(outcome: Outcome) -> float | None:
     levels = outcome.bench.levels if outcome.bench else []
     return min(levels, key=lambda level: level.batch_size).e2e_ms.p95 if levels else None
@@ -64,13 +71,11 @@ def pareto_plot(outcomes: list[Outcome], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
-    _panel(axes[0], outcomes, usd_per_million, "$ per 1M output tokens (at the knee)")
+    cost_label = "$ per 1M output tokens (at the knee" + ("; * SLO not met)" if any(map(slo_not_met, outcomes))
+                                                         else ")")
+    _panel(axes[0], outcomes, usd_per_million, cost_label)
     _panel(axes[1], outcomes, e2e_p95_ms, "p95 end-to-end latency, ms (smallest load level)")
     axes[0].set_ylabel("mean task score")
-    skipped = [o.variant_name for o in outcomes if mean_score(o) is None or usd_per_million(o) is None
-               or e2e_p95_ms(o) is None]
-    if skipped:
-        figure.text(0.01, 0.01, f"not plotted (no eval, bench or cost data): {', '.join(skipped)}", fontsize=8)
     figure.suptitle("Pareto frontier: higher score, lower cost / latency (frontier marked with stars)")
     figure.tight_layout(rect=(0, 0.04, 1, 0.95))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,12 +88,15 @@ def _panel(axis, outcomes: list[Outcome], x_of, label: str) -> None:
     points = [(x_of(o), mean_score(o), o) for o in outcomes if x_of(o) is not None and mean_score(o) is not None]
     if not points:
         axis.text(0.5, 0.5, "no data", ha="center", transform=axis.transAxes)
+    skipped = [o.variant_name for o in outcomes if x_of(o) is None or mean_score(o) is None]
+    if skipped:  # per panel: a variant can have a latency but no cost (bench ran, no price) or the reverse
+        axis.text(0, -0.2, f"not plotted here (no data): {', '.join(skipped)}", fontsize=8, transform=axis.transAxes)
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     front = pareto_front(xs, ys)
     for i, (x, y, outcome) in enumerate(points):
         axis.scatter(x, y, marker="*" if i in front else "o", s=160 if i in front else 50,
                      color="tab:green" if i in front else "tab:gray", zorder=3)
-        axis.annotate(_label(outcome), (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9)
+        axis.annotate(_label(outcome) + ("*" if x_of is usd_per_million and slo_not_met(outcome) else ""), (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9)
     axis.plot([xs[i] for i in front], [ys[i] for i in front], drawstyle="steps-post", color="tab:green", alpha=0.6)
     axis.set_xlabel(label)
     axis.margins(x=0.2, y=0.1)  # room for the labels
@@ -106,7 +114,7 @@ def _label(outcome: Outcome) -> str:
 def summary_rows(outcomes: list[Outcome]) -> tuple[list[str], list[list[str]]]:
     """Header and one row per outcome; a missing value is '-'."""
     tasks = sorted({t.task for o in outcomes if o.fidelity for t in o.fidelity.tasks})
-    header = ["variant", "verdict", *[f"{task} delta [CI]" for task in tasks], "flips r>w/w>r", "ref KL",
+    header = ["variant", "verdict", *[f"{task} delta [CI]" for task in tasks], "flips r>w/w>r (all tasks)", "ref KL",
               "tok/s", "$/1M tok", "size MB"]
     return header, [_row(o, tasks) for o in outcomes]
 
@@ -123,7 +131,8 @@ def _row(outcome: Outcome, tasks: list[str]) -> list[str]:
             else outcome.bench.checkpoint_bytes if outcome.bench else None)
     return [outcome.variant_name, _decision(outcome), *deltas, flips,
             _fmt(divergence.kl_mean if divergence else None, ".4f"),
-            _fmt(level.output_tokens_per_s if level else None, ".1f"), _fmt(usd_per_million(outcome), ".3g"),
+            _fmt(level.output_tokens_per_s if level else None, ".1f"),
+            _fmt(usd_per_million(outcome), ".3g") + ("*" if slo_not_met(outcome) else ""),
             _fmt(size / 2**20 if size is not None else None, ".1f")]
 
 
@@ -142,7 +151,11 @@ def markdown_table(outcomes: list[Outcome]) -> str:
     header, rows = summary_rows(outcomes)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _footnotes(outcomes, "\n")) + "\n"
+
+
+def _footnotes(outcomes: list[Outcome], lead: str = "") -> list[str]:
+    return [lead + SLO_NOT_MET] if any(map(slo_not_met, outcomes)) else []
 
 
 def text_table(outcomes: list[Outcome]) -> str:
@@ -152,4 +165,4 @@ def text_table(outcomes: list[Outcome]) -> str:
     def render(cells: list[str]) -> str:
         return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip()
 
-    return "\n".join([render(header), render(["-" * w for w in widths]), *map(render, rows)]) + "\n"
+    return "\n".join([render(header), render(["-" * w for w in widths]), *map(render, rows), *_footnotes(outcomes)]) + "\n"

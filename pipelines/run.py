@@ -6,7 +6,8 @@
     python -m pipelines.run model=llama3-70b quant=awq plan=true   # sizes, GPUs, disk, time, cost; runs nothing
 
 Exit codes: 0 PROMOTE, 1 REJECT or blocking INCONCLUSIVE, 2 invalid input or configuration,
-3 a stage failed (a bug or a library failure: see the log and the FAILED MLflow run).
+3 a stage failed (a bug or a library failure: see the log and the FAILED MLflow run),
+130 / 143 interrupted by Ctrl-C / SIGTERM (one line; run the same command to resume).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from pipelines import sweep
+from pipelines import interrupts, logs, sweep
 from pipelines.cli import compose_all, fail, is_inspection, is_multirun, to_run_config
 from pipelines.config import register_schemas
 from pipelines.errors import UserError
@@ -32,6 +33,7 @@ def job(cfg: DictConfig) -> None:
 
     from pipelines.pipeline import run_variant
 
+    logs.replay_early_records()
     run_cfg = to_run_config(cfg)
     try:
         outcome = run_variant(run_cfg, Path(HydraConfig.get().runtime.output_dir), sweep.parent_run_id())
@@ -47,7 +49,17 @@ def main() -> None:
     if is_inspection(argv):
         job()
         return
+    logs.capture_early()
+    interrupts.install()
     try:
+        sys.exit(_run(argv))
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM through interrupts.install
+        interrupts.exit_interrupted(interrupt, debug="debug=true" in argv)
+
+
+def _run(argv: list[str]) -> int:
+    try:
+        interrupts.entering("preflight")
         configs = compose_all(argv)
         if configs[0].plan:  # plan=true: print what the run would need, then stop before any work
             from pipelines.plan import print_plans
@@ -59,7 +71,8 @@ def main() -> None:
     if is_multirun(argv):
         sweep.start(configs)
     job()
-    sys.exit(sweep.finish(configs))
+    interrupts.entering("report")
+    return sweep.finish(configs)
 
 
 if __name__ == "__main__":

@@ -19,10 +19,27 @@ from typing import Any, Iterator
 MANIFEST = "quantgate-manifest.json"
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Read once: os.umask can only be read by setting it, which is not safe while other threads create files.
+_UMASK = _read_umask()
+
+
+def shareable(path: str | Path, directory: bool = False) -> None:
+    """The mode a plain open() or mkdir() would give: mkstemp/mkdtemp make files 0600 and folders
+    0700, which locks a team out of a shared cache and of each other's outputs."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_UMASK)
+
+
 def atomic_write_text(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        shareable(tmp)
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
             handle.flush()
@@ -39,6 +56,7 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     """Yield a scratch directory that becomes `final` only if the block finishes."""
     final.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial"))
+    shareable(scratch, directory=True)
     try:
         yield scratch
         if final.exists():

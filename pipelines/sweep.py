@@ -57,10 +57,15 @@ def failed_outcome(cfg: RunConfig, error: UserError) -> Outcome:
     return Outcome(variant_name=cfg.quant.name, model=cfg.model.name, error=f"invalid input: {error}")
 
 
-def record(outcome: Outcome, cfg: RunConfig) -> None:
+def exit_code_of(outcome: Outcome, cfg: RunConfig) -> int:
+    """What the process exits with for this variant; run_variant writes it into every record."""
     from pipelines.gate import exit_code
 
-    outcome.exit_code = exit_code(outcome.verdict, cfg.gate) if outcome.verdict else STAGE_FAILED
+    return exit_code(outcome.verdict, cfg.gate) if outcome.verdict else STAGE_FAILED
+
+
+def record(outcome: Outcome, cfg: RunConfig) -> None:
+    outcome.exit_code = exit_code_of(outcome, cfg)
     if active():
         name = Path(outcome.output_dir or outcome.variant_name).name
         save_record(outcome, Path(os.environ[SWEEP_DIR_ENV]) / "outcomes" / f"{name}.json")

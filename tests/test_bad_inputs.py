@@ -65,10 +65,20 @@ def world(tmp_path_factory, tiny_llama_dir):
     config = json.loads((remote / "config.json").read_text())
     (remote / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModel": "x.Model"}}))
     (root / "not-a-model").mkdir()
+    bert = copy_model(tiny_llama_dir, root / "bert-config")
+    (bert / "config.json").write_text(json.dumps({"architectures": ["BertModel"], "model_type": "bert",
+                                                  "hidden_size": 128, "num_hidden_layers": 2,
+                                                  "num_attention_heads": 2, "intermediate_size": 256}))
+    from safetensors.torch import load_file, save_file
+
+    one_short = copy_model(tiny_llama_dir, root / "missing-tensor")
+    tensors = load_file(one_short / "model.safetensors")
+    del tensors["model.layers.1.mlp.down_proj.weight"]
+    save_file(tensors, one_short / "model.safetensors", metadata={"format": "pt"})
     (root / "empty.txt").write_text("")
     return {
         "root": root, "model": tiny_llama_dir, "truncated": truncated, "pickled": pickled,
-        "remote": remote, "suite": write_suite(root / "suite-ok", [GOOD_ROW] * 3),
+        "remote": remote, "bert": bert, "one_short": one_short, "suite": write_suite(root / "suite-ok", [GOOD_ROW] * 3),
         "malformed": write_suite(root / "suite-malformed", [GOOD_ROW], yaml_text="task: [unclosed\n"),
         "missing_data": write_suite(root / "suite-missing", None),
         "missing_field": write_suite(root / "suite-field", [GOOD_ROW, {"question": "q", "answer": 0}]),
@@ -113,6 +123,18 @@ CASES = [
     ("gate-tolerance-out-of-range", lambda w: ["gate.tolerance.max_drop=2"], "max_drop=2"),
     ("reference-text-missing", lambda w: ["eval.reference_text=/no/such/reference.txt"], "/no/such/reference.txt"),
     ("cache-dir-not-writable", lambda w: [f"cache_dir={w['root'] / 'empty.txt' / 'cache'}"], "cache_dir="),
+    # What a new user tripped on (issue 16): a base that is not the causal LM it claims to be, and
+    # gate or price settings outside their range, which used to run (and PROMOTE) anyway.
+    ("base-is-bert", lambda w: [f"model.source={w['bert']}"], "BertModel"),
+    ("base-missing-a-tensor", lambda w: [f"model.source={w['one_short']}", "quant=none"],
+     "model.layers.1.mlp.down_proj.weight"),
+    ("flip-rate-above-one", lambda w: ["gate.max_flip_rate=1.5"], "gate.max_flip_rate=1.5"),
+    ("negative-on-demand-price", lambda w: ["hardware.price_per_hour.on_demand=-1"], "on_demand=-1"),
+    ("negative-spot-price", lambda w: ["hardware.price_per_hour.spot=-1"], "spot=-1"),
+    # Keys the schema lacks, however written (issue 14): a typo must not be silently ignored.
+    ("unknown-key-added", lambda w: ["+quant.gruop_size=64"], "did you mean 'quant.group_size'"),
+    ("unknown-key-force-added", lambda w: ["++quant.gruop_size=64"], "did you mean 'quant.group_size'"),
+    ("unknown-top-level-key", lambda w: ["+unknown_key=1"], "unknown config key 'unknown_key'"),
 ]
 
 
@@ -154,3 +176,17 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(case, make_overrides, 
     assert "Traceback" not in err
     assert (expected(world) if callable(expected) else expected) in err
     assert snapshot(cache, store) == before
+
+
+def test_builtin_task_typo_suggests_at_most_five_on_one_short_line(world, populated_state, monkeypatch, capsys):
+    cache, store = populated_state
+    monkeypatch.setattr(sys, "argv", ["pipelines.run", f"model.source={world['model']}", f"cache_dir={cache}",
+                                      f"tracking.uri=sqlite:///{store}/mlflow.db", "bench=off",
+                                      "eval.include_path=null", "eval.tasks=[hellaswg]"])
+    with pytest.raises(SystemExit) as exit_info:
+        run.main()
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err[:2000]
+    assert "did you mean 'hellaswag'" in err and len(err) < 500, err[:2000]
+    suggestions = err.split("did you mean ")[1].split("?")[0]
+    assert 1 <= suggestions.count("'") // 2 <= 5

@@ -84,14 +84,15 @@ def test_level_meets_slo_on_pooled_p95_and_knee_is_largest_meeting_level():
     assert knee_batch_size([level(1, True), level(2, True), level(4, False)]) == 2
 
 
-def test_no_level_meets_slo_gives_no_knee_and_no_measured_cost():
-    levels = [level(1, False), level(2, False)]
+def test_no_level_meets_slo_reports_cost_at_best_measured_load_flagged():
+    levels = [level(1, False, tokens_per_s=40), level(2, False, tokens_per_s=70, e2e_mean_ms=900)]
     bench = bench_result(levels)
     shape = ModelShape(params=5e6, layers=4, kv_heads=4, head_dim=64, weight_bytes=20_000_000, dtype="float32",
                        compute_dtype="float32")
     cost = estimate_cost(bench, load_hardware("cpu-2core"), BenchConfig(name="t"), shape)
     assert bench.knee_batch_size is None
-    assert cost.measured is None
+    assert cost.measured.slo_met is False and cost.measured.batch_size == 2
+    assert cost.measured.usd_per_million_output_tokens == pytest.approx(0.0893 / (70 * 3600) * 1e6)
     assert all(estimate.basis == "projected" for estimate in cost.projected)
 
 
@@ -113,6 +114,7 @@ def test_measured_cost_at_knee_hand_worked():
     cfg = BenchConfig(name="t", target_qps=5, headroom=0.25)
     shape = ModelShape(5e6, 4, 4, 64, 20_000_000, "float32", "float32")
     measured = estimate_cost(bench, hardware, cfg, shape).measured
+    assert measured.slo_met
     # Knee 4: 5 req/s * 0.8 s = 4 in flight * 1.25 = 5 / 4 per replica = 1.25 -> 2 replicas.
     assert measured.replicas_for_target == 2
     assert measured.usd_per_million_output_tokens == pytest.approx(0.0893 / (160 * 3600) * 1e6)

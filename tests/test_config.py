@@ -72,3 +72,27 @@ def test_cli_unknown_quant_exits_2_with_one_line():
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "valid choices: awq, canary-w2, fp8, gptq, none, w8a8" in lines[0]
     assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def user_conf(tmp_path):
+    """A user's own config folder outside the repo: one eval config and one gate policy."""
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "gate").mkdir()
+    (tmp_path / "eval" / "mine.yaml").write_text("defaults: [eval_schema]\nname: mine\ntasks: [qg_invoice_total]\n")
+    (tmp_path / "gate" / "mine.yaml").write_text("defaults: [gate_schema]\nname: mine\nmax_flip_rate: 0.2\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize("how", ["--config-dir", "hydra.searchpath"])
+def test_user_config_folder_outside_the_repo_works_for_every_group(user_conf, how):
+    where = ["--config-dir", str(user_conf)] if how == "--config-dir" else [f"hydra.searchpath=[file://{user_conf}]"]
+    (cfg,) = compose_all([*where, "eval=mine", "gate=mine"])
+    assert (cfg.eval.name, cfg.eval.tasks, cfg.gate.name, cfg.gate.max_flip_rate) == ("mine", ["qg_invoice_total"],
+                                                                                        "mine", 0.2)
+    assert compose_all(where)[0].eval.name == "domain"  # the package's own configs are still found
+
+
+def test_missing_config_dir_is_a_one_line_error(tmp_path):
+    with pytest.raises(ConfigError, match="--config-dir"):
+        compose_all(["--config-dir", str(tmp_path / "nope"), "eval=mine"])

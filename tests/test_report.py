@@ -45,7 +45,7 @@ def test_report_files_written(outcomes, tmp_path):
 
 def test_table_keeps_variants_without_bench(outcomes):
     lines = markdown_table(outcomes).splitlines()
-    assert lines[0].startswith("| variant | verdict | qg_invoice delta [CI] | flips r>w/w>r | ref KL | tok/s")
+    assert lines[0].startswith("| variant | verdict | qg_invoice delta [CI] | flips r>w/w>r (all tasks) | ref KL | tok/s")
     rows = {line.split(" | ")[0].lstrip("| "): line for line in lines[2:]}
     assert set(rows) == {"base", "gptq", "awq", "w2"}
     assert "| PROMOTE | -0.010 [-0.018, -0.002] | 3/1 | 0.0100 | 120.0 | 0.23 |" in rows["gptq"]
@@ -58,3 +58,12 @@ def test_text_table_aligns_columns(outcomes):
     assert len(lines) == 2 + len(outcomes)
     verdict_column = lines[0].index("verdict")
     assert [line[verdict_column:].split()[0] for line in lines[2:]] == ["base", "PROMOTE", "INCONCLUSIVE", "FAILED"]
+
+
+def test_cost_measured_without_meeting_the_slo_is_marked_and_footnoted(outcomes, tmp_path):
+    promoted = outcomes[1]
+    promoted.cost.measured = replace(promoted.cost.measured, slo_met=False)
+    for table in (text_table(outcomes), markdown_table(outcomes)):
+        assert "0.23*" in table
+        assert table.rstrip().endswith("(SLO not met)")
+    assert write_sweep_report(outcomes, tmp_path / "report")[0].is_file()

@@ -86,7 +86,10 @@ class LMEvalRunner:
         args = self.model_args(checkpoint_dir, add_bos_token)
         log.info("loading %s with lm-eval's %s backend on %s", checkpoint_dir, self.eval_cfg.runner, self.device)
         extra = {"batch_size": self.eval_cfg.batch_size, "device": self.device}
-        return get_model(self.eval_cfg.runner).create_from_arg_obj(args, extra)
+        from pipelines.logs import library_output_to_log
+
+        with library_output_to_log("lm_eval"):  # a compressed checkpoint imports compressed-tensors
+            return get_model(self.eval_cfg.runner).create_from_arg_obj(args, extra)
 
     def evaluate(self, lm, manager) -> dict[str, Any]:
         """Run the configured tasks with per-sample logging; returns lm-eval's results dict."""

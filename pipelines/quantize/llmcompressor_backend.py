@@ -27,7 +27,11 @@ class LLMCompressorQuantizer:
     def quantize(self, base: BaseModel, quant: QuantConfig, calibration: list[str], out_dir: Path,
                  seed: int) -> None:
         import torch
-        from llmcompressor import oneshot
+
+        from pipelines.logs import library_output_to_log
+
+        with library_output_to_log("llmcompressor"):  # its import logs to stdout ("No accelerator available!")
+            from llmcompressor import oneshot
 
         torch.manual_seed(seed)
         recipe = build_recipe(quant)

@@ -17,9 +17,11 @@ Metrics (`<task>` is the lm-eval task name, `<k>` a batch size / concurrency lev
   meets_slo, ttft_p50_ms, ttft_p95_ms, ttft_p99_ms, itl_p50_ms, ..., e2e_p99_ms}`;
   `bench/{knee_batch_size, peak_memory_bytes, checkpoint_bytes}`
 - `cost/{usd_per_1m_tokens, output_tokens_per_s, replicas, monthly_usd, price_per_hour,
-  decode_roofline_fraction, saving_vs_base}`; `cost/projected/<hardware>/{usd_per_1m_tokens,
+  decode_roofline_fraction, saving_vs_base, slo_met}` (slo_met 0: no load level met the SLO, the
+  cost is at the best measured load); `cost/projected/<hardware>/{usd_per_1m_tokens,
   replicas, monthly_usd}` (roofline projections, never measured)
-- `variant/{size_bytes, quantize_seconds}`; `gate/decision` (1 PROMOTE, 0 INCONCLUSIVE, -1 REJECT)
+- `variant/{size_bytes, quantize_seconds}`; `gate/decision` (1 PROMOTE, 0 INCONCLUSIVE, -1 REJECT);
+  `gate/exit_code` (what the CLI exits with for this variant, also the tag `quantgate.exit_code`)
 
 Tags: `quantgate.{model, variant, quant, scheme, backend, role, sweep, verdict, policy,
 content_hash, error, git_commit}`, `quantgate.version.<library>`, `quantgate.suite.<task>`
@@ -28,6 +30,7 @@ content_hash, error, git_commit}`, `quantgate.version.<library>`, `quantgate.sui
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -90,7 +93,16 @@ def outcome_metrics(outcome: Outcome) -> dict[str, float]:
                         "variant/quantize_seconds": outcome.variant.quantize_seconds})
     if outcome.verdict:
         metrics["gate/decision"] = DECISION_CODES[outcome.verdict.decision]
+    metrics["gate/exit_code"] = outcome.exit_code
     return {key: float(value) for key, value in metrics.items() if value is not None}
+
+
+def outcome_summary(outcome: Outcome, metrics: dict[str, float]) -> dict[str, Any]:
+    """summary.json: the verdict, the exit code the process returns for this variant, and its metrics."""
+    verdict = dataclasses.asdict(outcome.verdict) if outcome.verdict else None
+    return {"variant": outcome.variant_name, "model": outcome.model, "error": outcome.error,
+            "decision": verdict["decision"] if verdict else None, "exit_code": outcome.exit_code,
+            "verdict": verdict, "metrics": metrics}
 
 
 def fidelity_metrics(fidelity: Fidelity) -> dict[str, float | None]:
@@ -142,7 +154,7 @@ def cost_metrics(cost: CostResult, base_cost: CostResult | None) -> dict[str, fl
     metrics: dict[str, float | None] = {"cost/decode_roofline_fraction": cost.decode_roofline_fraction}
     if cost.measured:
         m = cost.measured
-        metrics.update({"cost/usd_per_1m_tokens": m.usd_per_million_output_tokens,
+        metrics.update({"cost/usd_per_1m_tokens": m.usd_per_million_output_tokens, "cost/slo_met": m.slo_met,
                         "cost/output_tokens_per_s": m.output_tokens_per_s, "cost/replicas": m.replicas_for_target,
                         "cost/monthly_usd": m.monthly_usd, "cost/price_per_hour": m.price_per_hour})
         if base_cost and base_cost.measured:
@@ -171,6 +183,7 @@ def outcome_tags(outcome: Outcome, config: dict[str, Any], role: str) -> dict[st
                      for t in outcome.variant_eval.tasks})
     if outcome.verdict:
         tags.update({"quantgate.verdict": outcome.verdict.decision, "quantgate.policy": outcome.verdict.policy})
+    tags["quantgate.exit_code"] = outcome.exit_code
     if outcome.error:
         tags["quantgate.error"] = outcome.error[:5000]
     return {key: redact_value(str(value)) for key, value in tags.items() if value is not None}

@@ -35,7 +35,8 @@ from pipelines.config import TrackingConfig
 from pipelines.errors import InputError
 from pipelines.records import Outcome, save_record
 from pipelines.storage import check_writable, directory_size, library_versions
-from pipelines.track.keys import flatten_params, outcome_metrics, outcome_tags, redact_config, redact_value
+from pipelines.track.keys import (flatten_params, outcome_metrics, outcome_summary, outcome_tags, redact_config,
+                                  redact_value)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -154,7 +155,7 @@ class MLflowTracker:
                     save_record(getattr(outcome, name), root / "records" / f"{name}.json")
             _copy_items(outcome, root / "items")
             (root / "config.yaml").write_text(yaml.safe_dump(redact_config(config), sort_keys=False))
-            (root / "summary.json").write_text(json.dumps(_summary(outcome, metrics), indent=2, default=float))
+            (root / "summary.json").write_text(json.dumps(outcome_summary(outcome, metrics), indent=2, default=float))
             if outcome.error:
                 (root / "error.txt").write_text(outcome.error + "\n")
             _retry(self.client.log_artifacts, run_id, str(root))
@@ -192,12 +193,6 @@ def _params(config: dict[str, Any]) -> list[Any]:
     from mlflow.entities import Param
 
     return [Param(key, value[:6000]) for key, value in flatten_params(config).items()]
-
-
-def _summary(outcome: Outcome, metrics: dict[str, float]) -> dict[str, Any]:
-    verdict = asdict(outcome.verdict) if outcome.verdict else None
-    return {"variant": outcome.variant_name, "model": outcome.model, "error": outcome.error,
-            "decision": verdict["decision"] if verdict else None, "verdict": verdict, "metrics": metrics}
 
 
 def _copy_items(outcome: Outcome, target: Path) -> None:

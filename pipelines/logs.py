@@ -1,0 +1,113 @@
+"""Console or run.log: the console shows quantgate's own log lines, its errors and the progress
+bars; library chatter (lm-eval task loading, llm-compressor's "No accelerator available!",
+torchao, Python warnings) goes to the run's `run.log` only.
+
+`python -m pipelines.run` uses it through conf/hydra/job_logging/quantgate.yaml (the console
+filter) and pipelines/run.py (records from before Hydra has a run directory are kept and replayed
+into run.log). Checked by tests/test_new_user.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import sys
+from logging.handlers import MemoryHandler
+from typing import Iterator
+
+OWN_LOGGERS = ("pipelines", "__main__")
+# Records logged before Hydra opens run.log (config composition, preflight): at most this many are kept.
+EARLY_CAPACITY = 10_000
+_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+
+
+class OwnRecordsOnly(logging.Filter):
+    """Console filter: quantgate's records pass; every library's stay in run.log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name.split(".")[0] in OWN_LOGGERS
+
+
+class _Buffer(MemoryHandler):
+    def shouldFlush(self, record: logging.LogRecord) -> bool:
+        return False  # kept until replay_early_records; beyond capacity the oldest are dropped
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self.buffer) >= self.capacity:
+            self.buffer.pop(0)
+        self.buffer.append(record)
+
+
+_early = _Buffer(capacity=EARLY_CAPACITY)
+
+
+def capture_early() -> None:
+    """Before Hydra configures logging: our warnings to the console, every record kept for run.log."""
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.WARNING)
+    console.addFilter(OwnRecordsOnly())
+    console.setFormatter(logging.Formatter(_FORMAT))
+    for handler in (_early, console):
+        root.addHandler(handler)
+    logging.captureWarnings(True)
+
+
+def replay_early_records() -> None:
+    """Write what `capture_early` kept into the job's log file(s), once Hydra has opened them."""
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    for record in _early.buffer if files else []:
+        for handler in files:
+            if record.levelno >= handler.level:
+                handler.handle(record)
+    _early.buffer.clear()
+    logging.captureWarnings(True)
+
+
+@contextlib.contextmanager
+def library_output_to_log(name: str) -> Iterator[None]:
+    """Around an import or load that may first import llm-compressor or compressed-tensors: what they
+    print while importing (loguru sinks bound to stdout) goes to the `name` logger, then loguru is
+    routed to `logging` for good."""
+    with contextlib.redirect_stdout(_LogWriter(name)):
+        yield
+    route_library_logs()
+
+
+class _LogWriter(io.TextIOBase):
+    def __init__(self, name: str) -> None:
+        self.logger = logging.getLogger(name)
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            if line.strip():
+                self.logger.info(line.rstrip())
+        return len(text)
+
+
+def adopt_torch_logs() -> None:
+    """torch gives its loggers their own stderr handler and stops them propagating; call after
+    importing torch so that its (and torchao's) warnings reach run.log instead of the console."""
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if name.split(".")[0] == "torch" and isinstance(logger, logging.Logger) and not logger.propagate:
+            for handler in [h for h in logger.handlers if type(h) is logging.StreamHandler]:
+                logger.removeHandler(handler)
+            logger.propagate = True
+
+
+def route_library_logs() -> None:
+    """llm-compressor and compressed-tensors log through loguru straight to stdout, and reset its
+    sinks when imported: call after importing them, so their lines reach `logging` (run.log)."""
+    if "loguru" not in sys.modules:
+        return
+    from loguru import logger
+
+    logger.remove()
+    logger.add(_to_logging, level="INFO", format="{message}")
+
+
+def _to_logging(message) -> None:
+    record = message.record
+    logging.getLogger(record["name"] or "loguru").log(record["level"].no, record["message"])

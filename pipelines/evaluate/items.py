@@ -66,7 +66,7 @@ def items_from_samples(samples: list[dict[str, Any]], metric: str, filter_name: 
             if sample["filter"] == filter_name]
 
 
-def _cluster(doc: Any, key: str, task: str) -> str:
+def document_cluster(doc: Any, key: str, task: str) -> str:
     """The value at dotted path `key` (e.g. meta.vendor) of the document."""
     value = doc
     for part in key.split("."):
@@ -96,7 +96,7 @@ def _item(sample: dict[str, Any], metric: str, output_type: str, task: str,
         "score": score,
         "correct": bool(score == 1.0) if binary else None,
         "choice_loglikelihoods": choices,
-        "cluster": _cluster(doc, cluster_key, task) if cluster_key else None,
+        "cluster": document_cluster(doc, cluster_key, task) if cluster_key else None,
     }
 
 

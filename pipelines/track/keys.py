@@ -28,6 +28,7 @@ content_hash, error, git_commit}`, `quantgate.version.<library>`, `quantgate.sui
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -93,7 +94,8 @@ def outcome_metrics(outcome: Outcome) -> dict[str, float]:
         for rule in outcome.verdict.rules:  # the interval each rule decided on
             for side in ("low", "high"):
                 metrics[f"gate/{rule.rule}/{_key(rule.scope)}/{side}"] = getattr(rule, side)
-    return {key: float(value) for key, value in metrics.items() if value is not None}
+    # A rule without a usable interval has infinite bounds: not a number MLflow should plot.
+    return {key: float(value) for key, value in metrics.items() if value is not None and math.isfinite(value)}
 
 
 def fidelity_metrics(fidelity: Fidelity) -> dict[str, float | None]:

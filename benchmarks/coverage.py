@@ -31,7 +31,8 @@ import numpy as np
 from scipy.stats import gamma
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipelines.intervals import MIN_BOOTSTRAP_UNITS, studentized_bootstrap, tango_interval  # noqa: E402
+from pipelines.intervals import (MIN_BOOTSTRAP_UNITS, MIN_CLUSTERS, few_clusters_factor,  # noqa: E402
+                                 studentized_bootstrap, tango_interval)
 
 CONFIDENCE, TOLERANCE = 0.95, 0.02
 ALPHA = 1 - CONFIDENCE
@@ -65,18 +66,21 @@ def true_discordance(discordance: float, clustered: bool) -> float:
 
 
 def design_effects(totals, sizes_sq_sum, n: int):
-    """Vectorized pipelines.intervals.design_effect from per-cluster totals of the per-item values."""
+    """Vectorized pipelines.intervals.design_effect x few_clusters_factor from per-cluster totals."""
     if totals is None:
         return 1.0
     groups = totals.shape[1]
+    factor = few_clusters_factor(np.arange(groups), CONFIDENCE)
     mean = totals.sum(1) / n
     naive = (sizes_sq_sum - n * mean ** 2) / (n * (n - 1))
     robust = groups / (groups - 1) * np.sum((totals - CLUSTER_SIZE * mean[:, None]) ** 2, 1) / n ** 2
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(naive > 0, np.maximum(1.0, robust / naive), 1.0)
+        return np.where(naive > 0, np.maximum(1.0, robust / naive), 1.0) * factor
 
 
 def binary_point(rng, n, accuracy, discordance, drop, clustered, reps):
+    if clustered and n // CLUSTER_SIZE < MIN_CLUSTERS:  # INCONCLUSIVE by rule: never PROMOTE or PASS
+        return {"promote": 0.0, "coverage": 1.0, "flip_pass": 0.0, "flip_coverage": 1.0}
     b, c, flipped, net = simulate_counts(rng, n, discordance, drop, clustered, reps)
     scale = design_effects(net, b + c, n)
     low, high = tango_interval(b / scale, c / scale, n / scale, CONFIDENCE)
@@ -161,7 +165,9 @@ def report(binary: list[dict], graded: list[dict], reps: int, graded_reps: int, 
     bad_flip = [r for r in flips if r["flip_pass"] > fp_limit or r["flip_coverage"] < cov_limit]
     lines = [f"Monte-Carlo check: {reps} replicates per binary grid point ({len(binary)} points), "
              f"{graded_reps} per bootstrap point; {seconds:.0f} s.",
-             f"Limits: false-PROMOTE/PASS <= {fp_limit:.4f} (alpha/2 + 3 MC s.e.), coverage >= {cov_limit:.4f}.", "",
+             f"Limits: false-PROMOTE/PASS <= {fp_limit:.4f} (alpha/2 + 3 MC s.e.), coverage >= {cov_limit:.4f}.",
+             f"Clustered points with fewer than {MIN_CLUSTERS} clusters (n = 20, 50, 100 in clusters of "
+             f"{CLUSTER_SIZE}) are INCONCLUSIVE by rule: never PROMOTE or PASS.", "",
              "| rule | method | points | worst false-PROMOTE/PASS at the boundary | worst coverage | points outside the promise |",
              "| --- | --- | --- | --- | --- | --- |",
              f"| accuracy (right/wrong) | Tango score (+ design effect when clustered) | {len(binary)} | "

@@ -138,7 +138,9 @@ def flip_rate_rule(policy: GateConfig, task: TaskFidelity) -> RuleResult:
     flips = task.right_to_wrong + task.wrong_to_right
     what = f"flip rate ({task.right_to_wrong} right->wrong, {task.wrong_to_right} wrong->right of {task.n})"
     low, high, method = task.flip_ci_low, task.flip_ci_high, task.flip_ci_method
-    if low is None or high is None or not math.isclose(policy.confidence, task.confidence):
+    if task.flip_ci_method and "fewer than" in task.flip_ci_method:
+        pass  # too few clusters: no interval, whatever the level
+    elif low is None or high is None or not math.isclose(policy.confidence, task.confidence):
         # An older record, or another level: recompute from the counts (exact; clusters not kept).
         interval = rate_interval(flips, task.n, policy.confidence)
         low, high, method = interval.low, interval.high, interval.method

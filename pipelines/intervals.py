@@ -15,7 +15,10 @@
   returns no interval (the gate says INCONCLUSIVE): its coverage was measured too low there.
 - Clustered items: the design effect (Rao & Scott 1992) is the cluster-robust variance of the
   per-item mean over its independent-items variance (CR1, G/(G-1)), floored at 1; count-based
-  intervals (Tango, Clopper-Pearson) are computed on counts divided by it (effective sample size).
+  intervals (Tango, Clopper-Pearson) are computed on counts divided by it (effective sample size)
+  times (t_{G-1} / z)^2, because G clusters estimate that variance with G - 1 degrees of freedom
+  (Cameron & Miller 2015, "A practitioner's guide to cluster-robust inference", VI.A): without
+  it 4-10 clusters undercovered in benchmarks/coverage.py.
 
 Exercised by: pytest tests/test_intervals.py; python benchmarks/coverage.py
 """
@@ -29,8 +32,12 @@ import numpy as np
 from scipy.stats import norm
 
 # Fewer independent units than this and the studentized bootstrap's measured coverage falls short
-# of its promise (benchmarks/coverage.py, graded rows): the gate then says INCONCLUSIVE.
-MIN_BOOTSTRAP_UNITS = 20
+# of its promise (benchmarks/coverage.py, bootstrap rows: 5.2 % false-PROMOTE at 20 items): the
+# gate then says INCONCLUSIVE.
+MIN_BOOTSTRAP_UNITS = 50
+# Clustered count intervals need this many clusters: with 10-20 the cluster-robust variance is too
+# noisy even with the t correction (flip-rate false-PASS 4 % at 10 clusters); below it, INCONCLUSIVE.
+MIN_CLUSTERS = 30
 TANGO = "Tango score"
 CLOPPER_PEARSON = "Clopper-Pearson"
 STUDENTIZED = "studentized bootstrap"
@@ -98,16 +105,28 @@ def design_effect(values: np.ndarray, clusters: np.ndarray | None) -> float:
     return max(1.0, robust / naive)
 
 
+def few_clusters_factor(clusters: np.ndarray | None, confidence: float) -> float:
+    """(t_{G-1} / z)^2 for G clusters, 1 without clusters: the variance itself is estimated."""
+    from scipy.stats import t
+
+    if clusters is None:
+        return 1.0
+    groups = int(np.unique(clusters).size)
+    return (float(t.ppf(0.5 + confidence / 2, groups - 1)) / z_value(confidence)) ** 2 if groups > 1 else math.inf
+
+
 def paired_binary_interval(base_correct: np.ndarray, variant_correct: np.ndarray, confidence: float,
                            clusters: np.ndarray | None = None) -> Interval:
     """Interval of variant accuracy - base accuracy on paired right/wrong items (Tango)."""
     base, variant = np.asarray(base_correct, bool), np.asarray(variant_correct, bool)
     n = base.size
+    if _too_few_clusters(clusters):
+        return _no_interval(TANGO, clusters)
     lost, gained = float(np.sum(base & ~variant)), float(np.sum(~base & variant))
-    deff = design_effect(variant.astype(float) - base.astype(float), clusters)
+    deff = design_effect(variant.astype(float) - base.astype(float), clusters) * few_clusters_factor(clusters, confidence)
     low, high = tango_interval(lost / deff, gained / deff, n / deff, confidence)
     interval = Interval(low=-float(high), high=-float(low), method=TANGO, units=_units(n, clusters))
-    if deff > 1:
+    if clusters is not None:
         naive_low, naive_high = tango_interval(lost, gained, n, confidence)
         interval.design_effect = (interval.high - interval.low) / float(naive_high - naive_low)
         interval.method = f"{TANGO}, clustered (design effect {deff:.2f})"
@@ -119,10 +138,13 @@ def rate_interval(count: float, n: float, confidence: float, indicator: np.ndarr
     """Clopper-Pearson interval of count / n; with clusters, on counts divided by the design effect."""
     from statsmodels.stats.proportion import proportion_confint
 
-    deff = design_effect(indicator, clusters) if indicator is not None else 1.0
+    if indicator is not None and _too_few_clusters(clusters):
+        return _no_interval(CLOPPER_PEARSON, clusters)
+    deff = design_effect(indicator, clusters) * few_clusters_factor(clusters, confidence) \
+        if indicator is not None else 1.0
     low, high = proportion_confint(count / deff, n / deff, alpha=1 - confidence, method="beta")
     interval = Interval(low=float(low), high=float(high), method=CLOPPER_PEARSON, units=_units(int(n), clusters))
-    if deff > 1:
+    if indicator is not None and clusters is not None:
         naive_low, naive_high = proportion_confint(count, n, alpha=1 - confidence, method="beta")
         interval.design_effect = (interval.high - interval.low) / float(naive_high - naive_low)
         interval.method = f"{CLOPPER_PEARSON}, clustered (design effect {deff:.2f})"
@@ -200,6 +222,15 @@ def _mean_and_se(totals: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.
     residual = totals - mean[:, None] * sizes
     se = np.sqrt(groups / (groups - 1) * np.sum(residual ** 2, axis=1)) / size
     return mean, se
+
+
+def _too_few_clusters(clusters: np.ndarray | None) -> bool:
+    return clusters is not None and np.unique(clusters).size < MIN_CLUSTERS
+
+
+def _no_interval(method: str, clusters: np.ndarray) -> Interval:
+    groups = int(np.unique(clusters).size)
+    return Interval(-math.inf, math.inf, f"{method}: {groups} clusters, fewer than {MIN_CLUSTERS}", units=groups)
 
 
 def _units(n: int, clusters: np.ndarray | None) -> int:

@@ -103,12 +103,12 @@ def test_design_effect_hand_computed():
 
 def test_studentized_bootstrap_matches_a_plain_loop_implementation():
     rng = np.random.default_rng(3)
-    values = rng.exponential(0.01, 40)
+    values = rng.exponential(0.01, 60)
     ours = studentized_bootstrap(values, 0.9, 2000, seed=5)
     # The same resamples drawn one by one: t* = (mean* - mean) / (sd* / sqrt(n)).
-    picks = np.random.default_rng(5).integers(0, 40, size=(2000, 40))
-    mean, se = values.mean(), values.std(ddof=1) / math.sqrt(40)
-    t = [(values[p].mean() - mean) / (values[p].std(ddof=1) / math.sqrt(40)) for p in picks]
+    picks = np.random.default_rng(5).integers(0, 60, size=(2000, 60))
+    mean, se = values.mean(), values.std(ddof=1) / math.sqrt(60)
+    t = [(values[p].mean() - mean) / (values[p].std(ddof=1) / math.sqrt(60)) for p in picks]
     upper_t, lower_t = np.quantile(t, [0.95, 0.05], method="higher")
     assert (ours.low, ours.high) == pytest.approx((mean - upper_t * se, mean - lower_t * se), rel=1e-9)
     assert ours.low < mean < ours.high
@@ -117,10 +117,25 @@ def test_studentized_bootstrap_matches_a_plain_loop_implementation():
 def test_studentized_bootstrap_refuses_too_few_units_and_resamples_clusters():
     few = studentized_bootstrap(np.arange(MIN_BOOTSTRAP_UNITS - 1, dtype=float), 0.95, 100, seed=0)
     assert not few.decided and "fewer than" in few.method
-    values = np.repeat(np.random.default_rng(1).exponential(1.0, 30), 4)  # 30 clusters of 4 equal items
-    clusters = np.repeat(np.arange(30), 4)
+    values = np.repeat(np.random.default_rng(1).exponential(1.0, 60), 4)  # 60 clusters of 4 equal items
+    clusters = np.repeat(np.arange(60), 4)
     clustered = studentized_bootstrap(values, 0.95, 2000, seed=0, clusters=clusters)
-    assert clustered.units == 30 and clustered.design_effect > 1.5  # ~sqrt(4) = 2 for identical members
+    assert clustered.units == 60 and clustered.design_effect > 1.5  # ~sqrt(4) = 2 for identical members
+
+
+def test_count_intervals_need_enough_clusters_and_use_the_t_quantile():
+    base = np.ones(100, dtype=bool)
+    variant = np.arange(100) % 10 != 0
+    few = paired_binary_interval(base, variant, 0.95, clusters=np.arange(100) // 5)  # 20 clusters
+    assert not few.decided and "fewer than 30" in few.method
+    assert not rate_interval(10, 100, 0.95, (~variant).astype(float), np.arange(100) // 5).decided
+    # 50 clusters of 2 whose flips do not cluster (design effect floored at 1): only the
+    # (t_49 / z)^2 factor widens the interval, as Tango on counts divided by that factor.
+    clusters = np.arange(100) // 2
+    interval = paired_binary_interval(base, variant, 0.95, clusters=clusters)
+    factor = (stats.t.ppf(0.975, 49) / Z) ** 2
+    low, high = tango_interval(10 / factor, 0, 100 / factor, 0.95)
+    assert (interval.low, interval.high) == pytest.approx((-float(high), -float(low)), abs=1e-9)
 
 
 def test_items_to_settle_a_rate_is_the_smallest_total_that_decides():

@@ -86,7 +86,8 @@ def binary_point(rng, n, accuracy, discordance, drop, clustered, reps):
     low, high = tango_interval(b / scale, c / scale, n / scale, CONFIDENCE)
     psi = true_discordance(discordance, clustered)
     true_drop = drop * psi / discordance if discordance else 0.0
-    row = {"promote": float(np.mean(high < TOLERANCE)), "coverage": float(np.mean((low <= true_drop) & (true_drop <= high)))}
+    row = {"promote": float(np.mean(high < TOLERANCE)),
+           "coverage": float(np.mean((low <= true_drop) & (true_drop <= high)))}
     flip_scale = design_effects(flipped, b + c, n)
     flip_low, flip_high = _rate_bounds((b + c) / flip_scale, n / flip_scale)
     row["flip_pass"] = float(np.mean(flip_high <= psi)) if psi > 0 else math.nan

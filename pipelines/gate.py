@@ -22,8 +22,9 @@ Rules (each yields a `RuleResult` with observed value, bound, threshold and a me
 - throughput: variant / base output tokens/s - 1 >= min_throughput_gain at the smallest load level
   both ran (batch 1 by default): single-stream decode speed, which weight-only schemes are meant
   to raise; capacity at the knee is what the cost rule already judges.
-Cost and throughput limits are point comparisons, inclusive (at most / at least). A rule whose threshold the policy leaves unset is
-not evaluated; one without data is SKIPPED with its reason and never changes the decision.
+Cost and throughput limits are point comparisons, inclusive (at most / at least). A rule whose
+threshold the policy leaves unset is not evaluated; one without data is SKIPPED with its reason
+and never changes the decision.
 REJECT if a blocking rule FAILs, else INCONCLUSIVE if a blocking rule is INCONCLUSIVE, else
 PROMOTE; non-blocking rules only add warnings to the reasons.
 """

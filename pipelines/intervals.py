@@ -123,7 +123,8 @@ def paired_binary_interval(base_correct: np.ndarray, variant_correct: np.ndarray
     if _too_few_clusters(clusters):
         return _no_interval(TANGO, clusters)
     lost, gained = float(np.sum(base & ~variant)), float(np.sum(~base & variant))
-    deff = design_effect(variant.astype(float) - base.astype(float), clusters) * few_clusters_factor(clusters, confidence)
+    differences = variant.astype(float) - base.astype(float)
+    deff = design_effect(differences, clusters) * few_clusters_factor(clusters, confidence)
     low, high = tango_interval(lost / deff, gained / deff, n / deff, confidence)
     interval = Interval(low=-float(high), high=-float(low), method=TANGO, units=_units(n, clusters))
     if clusters is not None:

@@ -37,7 +37,7 @@ from scipy.stats import norm
 
 from pipelines.config import GateConfig, SuiteTolerance
 from pipelines.errors import InputError
-from pipelines.intervals import items_to_settle_rate, rate_interval
+from pipelines.intervals import TANGO, items_to_settle_paired, items_to_settle_rate, rate_interval
 from pipelines.records import BenchResult, CostResult, Fidelity, RuleResult, TaskFidelity, Verdict
 
 PASS, FAIL, INCONCLUSIVE, SKIPPED = "PASS", "FAIL", "INCONCLUSIVE", "SKIPPED"
@@ -111,7 +111,8 @@ def accuracy_rule(policy: GateConfig, task: TaskFidelity) -> RuleResult:
     if low > tolerance + _TIE:
         return _rule("accuracy", task.task, FAIL, point, low, tolerance, f"worse than tolerated: {interval}",
                      **bounds)
-    more = items_to_settle(task.n, point, low, high, tolerance)
+    more = items_to_settle_paired(task.right_to_wrong, task.wrong_to_right, task.n, tolerance, policy.confidence) \
+        if task.ci_method == TANGO else items_to_settle(task.n, point, low, high, tolerance)
     hint = f"~{more} more paired items would settle it" if more is not None else "point estimate sits at the tolerance"
     return _rule("accuracy", task.task, INCONCLUSIVE, point, high, tolerance,
                  f"interval straddles the tolerance: {interval}; {hint}", items_to_settle=more, **bounds)

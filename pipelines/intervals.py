@@ -156,21 +156,36 @@ def items_to_settle_rate(count: float, n: int, threshold: float, confidence: flo
     """Extra items after which the Clopper-Pearson interval clears `threshold`, if the rate held."""
     from statsmodels.stats.proportion import proportion_confint
 
-    rate = count / n
-    if abs(rate - threshold) <= 1e-12 or n <= 0:
-        return None
+    rate = count / n if n > 0 else 0.0
 
     def settled(total: int) -> bool:
         low, high = proportion_confint(rate * total, total, alpha=1 - confidence, method="beta")
         return high <= threshold if rate < threshold else low > threshold
 
+    return _extra_items(settled, n) if n > 0 and abs(rate - threshold) > 1e-12 else None
+
+
+def items_to_settle_paired(lost: int, gained: int, n: int, tolerance: float, confidence: float) -> int | None:
+    """Extra paired items after which Tango's interval of the drop clears `tolerance`, if the
+    shares of items lost and gained held."""
+    drop = (lost - gained) / n if n > 0 else 0.0
+
+    def settled(total: int) -> bool:
+        low, high = tango_interval(lost * total / n, gained * total / n, total, confidence)
+        return float(high) < tolerance if drop < tolerance else float(low) > tolerance
+
+    return _extra_items(settled, n) if n > 0 and abs(drop - tolerance) > 1e-12 else None
+
+
+def _extra_items(settled, n: int) -> int | None:
+    """The smallest total >= n that settles, minus n, by doubling then bisection."""
     total = n
     while not settled(total):
         total *= 2
         if total > 10 ** 9:
             return None
     low_total = max(n, total // 2)
-    while low_total < total:  # the smallest settling total, by bisection
+    while low_total < total:
         middle = (low_total + total) // 2
         low_total, total = (low_total, middle) if settled(middle) else (middle + 1, total)
     return max(1, total - n)

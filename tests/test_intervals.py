@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from scipy import optimize, stats
 
-from pipelines.intervals import (MIN_BOOTSTRAP_UNITS, design_effect, items_to_settle_rate, paired_binary_interval,
-                                 rate_interval, studentized_bootstrap, tango_interval)
+from pipelines.intervals import (MIN_BOOTSTRAP_UNITS, design_effect, items_to_settle_paired, items_to_settle_rate,
+                                 paired_binary_interval, rate_interval, studentized_bootstrap, tango_interval)
 
 Z = stats.norm.ppf(0.975)
 
@@ -148,3 +148,9 @@ def test_items_to_settle_a_rate_is_the_smallest_total_that_decides():
 
     assert lower(total) > 0.10 >= lower(total - 1)
     assert items_to_settle_rate(60, 600, 0.10, 0.95) is None  # the rate sits at the ceiling
+
+
+def test_items_to_settle_the_accuracy_rule_is_exact_for_tango():
+    # No flip in 50 items: Tango's bound z^2 / (N + z^2) < 0.02 first at N = ceil(z^2 * 49) = 189.
+    assert items_to_settle_paired(0, 0, 50, 0.02, 0.95) == math.ceil(Z ** 2 * 49) - 50
+    assert items_to_settle_paired(3, 3, 300, 0.0, 0.95) is None  # the estimate sits at the tolerance

@@ -118,6 +118,9 @@ class EvalConfig:
     reference_window: int = 256
     # The confidence level of every interval is the gate's (gate.confidence): one level, one decision.
     bootstrap_samples: int = 10000
+    # Cluster key per task (a field of its documents, dotted for nested ones, e.g. meta.vendor);
+    # overrides the task's own `metadata.cluster_key`. Intervals then resample by cluster.
+    cluster_keys: dict[str, str] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

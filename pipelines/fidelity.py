@@ -2,17 +2,19 @@
 
 Every number compares the two models on the same items (paired by lm-eval doc_id), never two
 accuracies as independent samples:
-  - accuracy delta (variant - reference) with a paired bootstrap CI: scipy.stats.bootstrap over the
-    per-item score differences (identical to `paired=True` on the two score vectors), method
-    "percentile". Not BCa: the differences are -1/0/+1 and mostly 0, and BCa's jackknife
-    acceleration degenerates (NaN, warnings) exactly when few items flip, the common case here.
+  - accuracy delta (variant - reference) with an interval from pipelines/intervals.py: binary
+    metrics Tango's paired score interval (never zero width: no flip in 50 items bounds the drop
+    at 7.1 points, not 0), graded ones a studentized bootstrap of the per-item differences;
+    by cluster when the task names a cluster key (design effect reported);
   - McNemar's exact test on the discordant pairs (statsmodels), for binary metrics only;
   - flips right->wrong / wrong->right (graded metrics: items whose score fell / rose) and
-    flip_rate = changed items / n;
+    flip_rate = changed items / n, with a Clopper-Pearson interval;
   - multiple choice: KL(reference || variant) between the softmax-normalised choice
-    log-likelihoods per item (scipy.stats.entropy), its mean and p95, and argmax agreement;
+    log-likelihoods per item (scipy.stats.entropy), its mean (studentized bootstrap interval),
+    p95, and argmax agreement;
   - reference text: token-level KL(reference || variant) at every position (torch kl_div with
-    log targets), mean and p95, top-1 token agreement, perplexity of each and their ratio.
+    log targets), mean (interval from a bootstrap over blocks of KL_BLOCK_TOKENS tokens: tokens
+    of one window are dependent), p95, top-1 token agreement, perplexity of each and their ratio.
 Results evaluated under different settings, suite content/versions or BOS handling are refused.
 
 Exercised by: pytest tests/test_fidelity.py
@@ -26,11 +28,15 @@ import numpy as np
 
 from pipelines.errors import InputError
 from pipelines.evaluate.items import read_items
+from pipelines.intervals import Interval, paired_binary_interval, rate_interval, studentized_bootstrap
 from pipelines.evaluate.reference import iter_window_logprobs, read_token_ids
 from pipelines.records import Divergence, EvalResult, Fidelity, TaskFidelity, TaskResult
 
 # Log-probs of tokens a model masks out are -inf; flooring them keeps 0 * (-inf) from making NaN.
 LOGPROB_FLOOR = -1e4
+# Reference-text KL is resampled in blocks of this many consecutive tokens of one window: a
+# token's KL depends on its neighbours', so tokens are not independent units (4096 tokens: 128 blocks).
+KL_BLOCK_TOKENS = 32
 
 
 def compare(reference: EvalResult, variant: EvalResult, confidence: float, bootstrap_samples: int, seed: int,
@@ -43,7 +49,8 @@ def compare(reference: EvalResult, variant: EvalResult, confidence: float, boots
              for task in reference.tasks]
     divergence = None
     if reference.reference_logprobs_path and variant.reference_logprobs_path:
-        divergence = reference_divergence(reference.reference_logprobs_path, variant.reference_logprobs_path)
+        divergence = reference_divergence(reference.reference_logprobs_path, variant.reference_logprobs_path,
+                                          confidence, bootstrap_samples, seed)
     return Fidelity(variant=variant_name, reference=reference_name, variant_hash=variant.model_hash,
                     reference_hash=reference.model_hash, settings_hash=reference.settings_hash,
                     tasks=tasks, divergence=divergence)
@@ -80,21 +87,64 @@ def compare_task(reference: TaskResult, variant: TaskResult, confidence: float, 
     ref_items, var_items = paired_items(reference, variant)
     ref_scores = np.array([item["score"] for item in ref_items], dtype=float)
     var_scores = np.array([item["score"] for item in var_items], dtype=float)
-    ci_low, ci_high = paired_bootstrap_ci(var_scores - ref_scores, confidence, bootstrap_samples, seed)
+    clusters = item_clusters(ref_items, reference)
     binary = all(item["correct"] is not None for item in ref_items + var_items)
+    if binary:
+        accuracy = paired_binary_interval(ref_scores == 1, var_scores == 1, confidence, clusters)
+    else:
+        accuracy = graded_difference_interval(var_scores - ref_scores, ref_scores, var_scores, confidence,
+                                              bootstrap_samples, seed, clusters)
     worse, better = int(np.sum(var_scores < ref_scores)), int(np.sum(var_scores > ref_scores))
+    changed = (var_scores != ref_scores).astype(float)
+    flips = rate_interval(worse + better, len(ref_items), confidence, changed, clusters)
     result = TaskFidelity(
         task=reference.task, metric=reference.metric, n=len(ref_items), base_score=float(ref_scores.mean()),
         variant_score=float(var_scores.mean()), delta=float(np.mean(var_scores - ref_scores)),
-        ci_low=ci_low, ci_high=ci_high, confidence=confidence,
+        ci_low=accuracy.low, ci_high=accuracy.high, confidence=confidence,
         mcnemar_p=mcnemar_p_value(ref_scores == 1, var_scores == 1) if binary else None,
-        right_to_wrong=worse, wrong_to_right=better, flip_rate=(worse + better) / len(ref_items))
+        right_to_wrong=worse, wrong_to_right=better, flip_rate=(worse + better) / len(ref_items),
+        ci_method=accuracy.method, cluster_key=reference.cluster_key if clusters is not None else None,
+        clusters=accuracy.units if clusters is not None else None, design_effect=accuracy.design_effect,
+        flip_ci_low=_finite(flips.low), flip_ci_high=_finite(flips.high), flip_ci_method=flips.method)
     if reference.output_type == "multiple_choice":
         kl, agreement = choice_divergence([i["choice_loglikelihoods"] for i in ref_items],
                                           [i["choice_loglikelihoods"] for i in var_items])
         result.choice_kl_mean, result.choice_kl_p95 = float(np.mean(kl)), float(np.percentile(kl, 95))
         result.choice_top1_agreement = agreement
+        kl_interval = studentized_bootstrap(kl, confidence, bootstrap_samples, seed, clusters)
+        result.choice_kl_ci_low, result.choice_kl_ci_high = _finite(kl_interval.low), _finite(kl_interval.high)
+        result.choice_kl_ci_method = kl_interval.method
     return result
+
+
+def item_clusters(items: list[dict], task: TaskResult) -> np.ndarray | None:
+    """Each item's cluster label, or None when the task names no cluster key."""
+    labels = [item.get("cluster") for item in items]
+    if task.cluster_key is None or all(label is None for label in labels):
+        return None
+    if any(label is None for label in labels):
+        raise InputError(f"task {task.task}: some items have no cluster ({task.cluster_key}); re-run the evaluation")
+    return np.asarray(labels, dtype=object).astype(str)
+
+
+def graded_difference_interval(differences: np.ndarray, ref_scores: np.ndarray, var_scores: np.ndarray,
+                               confidence: float, resamples: int, seed: int,
+                               clusters: np.ndarray | None) -> Interval:
+    """Studentized bootstrap of the mean difference; when no item changed, a bound that still has width.
+
+    With every difference 0 the bootstrap has zero width, which is no evidence. Then the mean
+    difference is at most (share of items that changed) x (score range), and the share is bounded
+    by Clopper-Pearson on 0 of n changed; the range is the one observed over both models."""
+    if np.ptp(differences) > 0 or differences[0] != 0:
+        return studentized_bootstrap(differences, confidence, resamples, seed, clusters)
+    changed = rate_interval(0, differences.size, confidence)
+    spread = float(max(np.ptp(np.concatenate([ref_scores, var_scores])), 1e-12))
+    return Interval(-changed.high * spread, changed.high * spread,
+                    "no item changed: Clopper-Pearson bound on changed items x score range", units=differences.size)
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
 
 
 def paired_items(reference: TaskResult, variant: TaskResult) -> tuple[list[dict], list[dict]]:
@@ -109,23 +159,6 @@ def paired_items(reference: TaskResult, variant: TaskResult) -> tuple[list[dict]
         raise InputError(f"task {reference.task} has no evaluated items; check the suite's data")
     order = sorted(ref_items)
     return [ref_items[d] for d in order], [var_items[d] for d in order]
-
-
-def paired_bootstrap_ci(differences: np.ndarray, confidence: float, resamples: int, seed: int) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean per-item difference; zero width when all differences agree."""
-    from scipy.stats import bootstrap
-
-    if np.ptp(differences) == 0:
-        # Every resample has the same mean: the interval is that point (and scipy would only warn).
-        return float(differences[0]), float(differences[0])
-    result = bootstrap((differences,), np.mean, n_resamples=resamples, confidence_level=confidence,
-                       method="percentile", rng=np.random.default_rng(seed), batch=_batch(len(differences)))
-    return float(result.confidence_interval.low), float(result.confidence_interval.high)
-
-
-def _batch(n_items: int) -> int:
-    # Resample in chunks of ~16M values: 10k resamples of a 14k-item suite would otherwise need 1 GiB.
-    return max(1, (1 << 24) // n_items)
 
 
 def mcnemar_p_value(reference_correct: np.ndarray, variant_correct: np.ndarray) -> float:
@@ -152,8 +185,9 @@ def choice_divergence(reference_ll: list[list[float]], variant_ll: list[list[flo
     return np.asarray(kl), float(np.mean(agree))
 
 
-def reference_divergence(reference_path: str, variant_path: str) -> Divergence:
-    """Token-level KL, top-1 agreement and perplexities over the shared reference text."""
+def reference_divergence(reference_path: str, variant_path: str, confidence: float = 0.95,
+                         resamples: int = 10000, seed: int = 0) -> Divergence:
+    """Token-level KL (with a block-bootstrap interval of its mean), top-1 agreement and perplexities."""
     import torch
     import torch.nn.functional as F
 
@@ -170,8 +204,13 @@ def reference_divergence(reference_path: str, variant_path: str) -> Divergence:
         ref_nll -= float(ref[:-1].gather(-1, ids[1:, None]).double().sum())
         var_nll -= float(var[:-1].gather(-1, ids[1:, None]).double().sum())
     kl = torch.cat(kl_values).numpy()
+    blocks = np.concatenate([np.arange(len(window)) // KL_BLOCK_TOKENS + index * 10 ** 6
+                             for index, window in enumerate(kl_values)])
+    interval = studentized_bootstrap(kl, confidence, resamples, seed, clusters=blocks)
     predicted = token_ids.shape[0] * (token_ids.shape[1] - 1)
     base_ppl, variant_ppl = math.exp(ref_nll / predicted), math.exp(var_nll / predicted)
     return Divergence(tokens=int(kl.size), kl_mean=float(kl.mean()), kl_p95=float(np.percentile(kl, 95)),
                       top1_agreement=agreements / kl.size, base_perplexity=base_ppl,
-                      variant_perplexity=variant_ppl, perplexity_ratio=variant_ppl / base_ppl)
+                      variant_perplexity=variant_ppl, perplexity_ratio=variant_ppl / base_ppl,
+                      kl_ci_low=_finite(interval.low), kl_ci_high=_finite(interval.high),
+                      kl_ci_method=f"{interval.method} ({KL_BLOCK_TOKENS}-token blocks)", kl_blocks=interval.units)

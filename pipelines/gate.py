@@ -10,14 +10,21 @@ Rules (each yields a `RuleResult` with observed value, bound, threshold and a me
   not decide. The pipeline computes Fidelity at policy.confidence; for a record made at another
   level (an older run, an engine comparison) the interval is rescaled around its midpoint by z(policy)/z(fidelity) (normal approximation: exact for Wald
   intervals, approximate for bootstrap ones) and the message says so.
-- flip_rate (per task): observed rate <= max_flip_rate (a hard limit, no interval).
-- kl: reference-text mean KL and each multiple-choice task's mean choice KL <= max_kl.
+- flip_rate (per task): a Clopper-Pearson interval of the rate (clustered when the task has
+  clusters) against max_flip_rate: PASS when its upper bound <= the ceiling, FAIL when its lower
+  bound > it, otherwise INCONCLUSIVE with the items that would settle it if the rate held.
+- kl: reference-text mean KL (bootstrap over token blocks) and each multiple-choice task's mean
+  choice KL (studentized bootstrap over items or clusters) against max_kl, the same three ways;
+  a mean with too few units for its bootstrap has no interval and is INCONCLUSIVE.
+  Every interval is two-sided at the fidelity record's confidence, so each one-sided decision
+  errs at most (1 - confidence) / 2 (benchmarks/coverage.py measures it).
 - cost: 1 - variant $/1M / base $/1M (both at their knee) >= min_cost_saving.
 - throughput: variant / base output tokens/s - 1 >= min_throughput_gain at the smallest load level
   both ran (batch 1 by default): single-stream decode speed, which weight-only schemes are meant
   to raise; capacity at the knee is what the cost rule already judges.
-Hard limits are inclusive (at most / at least). A rule whose threshold the policy leaves unset is
-not evaluated; one without data is SKIPPED with its reason and never changes the decision.
+Cost and throughput limits are point comparisons, inclusive (at most / at least). A rule whose
+threshold the policy leaves unset is not evaluated; one without data is SKIPPED with its reason
+and never changes the decision.
 REJECT if a blocking rule FAILs, else INCONCLUSIVE if a blocking rule is INCONCLUSIVE, else
 PROMOTE; non-blocking rules only add warnings to the reasons.
 """
@@ -30,6 +37,7 @@ from scipy.stats import norm
 
 from pipelines.config import GateConfig, SuiteTolerance
 from pipelines.errors import InputError
+from pipelines.intervals import TANGO, items_to_settle_paired, items_to_settle_rate, rate_interval
 from pipelines.records import BenchResult, CostResult, Fidelity, RuleResult, TaskFidelity, Verdict
 
 PASS, FAIL, INCONCLUSIVE, SKIPPED = "PASS", "FAIL", "INCONCLUSIVE", "SKIPPED"
@@ -90,15 +98,24 @@ def accuracy_rule(policy: GateConfig, task: TaskFidelity) -> RuleResult:
     point, low, high = drop_interval(task, policy.confidence)
     level = f"{policy.confidence:.0%}" + ("" if math.isclose(policy.confidence, task.confidence)
                                          else f" (rescaled from {task.confidence:.0%})")
-    interval = f"drop {point:+.4f}, {level} CI [{low:+.4f}, {high:+.4f}] vs tolerance {tolerance:.4f}"
+    method = task.ci_method or "interval"
+    interval = (f"drop {point:+.4f}, {level} {method} CI [{low:+.4f}, {high:+.4f}] vs tolerance {tolerance:.4f}"
+                + (f"; {task.clusters} clusters by {task.cluster_key}, design effect {task.design_effect:.2f}"
+                   if task.cluster_key else ""))
+    bounds = {"low": low, "high": high, "method": method}
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return _rule("accuracy", task.task, INCONCLUSIVE, point, None, tolerance,
+                     f"no usable interval ({method}): {task.n} items", **bounds)
     if high < tolerance - _TIE:
-        return _rule("accuracy", task.task, PASS, point, high, tolerance, f"non-inferior: {interval}")
+        return _rule("accuracy", task.task, PASS, point, high, tolerance, f"non-inferior: {interval}", **bounds)
     if low > tolerance + _TIE:
-        return _rule("accuracy", task.task, FAIL, point, low, tolerance, f"worse than tolerated: {interval}")
-    more = items_to_settle(task.n, point, low, high, tolerance)
+        return _rule("accuracy", task.task, FAIL, point, low, tolerance, f"worse than tolerated: {interval}",
+                     **bounds)
+    more = items_to_settle_paired(task.right_to_wrong, task.wrong_to_right, task.n, tolerance, policy.confidence) \
+        if task.ci_method == TANGO else items_to_settle(task.n, point, low, high, tolerance)
     hint = f"~{more} more paired items would settle it" if more is not None else "point estimate sits at the tolerance"
     return _rule("accuracy", task.task, INCONCLUSIVE, point, high, tolerance,
-                 f"interval straddles the tolerance: {interval}; {hint}", items_to_settle=more)
+                 f"interval straddles the tolerance: {interval}; {hint}", items_to_settle=more, **bounds)
 
 
 def items_to_settle(n: int, point: float, low: float, high: float, tolerance: float) -> int | None:
@@ -116,19 +133,63 @@ def items_to_settle(n: int, point: float, low: float, high: float, tolerance: fl
 
 
 def flip_rate_rules(policy: GateConfig, fidelity: Fidelity) -> list[RuleResult]:
-    return [_limit("flip_rate", t.task, t.flip_rate, policy.max_flip_rate, at_most=True,
-                   what=f"flip rate ({t.right_to_wrong} right->wrong, {t.wrong_to_right} wrong->right of {t.n})")
-            for t in fidelity.tasks]
+    return [flip_rate_rule(policy, task) for task in fidelity.tasks]
+
+
+def flip_rate_rule(policy: GateConfig, task: TaskFidelity) -> RuleResult:
+    flips = task.right_to_wrong + task.wrong_to_right
+    what = f"flip rate ({task.right_to_wrong} right->wrong, {task.wrong_to_right} wrong->right of {task.n})"
+    low, high, method = task.flip_ci_low, task.flip_ci_high, task.flip_ci_method
+    if task.flip_ci_method and "fewer than" in task.flip_ci_method:
+        pass  # too few clusters: no interval, whatever the level
+    elif low is None or high is None or not math.isclose(policy.confidence, task.confidence):
+        # An older record, or another level: recompute from the counts (exact; clusters not kept).
+        interval = rate_interval(flips, task.n, policy.confidence)
+        low, high, method = interval.low, interval.high, interval.method
+    more = items_to_settle_rate(flips, task.n, policy.max_flip_rate, policy.confidence)
+    return _bounded_limit("flip_rate", task.task, task.flip_rate, low, high, method, policy.max_flip_rate,
+                          policy.confidence, what, more)
 
 
 def kl_rules(policy: GateConfig, fidelity: Fidelity) -> list[RuleResult]:
-    rules = [_limit("kl", f"{t.task}/choices", t.choice_kl_mean, policy.max_kl, at_most=True,
-                    what="mean KL between choice distributions")
-             for t in fidelity.tasks if t.choice_kl_mean is not None]
-    if fidelity.divergence is not None:
-        rules.append(_limit("kl", "reference", fidelity.divergence.kl_mean, policy.max_kl, at_most=True,
-                            what=f"mean token KL on the reference text ({fidelity.divergence.tokens} tokens)"))
+    rules = []
+    for t in fidelity.tasks:
+        if t.choice_kl_mean is None:
+            continue
+        more = items_to_settle(t.n, t.choice_kl_mean, t.choice_kl_ci_low, t.choice_kl_ci_high, policy.max_kl) \
+            if t.choice_kl_ci_low is not None and t.choice_kl_ci_high is not None else None
+        rules.append(_bounded_limit("kl", f"{t.task}/choices", t.choice_kl_mean, t.choice_kl_ci_low,
+                                    t.choice_kl_ci_high, t.choice_kl_ci_method, policy.max_kl, t.confidence,
+                                    "mean KL between choice distributions", more))
+    d = fidelity.divergence
+    if d is not None:
+        more = items_to_settle(d.kl_blocks or 0, d.kl_mean, d.kl_ci_low, d.kl_ci_high, policy.max_kl) \
+            if d.kl_ci_low is not None and d.kl_ci_high is not None else None
+        confidence = fidelity.tasks[0].confidence
+        rules.append(_bounded_limit("kl", "reference", d.kl_mean, d.kl_ci_low, d.kl_ci_high, d.kl_ci_method,
+                                    policy.max_kl, confidence,
+                                    f"mean token KL on the reference text ({d.tokens} tokens)", more,
+                                    unit="token blocks"))
     return rules or [_skipped("kl", "all", "no reference-text or choice KL in the fidelity record")]
+
+
+def _bounded_limit(rule: str, scope: str, observed: float, low: float | None, high: float | None, method: str,
+                   ceiling: float, confidence: float, what: str, more: int | None, unit: str = "items") -> RuleResult:
+    """PASS when the upper bound <= ceiling, FAIL when the lower bound > ceiling, else INCONCLUSIVE."""
+    bounds = {"low": low, "high": high, "method": method or None}
+    if low is None or high is None:
+        return _rule(rule, scope, INCONCLUSIVE, observed, None, ceiling,
+                     f"{what}: {observed:.4g}, no interval ({method or 'not in this record'}); a point estimate "
+                     "does not decide", **bounds)
+    interval = f"{what}: {observed:.4g}, {confidence:.0%} {method} [{low:.4g}, {high:.4g}]"
+    if high <= ceiling:
+        return _rule(rule, scope, PASS, observed, high, ceiling, f"{interval} <= ceiling {ceiling:.4g}", **bounds)
+    if low > ceiling:
+        return _rule(rule, scope, FAIL, observed, low, ceiling, f"{interval} all above ceiling {ceiling:.4g}",
+                     **bounds)
+    hint = f"~{more} more {unit} would settle it" if more is not None else "the estimate sits at the ceiling"
+    return _rule(rule, scope, INCONCLUSIVE, observed, high, ceiling,
+                 f"{interval} straddles ceiling {ceiling:.4g}; {hint}", items_to_settle=more, **bounds)
 
 
 def cost_rule(policy: GateConfig, cost: CostResult | None, base_cost: CostResult | None,
@@ -172,10 +233,12 @@ def _skipped(rule: str, scope: str, why: str) -> RuleResult:
 
 
 def _rule(rule: str, scope: str, status: str, observed: float | None, bound: float | None,
-          threshold: float | None, message: str, items_to_settle: int | None = None) -> RuleResult:
+          threshold: float | None, message: str, items_to_settle: int | None = None, low: float | None = None,
+          high: float | None = None, method: str | None = None) -> RuleResult:
     # `blocking` is filled in by decide(), which knows the policy.
     return RuleResult(rule=rule, scope=scope, blocking=False, status=status, observed=observed,
-                      bound=bound, threshold=threshold, message=message, items_to_settle=items_to_settle)
+                      bound=bound, threshold=threshold, message=message, items_to_settle=items_to_settle,
+                      low=low, high=high, method=method)
 
 
 def _combine(rules: list[RuleResult]) -> str:

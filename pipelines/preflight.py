@@ -67,7 +67,8 @@ def check_suites(eval_cfg: EvalConfig) -> None:
     from pipelines.evaluate.reference import reference_text
 
     reference_text(eval_cfg.reference_text)
-    _check_suites(tuple(eval_cfg.tasks), suites_directory(eval_cfg.include_path))
+    _check_suites(tuple(eval_cfg.tasks), suites_directory(eval_cfg.include_path),
+                  tuple(sorted(eval_cfg.cluster_keys.items())))
 
 
 def suites_directory(include_path: str | None) -> str | None:
@@ -81,7 +82,7 @@ def suites_directory(include_path: str | None) -> str | None:
 
 
 @lru_cache(maxsize=8)
-def _check_suites(tasks: tuple[str, ...], include_path: str | None) -> None:
+def _check_suites(tasks: tuple[str, ...], include_path: str | None, cluster_keys: tuple = ()) -> None:
     from lm_eval.tasks import TaskManager
 
     if include_path:
@@ -96,8 +97,12 @@ def _check_suites(tasks: tuple[str, ...], include_path: str | None) -> None:
     except Exception as error:  # lm-eval and datasets raise many types; all mean "this suite cannot load"
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise InputError(f"eval tasks {', '.join(tasks)} cannot be loaded: {reason}") from error
-    for name, task in _leaf_tasks(loaded):
-        _check_items(name, task)
+    leaves = dict(_leaf_tasks(loaded))
+    unknown = sorted(set(dict(cluster_keys)) - set(leaves))
+    if unknown:
+        raise ConfigError("eval.cluster_keys: " + did_you_mean("task", unknown[0], sorted(leaves)))
+    for name, task in leaves.items():
+        _check_items(name, task, dict(cluster_keys).get(name))
 
 
 def _quietly(load, *args):
@@ -131,8 +136,13 @@ def _leaf_tasks(tree: dict):
             yield getattr(key, "group_name", key) if not isinstance(key, str) else key, value
 
 
-def _check_items(name: str, task) -> None:
+def _check_items(name: str, task, cluster_key: str | None = None) -> None:
+    from pipelines.evaluate.items import cluster_key_for, document_cluster
+
     docs = list(task.eval_docs)
+    cluster_key = cluster_key or cluster_key_for({"configs": {name: task.config.to_dict()}}, name, {})
+    for doc in docs if cluster_key else ():
+        document_cluster(doc, cluster_key, name)  # every item must name its cluster
     if not docs:
         raise InputError(f"eval task {name} has no items; check its data file and test_split")
     for index, doc in enumerate(docs):

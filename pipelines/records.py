@@ -64,6 +64,8 @@ class TaskResult:
     n: int
     # Per-item records (see pipelines/evaluate/items.py for the format).
     items_path: str
+    # The document field items were clustered by (their `cluster`), if the task names one.
+    cluster_key: str | None = None
 
 
 @dataclass
@@ -99,6 +101,19 @@ class TaskFidelity:
     choice_kl_mean: float | None = None
     choice_kl_p95: float | None = None
     choice_top1_agreement: float | None = None
+    # How ci_low/ci_high were computed (pipelines/intervals.py), and by which cluster key (if any):
+    # design_effect = clustered width / independent-items width of the accuracy interval.
+    ci_method: str = ""
+    cluster_key: str | None = None
+    clusters: int | None = None
+    design_effect: float = 1.0
+    # Interval of flip_rate (Clopper-Pearson) and of choice_kl_mean (studentized bootstrap), at `confidence`.
+    flip_ci_low: float | None = None
+    flip_ci_high: float | None = None
+    flip_ci_method: str = ""
+    choice_kl_ci_low: float | None = None
+    choice_kl_ci_high: float | None = None
+    choice_kl_ci_method: str = ""
 
 
 @dataclass
@@ -110,6 +125,11 @@ class Divergence:
     base_perplexity: float
     variant_perplexity: float
     perplexity_ratio: float
+    # Interval of kl_mean from a bootstrap over blocks of tokens (token KLs are dependent), at the gate's confidence.
+    kl_ci_low: float | None = None
+    kl_ci_high: float | None = None
+    kl_ci_method: str = ""
+    kl_blocks: int | None = None
 
 
 @dataclass
@@ -202,6 +222,10 @@ class RuleResult:
     threshold: float | None
     message: str
     items_to_settle: int | None = None
+    # The interval the rule decided on (None for rules without one) and how it was computed.
+    low: float | None = None
+    high: float | None = None
+    method: str | None = None
 
 
 @dataclass

@@ -119,6 +119,8 @@ CASES = [
     ("tracking-bad-scheme", lambda w: ["tracking.uri=ftp://example/mlflow"], "ftp://example/mlflow"),
     ("zero-calibration-samples", lambda w: ["quant=gptq", "quant.calibration.num_samples=0"], "num_samples=0"),
     ("zero-batch-size", lambda w: ["eval.batch_size=0"], "eval.batch_size=0"),
+    ("cluster-key-not-a-field", lambda w: ["+eval.cluster_keys.qg_vendor_facts=meta.nope"], "meta.nope"),
+    ("cluster-key-unknown-task", lambda w: ["+eval.cluster_keys.qg_vendor_fact=meta.vendor"], "qg_vendor_fact"),
     ("negative-slo", lambda w: ["bench.slo.ttft_p95_ms=-5"], "ttft_p95_ms=-5"),
     ("gate-tolerance-out-of-range", lambda w: ["gate.tolerance.max_drop=2"], "max_drop=2"),
     ("reference-text-missing", lambda w: ["eval.reference_text=/no/such/reference.txt"], "/no/such/reference.txt"),

@@ -158,3 +158,14 @@ def test_suite_ids_are_unique_per_task():
     for task in DATA_FILE_TASKS:
         rows = [json.loads(line) for line in (SUITE_DATA_DIR / f"{task}.jsonl").read_text().splitlines()]
         assert len({row["id"] for row in rows}) == len(rows)
+
+
+def test_vendor_facts_declares_its_vendor_as_the_cluster_of_every_item():
+    import yaml
+
+    task_yaml = (SUITES_DIR / "qg_domain" / "vendor_facts" / "qg_vendor_facts.yaml").read_text()
+    metadata = yaml.safe_load(task_yaml)["metadata"]
+    rows = [json.loads(line) for line in (SUITE_DATA_DIR / "qg_vendor_facts.jsonl").read_text().splitlines()]
+    vendors = [row["meta"]["vendor"] for row in rows]
+    assert metadata["cluster_key"] == "meta.vendor" and metadata["version"] == 1.1
+    assert len(set(vendors)) == 150 and all(row["query"].find(row["meta"]["vendor"]) > 0 for row in rows)

@@ -47,7 +47,9 @@ def test_sweep_on_embedded_model_gates_and_logs(tmp_path):
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
     verdicts = {r.data.tags["quantgate.quant"]: r.data.tags["quantgate.verdict"] for r in children}
     assert len(parent) == 1 and set(verdicts) == {"none", "fp8", "canary-w2"}
-    assert verdicts["none"] == "PROMOTE"  # the base compared with itself
+    # The base compared with itself: no flip in 100 items bounds the drop at 3.7 points (Tango),
+    # which does not certify the 2-point tolerance; on the full suites (600 items) it PROMOTEs.
+    assert verdicts["none"] == "INCONCLUSIVE"
     assert verdicts["canary-w2"] == "REJECT"  # the suites see 2-bit damage
     assert result.returncode == 1, result.stderr[-3000:]  # a sweep exits with its worst verdict's code
     for run in children:

@@ -15,7 +15,7 @@ import pytest
 
 from pipelines.config import EvalConfig, HardwareConfig, ModelConfig, PriceConfig, RunConfig
 from pipelines.evaluate import effective_add_bos_token, run_evaluate
-from pipelines.evaluate.items import FIELDS, read_items
+from pipelines.evaluate.items import FIELDS, OPTIONAL_FIELDS, read_items
 from pipelines.fidelity import compare
 from pipelines.records import Variant
 
@@ -34,6 +34,7 @@ metric_list:
   - metric: acc
 metadata:
   version: 1.0
+  cluster_key: meta.claim
 """
 GEN_YAML = """task: tiny_gen
 dataset_path: json
@@ -60,7 +61,7 @@ def write_suite(directory: Path) -> Path:
     """20 multiple-choice items (with an `id` field) and 20 generation items (without), as jsonl."""
     directory.mkdir(parents=True, exist_ok=True)
     mc = [{"id": f"mc-{i}", "question": f"The claim is {COLORS[i % 3]}. The claim is",
-           "choices": COLORS, "label": i % 3} for i in range(20)]
+           "choices": COLORS, "label": i % 3, "meta": {"claim": f"claim-{i // 4}"}} for i in range(20)]
     gen = [{"question": f"Invoice {i} is", "answer": COLORS[i % 3]} for i in range(20)]
     for name, rows in (("mc.jsonl", mc), ("gen.jsonl", gen)):
         (directory / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -110,7 +111,11 @@ def test_per_item_files_have_the_documented_fields(setup):
     tasks = {task.task: task for task in result.tasks}
     assert sorted(tasks) == ["tiny_gen", "tiny_mc"]
     mc, gen = read_items(tasks["tiny_mc"].items_path), read_items(tasks["tiny_gen"].items_path)
-    assert len(mc) == len(gen) == 20 and all(set(item) == set(FIELDS) for item in mc + gen)
+    assert len(mc) == len(gen) == 20 and all(set(item) == set(FIELDS + OPTIONAL_FIELDS) for item in mc + gen)
+    # tiny_mc names a cluster key in its metadata (a nested field); tiny_gen names none.
+    assert [item["cluster"] for item in mc[:5]] == ["claim-0"] * 4 + ["claim-1"]
+    assert all(item["cluster"] is None for item in gen)
+    assert (tasks["tiny_mc"].cluster_key, tasks["tiny_gen"].cluster_key) == ("meta.claim", None)
     first = mc[0]
     assert first["item_id"] == "mc-0" and first["target"] == 0 and len(first["choice_loglikelihoods"]) == 3
     assert first["prediction"] == max(range(3), key=first["choice_loglikelihoods"].__getitem__)

@@ -16,7 +16,7 @@ from statsmodels.stats.contingency_tables import mcnemar
 from pipelines.errors import InputError
 from pipelines.evaluate.items import write_items
 from pipelines.evaluate.reference import save_reference_logprobs
-from pipelines.fidelity import compare, mcnemar_p_value, paired_bootstrap_ci
+from pipelines.fidelity import compare, mcnemar_p_value
 from pipelines.records import EvalResult, TaskResult
 
 SETTINGS = {"runner": "hf", "tasks": ["qg_x"], "add_bos_token": True, "seed": 1234}
@@ -39,14 +39,15 @@ def choice_items(loglikelihoods: list[list[float]], targets: list[int]) -> list[
 
 def eval_result(tmp_path, name: str, items: list[dict], output_type: str = "generate_until",
                 settings: dict | None = None, logprobs: torch.Tensor | None = None,
-                token_ids: torch.Tensor | None = None, version: str = "1.0") -> EvalResult:
+                token_ids: torch.Tensor | None = None, version: str = "1.0",
+                cluster_key: str | None = None) -> EvalResult:
     path = write_items(items, tmp_path / name / "qg_x.jsonl")
     reference = None
     if logprobs is not None:
         reference = str(save_reference_logprobs(token_ids, logprobs, tmp_path / name / "ref.safetensors"))
     settings = settings or SETTINGS
     task = TaskResult(task="qg_x", version=version, output_type=output_type, metric="acc", value=0.0,
-                      stderr=None, n=len(items), items_path=str(path))
+                      stderr=None, n=len(items), items_path=str(path), cluster_key=cluster_key)
     return EvalResult(model=name, model_hash=name, settings=settings, settings_hash=str(sorted(settings.items())),
                       suite_hashes={"qg_x": "s1"}, tasks=[task], reference_logprobs_path=reference, seconds=0.0)
 
@@ -55,19 +56,25 @@ def run(reference: EvalResult, variant: EvalResult, seed: int = 7):
     return compare(reference, variant, confidence=0.95, bootstrap_samples=2000, seed=seed, variant_name="v")
 
 
-def test_all_agree_gives_zero_delta_zero_width_interval_and_p_one(tmp_path):
+def test_all_agree_gives_zero_delta_but_an_interval_with_width_and_p_one(tmp_path):
+    # Nothing flipped in 5 items is no evidence of a small drop: Tango's bound with no discordant
+    # pair is z^2 / (n + z^2) (hand-derived: T(d) = -sqrt(n d / (1 - d)) when b = c = 0).
     correct = [True, False, True, True, False]
     same = binary_items(correct)
     task = run(eval_result(tmp_path, "a", same), eval_result(tmp_path, "b", same)).tasks[0]
-    assert (task.delta, task.ci_low, task.ci_high) == (0.0, 0.0, 0.0)
+    z2 = stats.norm.ppf(0.975) ** 2
+    assert task.delta == 0.0 and (task.ci_low, task.ci_high) == pytest.approx((-z2 / (5 + z2), z2 / (5 + z2)))
+    assert task.ci_method == "Tango score" and task.design_effect == 1.0 and task.cluster_key is None
     assert (task.right_to_wrong, task.wrong_to_right, task.flip_rate, task.mcnemar_p) == (0, 0, 0.0, 1.0)
+    # Flip rate 0 of 5: Clopper-Pearson upper bound 1 - 0.025 ** (1 / 5).
+    assert (task.flip_ci_low, task.flip_ci_high) == pytest.approx((0.0, 1 - 0.025 ** 0.2))
 
 
 def test_all_discordant_one_way_counts_flips_and_matches_binomial(tmp_path):
     base, variant = binary_items([True] * 6), binary_items([False] * 6)
     task = run(eval_result(tmp_path, "a", base), eval_result(tmp_path, "b", variant)).tasks[0]
     assert (task.right_to_wrong, task.wrong_to_right, task.flip_rate) == (6, 0, 1.0)
-    assert (task.delta, task.ci_low, task.ci_high) == (-1.0, -1.0, -1.0)
+    assert task.delta == -1.0 and task.ci_low == pytest.approx(-1.0, abs=1e-9) and -1.0 < task.ci_high < 0
     # Hand-worked: 6 discordant pairs all one way, exact two-sided p = 2 * 0.5**6 = 1/32.
     assert task.mcnemar_p == pytest.approx(2 * 0.5 ** 6, abs=1e-12)
 
@@ -93,15 +100,22 @@ def test_ties_in_both_directions_cancel_in_delta_but_count_as_flips(tmp_path):
     assert task.ci_low < 0 < task.ci_high
 
 
-def test_bootstrap_interval_equals_an_independent_paired_scipy_bootstrap():
-    rng = np.random.default_rng(0)
-    ref = (rng.random(300) < 0.7).astype(float)
-    var = np.where(rng.random(300) < 0.1, 1 - ref, ref)
-    ours = paired_bootstrap_ci(var - ref, 0.9, 3000, seed=11)
-    independent = stats.bootstrap((ref, var), lambda x, y, axis=-1: y.mean(axis=axis) - x.mean(axis=axis),
-                                  paired=True, n_resamples=3000, confidence_level=0.9, method="percentile",
-                                  rng=np.random.default_rng(11)).confidence_interval
-    assert ours == pytest.approx((independent.low, independent.high), abs=1e-6)
+def test_clustered_items_widen_the_interval_and_report_the_design_effect(tmp_path):
+    # 40 clusters of 5 items; the variant loses whole clusters at once (perfectly clustered errors).
+    ref = [True] * 200
+    var = [not (cluster % 10 == 0) for cluster in range(40) for _ in range(5)]
+    base_items, variant_items = binary_items(ref), binary_items(var)
+    for items in (base_items, variant_items):
+        for item in items:
+            item["cluster"] = f"vendor-{item['doc_id'] // 5}"
+    naive = run(eval_result(tmp_path, "a", binary_items(ref)), eval_result(tmp_path, "b", binary_items(var))).tasks[0]
+    clustered = run(eval_result(tmp_path, "c", base_items, cluster_key="vendor"),
+                    eval_result(tmp_path, "d", variant_items, cluster_key="vendor")).tasks[0]
+    assert clustered.delta == naive.delta == -20 / 200
+    assert (clustered.cluster_key, clustered.clusters) == ("vendor", 40)
+    assert clustered.design_effect > 1.5 and naive.design_effect == 1.0
+    assert clustered.ci_low < naive.ci_low and clustered.ci_high > naive.ci_high
+    assert "clustered" in clustered.ci_method and clustered.flip_ci_high > naive.flip_ci_high
 
 
 def test_mcnemar_p_value_helper_matches_statsmodels():
@@ -153,8 +167,10 @@ def test_a_model_compared_with_itself_gives_exact_identities(tmp_path):
     same = eval_result(tmp_path, "a", items, "multiple_choice", logprobs=lp, token_ids=ids)
     fid = run(same, same)
     task, div = fid.tasks[0], fid.divergence
-    assert (task.delta, task.ci_low, task.ci_high, task.mcnemar_p) == (0.0, 0.0, 0.0, 1.0)
+    assert (task.delta, task.mcnemar_p) == (0.0, 1.0) and task.ci_high > 0 and task.ci_low == pytest.approx(-task.ci_high)
     assert (task.right_to_wrong, task.wrong_to_right) == (0, 0)
+    # 3 items and 2 token blocks are too few units for the bootstrap: no KL interval, no decision.
+    assert task.choice_kl_ci_high is None and div.kl_ci_high is None and div.kl_blocks == 2
     assert (task.choice_kl_mean, task.choice_kl_p95, task.choice_top1_agreement) == (0.0, 0.0, 1.0)
     assert (div.kl_mean, div.kl_p95, div.top1_agreement, div.perplexity_ratio) == (0.0, 0.0, 1.0, 1.0)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
+from scipy import stats
 from scipy.stats import norm
 
 from pipelines.config import GateConfig, SuiteTolerance
@@ -28,10 +29,12 @@ def task(name="qg_invoice", delta=0.0, ci=(0.0, 0.0), base=0.8, n=200, flips=(0,
                         choice_kl_mean=choice_kl)
 
 
-def fidelity(*tasks: TaskFidelity, kl: float | None = 0.001) -> Fidelity:
+def fidelity(*tasks: TaskFidelity, kl: float | None = 0.001, kl_ci: tuple | None = None) -> Fidelity:
+    kl_ci = kl_ci or ((kl * 0.9, kl * 1.1) if kl is not None else (None, None))
     divergence = None if kl is None else Divergence(tokens=4096, kl_mean=kl, kl_p95=kl * 3, top1_agreement=0.99,
                                                     base_perplexity=10.0, variant_perplexity=10.1,
-                                                    perplexity_ratio=1.01)
+                                                    perplexity_ratio=1.01, kl_ci_low=kl_ci[0], kl_ci_high=kl_ci[1],
+                                                    kl_ci_method="studentized bootstrap", kl_blocks=128)
     return Fidelity(variant="w4", reference="base", variant_hash="v", reference_hash="b", settings_hash="s",
                     tasks=list(tasks), divergence=divergence)
 
@@ -79,7 +82,12 @@ def cost(usd: float) -> CostResult:
      fidelity(task(delta=-0.03, ci=(-0.035, -0.025)), task("qg_policy")),
      policy(per_task={"qg_invoice": SuiteTolerance(0.05, "absolute")}), "PROMOTE"),
     ("flip rate over the limit blocks", fidelity(task(flips=(15, 15))), policy(), "REJECT"),
-    ("flip rate exactly at the limit passes", fidelity(task(flips=(10, 10))), policy(), "PROMOTE"),
+    ("flip rate at the limit: its interval straddles", fidelity(task(flips=(10, 10))), policy(), "INCONCLUSIVE"),
+    ("flip rate whose upper bound clears the limit passes", fidelity(task(flips=(5, 5))), policy(), "PROMOTE"),
+    ("reference KL whose interval straddles the limit", fidelity(task(), kl=0.045, kl_ci=(0.03, 0.06)), policy(),
+     "INCONCLUSIVE"),
+    ("reference KL without an interval does not decide", fidelity(task(), kl=0.001, kl_ci=(None, None)), policy(),
+     "INCONCLUSIVE"),
     ("reference KL over the limit blocks", fidelity(task(), kl=0.06), policy(), "REJECT"),
     ("non-blocking KL only warns", fidelity(task(), kl=0.06), policy(blocking=["accuracy"]), "PROMOTE"),
 ])
@@ -170,3 +178,50 @@ def test_shipped_policies_pass_the_base_against_itself_on_fidelity(path):
     verdict = decide(gate, fidelity(task(), kl=0.0))
     assert verdict.policy == gate.name
     assert all(r.status == "PASS" for r in verdict.rules if r.rule in {"accuracy", "flip_rate", "kl"})
+
+
+def rule(verdict, name, scope=None):
+    return next(r for r in verdict.rules if r.rule == name and (scope is None or r.scope == scope))
+
+
+@pytest.mark.parametrize("flips, expected", [((20, 10), "FAIL"), ((40, 27), "INCONCLUSIVE"), ((20, 20), "PASS")])
+def test_flip_rate_has_three_outcomes_from_its_clopper_pearson_interval(flips, expected):
+    # 30 of 200: CP [0.104, 0.207] all above 0.10 -> FAIL. 67 of 600 (the main job's invoice
+    # flips): 0.112, CP [0.087, 0.139] straddles 0.10 -> INCONCLUSIVE. 40 of 600: upper bound 0.090 -> PASS.
+    n = 200 if flips == (20, 10) else 600
+    verdict = decide(policy(), fidelity(task(n=n, flips=flips)))
+    flip = rule(verdict, "flip_rate")
+    exact = stats.binomtest(sum(flips), n).proportion_ci(0.95, method="exact")
+    assert flip.status == expected
+    assert (flip.low, flip.high) == pytest.approx((exact.low, exact.high), abs=1e-9)
+    assert "Clopper-Pearson" in flip.message and f"{exact.low:.4g}" in flip.message and flip.method == "Clopper-Pearson"
+    if expected == "INCONCLUSIVE":
+        assert flip.items_to_settle and "more items would settle it" in flip.message
+
+
+def test_kl_rule_has_three_outcomes_and_names_its_method():
+    for ci, expected in (((0.01, 0.04), "PASS"), ((0.06, 0.08), "FAIL"), ((0.03, 0.07), "INCONCLUSIVE")):
+        kl = rule(decide(policy(), fidelity(task(), kl=sum(ci) / 2, kl_ci=ci)), "kl", "reference")
+        assert kl.status == expected and (kl.low, kl.high) == ci and "studentized bootstrap" in kl.message
+
+
+def test_accuracy_rule_message_names_the_method_and_the_clusters():
+    evidence = fidelity(task(delta=-0.01, ci=(-0.05, 0.03)))
+    evidence.tasks[0].ci_method, evidence.tasks[0].cluster_key = "Tango score, clustered (design effect 2.00)", "vendor"
+    evidence.tasks[0].clusters, evidence.tasks[0].design_effect = 150, 1.4
+    accuracy = rule(decide(policy(), evidence), "accuracy")
+    assert "Tango score" in accuracy.message and "150 clusters by vendor, design effect 1.40" in accuracy.message
+    assert (accuracy.low, accuracy.high) == pytest.approx((-0.03, 0.05))
+
+
+def test_rule_bounds_become_mlflow_metrics():
+    from pipelines.records import Outcome
+    from pipelines.track.keys import outcome_metrics
+
+    evidence = fidelity(task(n=600, flips=(40, 27)))
+    verdict = decide(policy(), evidence)
+    metrics = outcome_metrics(Outcome(variant_name="fp8", model="tiny", fidelity=evidence, verdict=verdict))
+    flip = rule(verdict, "flip_rate")
+    assert metrics["gate/flip_rate/qg_invoice/low"] == pytest.approx(flip.low)
+    assert metrics["gate/flip_rate/qg_invoice/high"] == pytest.approx(flip.high)
+    assert metrics["gate/kl/reference/high"] == pytest.approx(0.0011)

@@ -82,7 +82,7 @@ class KnowledgeDomain:
         items = []
         for index, (vendor, attribute) in enumerate(self._hold_out_vendors(count, pool)):
             rank = self.vendors.index(vendor)
-            meta = {"attribute": attribute, "popularity_rank": rank}
+            meta = {"attribute": attribute, "popularity_rank": rank, "vendor": vendor}
             items.append(EvalItem(f"kb-{index:04d}", self._question(vendor, attribute),
                                   self.facts[vendor][attribute], self._choices(vendor, attribute), meta))
         return items

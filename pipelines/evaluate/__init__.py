@@ -35,7 +35,7 @@ from typing import Any
 from filelock import FileLock
 
 from pipelines.config import RunConfig
-from pipelines.evaluate.items import items_from_samples, primary_metric, write_items
+from pipelines.evaluate.items import cluster_key_for, items_from_samples, primary_metric, write_items
 from pipelines.evaluate.lmeval_runner import LMEvalRunner, resolve_include_path
 from pipelines.evaluate.reference import compute_reference_logprobs, reference_text
 from pipelines.records import EvalResult, TaskResult, Variant, load_record, save_record
@@ -88,6 +88,8 @@ def requested_settings(cfg: RunConfig, text: str | None) -> dict[str, Any]:
         "reference_text_hash": stable_hash(text) if text is not None else None,
         "reference_window": ev.reference_window, "reference_max_tokens": ev.reference_max_tokens,
         "versions": versions,
+        # Only when set, so that caches made before cluster keys existed stay valid.
+        **({"cluster_keys": dict(ev.cluster_keys)} if ev.cluster_keys else {}),
     }
 
 
@@ -131,7 +133,7 @@ def _evaluate_into(scratch: Path, final: Path, runner: LMEvalRunner, cfg: RunCon
     manager = runner.task_manager(include)
     lm = runner.build_lm(checkpoint, cfg.eval.add_bos_token)
     results = runner.evaluate(lm, manager)
-    tasks, suite_hashes = _write_tasks(results, scratch, final, suite)
+    tasks, suite_hashes = _write_tasks(results, scratch, final, suite, dict(cfg.eval.cluster_keys))
     reference_path = None
     if text is not None:
         model, reference_tokenizer = _reference_model(lm, cfg, checkpoint)
@@ -146,8 +148,8 @@ def _evaluate_into(scratch: Path, final: Path, runner: LMEvalRunner, cfg: RunCon
     return result
 
 
-def _write_tasks(results: dict[str, Any], scratch: Path, final: Path,
-                 suite: str) -> tuple[list[TaskResult], dict[str, str]]:
+def _write_tasks(results: dict[str, Any], scratch: Path, final: Path, suite: str,
+                 cluster_keys: dict[str, str]) -> tuple[list[TaskResult], dict[str, str]]:
     """Per-item files and TaskResults for every leaf task lm-eval ran (groups have no items)."""
     import json
 
@@ -157,7 +159,8 @@ def _write_tasks(results: dict[str, Any], scratch: Path, final: Path,
     for task, samples in sorted(results["samples"].items()):
         metric, filter_name = primary_metric(results, task)
         output_type = results["configs"][task]["output_type"]
-        items = items_from_samples(samples, metric, filter_name, output_type, task)
+        cluster_key = cluster_key_for(results, task, cluster_keys)
+        items = items_from_samples(samples, metric, filter_name, output_type, task, cluster_key)
         write_items(items, scratch / "items" / f"{task}.jsonl")
         version = str(results["versions"][task])
         summary = results["results"][task]
@@ -165,7 +168,8 @@ def _write_tasks(results: dict[str, Any], scratch: Path, final: Path,
         tasks.append(TaskResult(task=task, version=version, output_type=output_type, metric=metric,
                                 value=float(summary[f"{metric},{filter_name}"]),
                                 stderr=float(stderr) if isinstance(stderr, (int, float)) else None,
-                                n=len(items), items_path=str(final / "items" / f"{task}.jsonl")))
+                                n=len(items), items_path=str(final / "items" / f"{task}.jsonl"),
+                                cluster_key=cluster_key))
         # The exact documents, prompts and targets scored: equal hashes mean the same items were asked.
         asked = [(s["doc_hash"], s["prompt_hash"], s["target_hash"]) for s in samples if s["filter"] == filter_name]
         suite_hashes[task] = stable_hash({"suite": suite, "version": version, "items": asked})

@@ -18,6 +18,9 @@ per evaluated document, in lm-eval's doc order:
                                   null for graded ones.
     choice_loglikelihoods  list   multiple_choice only: one log-likelihood per choice, in choice
                                   order; null for other output types.
+    cluster                str    the item's cluster (e.g. its vendor) when the task names a cluster
+                                  key (`metadata.cluster_key` or eval.cluster_keys), else null;
+                                  intervals then resample by cluster. Optional when reading.
 
 Exercised by: pytest tests/test_evaluate.py
 """
@@ -35,6 +38,7 @@ from pipelines.storage import atomic_write_text
 # Per-item metrics that are 0/1 by definition; only these give right/wrong flips and McNemar.
 BINARY_METRICS = frozenset({"acc", "acc_norm", "acc_mutual_info", "exact_match", "pass@1"})
 FIELDS = ("doc_id", "item_id", "target", "prediction", "score", "correct", "choice_loglikelihoods")
+OPTIONAL_FIELDS = ("cluster",)
 
 
 def primary_metric(results: dict[str, Any], task: str) -> tuple[str, str]:
@@ -47,13 +51,34 @@ def primary_metric(results: dict[str, Any], task: str) -> tuple[str, str]:
     return metric, samples[0]["filter"]
 
 
+def cluster_key_for(results: dict[str, Any], task: str, configured: dict[str, str]) -> str | None:
+    """The task's cluster key: eval.cluster_keys[task] if set, else the task's `metadata.cluster_key`."""
+    if task in configured:
+        return configured[task]
+    metadata = results["configs"][task].get("metadata") or {}
+    return metadata.get("cluster_key") if isinstance(metadata, dict) else None
+
+
 def items_from_samples(samples: list[dict[str, Any]], metric: str, filter_name: str,
-                       output_type: str, task: str) -> list[dict[str, Any]]:
+                       output_type: str, task: str, cluster_key: str | None = None) -> list[dict[str, Any]]:
     """Turn lm-eval's logged samples (`results["samples"][task]`) into per-item records."""
-    return [_item(sample, metric, output_type, task) for sample in samples if sample["filter"] == filter_name]
+    return [_item(sample, metric, output_type, task, cluster_key) for sample in samples
+            if sample["filter"] == filter_name]
 
 
-def _item(sample: dict[str, Any], metric: str, output_type: str, task: str) -> dict[str, Any]:
+def document_cluster(doc: Any, key: str, task: str) -> str:
+    """The value at dotted path `key` (e.g. meta.vendor) of the document."""
+    value = doc
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise InputError(f"task {task}: cluster key '{key}' is not a field of its documents; "
+                             "fix the task's metadata.cluster_key or eval.cluster_keys")
+        value = value[part]
+    return str(value)
+
+
+def _item(sample: dict[str, Any], metric: str, output_type: str, task: str,
+          cluster_key: str | None = None) -> dict[str, Any]:
     score = _score(sample.get(metric), metric, task)
     doc = sample.get("doc") or {}
     choices = None
@@ -71,6 +96,7 @@ def _item(sample: dict[str, Any], metric: str, output_type: str, task: str) -> d
         "score": score,
         "correct": bool(score == 1.0) if binary else None,
         "choice_loglikelihoods": choices,
+        "cluster": document_cluster(doc, cluster_key, task) if cluster_key else None,
     }
 
 
@@ -97,7 +123,8 @@ def _plain(value: Any) -> Any:
 
 
 def write_items(items: list[dict[str, Any]], path: Path) -> Path:
-    lines = [json.dumps({name: item[name] for name in FIELDS}, ensure_ascii=False) for item in items]
+    lines = [json.dumps({name: item.get(name) for name in FIELDS + OPTIONAL_FIELDS}, ensure_ascii=False)
+             for item in items]
     return atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 

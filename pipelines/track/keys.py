@@ -31,6 +31,7 @@ content_hash, error, git_commit}`, `quantgate.version.<library>`, `quantgate.sui
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Any
 
@@ -93,8 +94,12 @@ def outcome_metrics(outcome: Outcome) -> dict[str, float]:
                         "variant/quantize_seconds": outcome.variant.quantize_seconds})
     if outcome.verdict:
         metrics["gate/decision"] = DECISION_CODES[outcome.verdict.decision]
+        for rule in outcome.verdict.rules:  # the interval each rule decided on
+            for side in ("low", "high"):
+                metrics[f"gate/{rule.rule}/{_key(rule.scope)}/{side}"] = getattr(rule, side)
     metrics["gate/exit_code"] = outcome.exit_code
-    return {key: float(value) for key, value in metrics.items() if value is not None}
+    # A rule without a usable interval has infinite bounds: not a number MLflow should plot.
+    return {key: float(value) for key, value in metrics.items() if value is not None and math.isfinite(value)}
 
 
 def outcome_summary(outcome: Outcome, metrics: dict[str, float]) -> dict[str, Any]:
@@ -113,7 +118,8 @@ def fidelity_metrics(fidelity: Fidelity) -> dict[str, float | None]:
         prefix = f"fidelity/{_key(t.task)}"
         for name in ("n", "base_score", "variant_score", "delta", "ci_low", "ci_high", "confidence", "mcnemar_p",
                      "right_to_wrong", "wrong_to_right", "flip_rate", "choice_kl_mean", "choice_kl_p95",
-                     "choice_top1_agreement"):
+                     "choice_top1_agreement", "design_effect", "clusters", "flip_ci_low", "flip_ci_high",
+                     "choice_kl_ci_low", "choice_kl_ci_high"):
             metrics[f"{prefix}/{name}"] = getattr(t, name)
         metrics[f"{prefix}/flips"] = t.right_to_wrong + t.wrong_to_right
     for name in ("base_score", "variant_score", "delta"):
@@ -122,7 +128,7 @@ def fidelity_metrics(fidelity: Fidelity) -> dict[str, float | None]:
         d = fidelity.divergence
         metrics.update({f"fidelity/reference/{name}": getattr(d, name) for name in (
             "tokens", "kl_mean", "kl_p95", "top1_agreement", "base_perplexity", "variant_perplexity",
-            "perplexity_ratio")})
+            "perplexity_ratio", "kl_ci_low", "kl_ci_high", "kl_blocks")})
     return metrics
 
 

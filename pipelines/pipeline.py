@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from pipelines.config import QuantConfig, RunConfig
 from pipelines.errors import UserError
-from pipelines.records import Outcome, save_record
+from pipelines.records import Outcome, StageTime, save_record
 from pipelines.storage import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -54,9 +54,12 @@ def run_variant(cfg: RunConfig, output_dir: Path | None = None, parent_run_id: s
     try:
         base = resolve_base(cfg.model)
         for stage, step in _stages(cfg, base):
-            started = time.perf_counter()
-            step(outcome)
-            log.info("%s done in %.1f s", stage, time.perf_counter() - started)
+            started = time.time()
+            try:
+                step(outcome)
+            finally:  # a failed stage's time belongs to the run too
+                outcome.stages.append(StageTime(stage, started, time.time(), _reused(stage, outcome)))
+            log.info("%s done in %.1f s", stage, outcome.stages[-1].ended - started)
     except UserError:
         raise
     except Exception as error:  # any stage's failure is this variant's failure; the sweep goes on
@@ -75,6 +78,16 @@ def _stages(cfg: RunConfig, base) -> list[tuple[str, Any]]:
     if cfg.bench.enabled:
         steps += [("benchmark", lambda o: _benchmark(cfg, o)), ("cost", lambda o: _cost(cfg, o))]
     return steps + [("gate", lambda o: _gate(cfg, o))]
+
+
+# The records each cached stage produces; the stage is "reused" when all of them came from the cache.
+_CACHED_RECORDS = {"quantize": ("base_variant", "variant"), "evaluate": ("base_eval", "variant_eval"),
+                   "benchmark": ("base_bench", "bench")}
+
+
+def _reused(stage: str, outcome: Outcome) -> bool:
+    records = [getattr(outcome, name) for name in _CACHED_RECORDS.get(stage, ())]
+    return bool(records) and all(record is not None and record.from_cache for record in records)
 
 
 def _quantize(cfg: RunConfig, base_cfg: RunConfig, base, outcome: Outcome) -> None:

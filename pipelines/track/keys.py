@@ -20,9 +20,13 @@ Metrics (`<task>` is the lm-eval task name, `<k>` a batch size / concurrency lev
   decode_roofline_fraction, saving_vs_base}`; `cost/projected/<hardware>/{usd_per_1m_tokens,
   replicas, monthly_usd}` (roofline projections, never measured)
 - `variant/{size_bytes, quantize_seconds}`; `gate/decision` (1 PROMOTE, 0 INCONCLUSIVE, -1 REJECT)
+- Headline copies a reviewer finds without reading code (the detailed names above stay):
+  `score/<task>` (the variant's score), `delta/<task>` (variant - base), `cost/usd_per_1m_output_tokens`,
+  `throughput/knee_tokens_per_s` (output tokens/s at the SLO knee), `size/checkpoint_mb`
+- `time/<stage>_seconds` (wall clock of each stage this run, cached or not), `time/total_seconds`
 
-Tags: `quantgate.{model, variant, quant, scheme, backend, role, sweep, verdict, policy,
-content_hash, error, git_commit}`, `quantgate.version.<library>`, `quantgate.suite.<task>`
+Tags: `quantgate.{model, variant, quant, scheme, backend, engine, role, sweep, verdict, policy,
+content_hash, error, git_commit, reused}` (`reused`: the stages answered from the cache, or `none`), `quantgate.version.<library>`, `quantgate.suite.<task>`
 (`<version>@<content hash>`).
 """
 
@@ -90,7 +94,40 @@ def outcome_metrics(outcome: Outcome) -> dict[str, float]:
                         "variant/quantize_seconds": outcome.variant.quantize_seconds})
     if outcome.verdict:
         metrics["gate/decision"] = DECISION_CODES[outcome.verdict.decision]
+    metrics.update(headline_metrics(outcome))
+    metrics.update(time_metrics(outcome))
     return {key: float(value) for key, value in metrics.items() if value is not None}
+
+
+def headline_metrics(outcome: Outcome) -> dict[str, float | None]:
+    """The few numbers that answer "is this variant good and cheap?", under self-explaining names."""
+    metrics: dict[str, float | None] = {}
+    for t in outcome.fidelity.tasks if outcome.fidelity else []:
+        metrics.update({f"score/{_key(t.task)}": t.variant_score, f"delta/{_key(t.task)}": t.delta})
+    if outcome.cost and outcome.cost.measured:
+        metrics["cost/usd_per_1m_output_tokens"] = outcome.cost.measured.usd_per_million_output_tokens
+    knee = [lv for lv in outcome.bench.levels if lv.batch_size == outcome.bench.knee_batch_size] if outcome.bench else []
+    if knee:
+        metrics["throughput/knee_tokens_per_s"] = knee[0].output_tokens_per_s
+    if outcome.variant:
+        metrics["size/checkpoint_mb"] = outcome.variant.size_bytes / 2**20
+    return metrics
+
+
+def time_metrics(outcome: Outcome) -> dict[str, float]:
+    metrics = {f"time/{_key(s.stage)}_seconds": s.ended - s.started for s in outcome.stages}
+    if outcome.stages:
+        metrics["time/total_seconds"] = outcome.stages[-1].ended - outcome.stages[0].started
+    return metrics
+
+
+def metric_task(key: str, tasks: list[str]) -> str | None:
+    """The evaluated task a metric is about (it is linked to that task's dataset), else None."""
+    for task in tasks:
+        if any(key.startswith(f"{family}/{_key(task)}/") or key == f"{family}/{_key(task)}"
+               for family in ("fidelity", "eval", "score", "delta")):
+            return task
+    return None
 
 
 def fidelity_metrics(fidelity: Fidelity) -> dict[str, float | None]:
@@ -171,9 +208,23 @@ def outcome_tags(outcome: Outcome, config: dict[str, Any], role: str) -> dict[st
                      for t in outcome.variant_eval.tasks})
     if outcome.verdict:
         tags.update({"quantgate.verdict": outcome.verdict.decision, "quantgate.policy": outcome.verdict.policy})
+    tags["quantgate.engine"] = engine_name(outcome, config)
+    if outcome.stages:
+        tags["quantgate.reused"] = ",".join(s.stage for s in outcome.stages if s.from_cache) or "none"
     if outcome.error:
         tags["quantgate.error"] = outcome.error[:5000]
     return {key: redact_value(str(value)) for key, value in tags.items() if value is not None}
+
+
+def run_name(outcome: Outcome) -> str:
+    return f"{outcome.model}/{outcome.variant_name}"
+
+
+def engine_name(outcome: Outcome, config: dict[str, Any]) -> str | None:
+    """What served the checkpoint for scoring and timing: the bench's engine, else the serve config's."""
+    if outcome.bench:
+        return outcome.bench.engine
+    return (config.get("serve") or {}).get("name")
 
 
 def _key(name: str) -> str:

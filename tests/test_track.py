@@ -201,6 +201,9 @@ def test_headline_metrics_and_description_answer_at_a_glance(tracker, tmp_path):
     assert note.startswith("**PROMOTE** `tiny-llama/gptq` (W4A16, engine hf)")
     assert "- qg_invoice: drop within tolerance" in note and "| accuracy | qg_invoice | PASS |" in note
     assert "quantize 300.0 s (cached)" in note and "total 421.0 s" in note
+    view = json.loads(tracker.client.get_experiment(tracker.experiment_id).tags["mlflow.sharedViewState.quantgate"])
+    assert {"tags.`quantgate.verdict`", "attributes.`Dataset`", "attributes.`Models`",
+            "metrics.`delta/qg_invoice`"} <= set(view["selectedColumns"])
 
 
 def test_suites_calibration_and_reference_are_dataset_inputs(tracker, tmp_path):

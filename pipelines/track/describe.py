@@ -16,6 +16,9 @@ from pipelines.records import Outcome
 from pipelines.track.keys import headline_metrics, run_name, time_metrics
 
 NOTE_TAG = "mlflow.note.content"
+# An experiment tag the UI reads as a saved runs-list view: open `#/experiments/<id>/runs?viewStateShareKey=quantgate`.
+VIEW_KEY = "quantgate"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 
 
 def run_description(outcome: Outcome, scheme: str | None, engine: str | None, reference: bool) -> str:
@@ -47,6 +50,19 @@ def _stage_lines(outcome: Outcome) -> list[str]:
     parts = [f"{s.stage} {s.ended - s.started:.1f} s{' (cached)' if s.from_cache else ''}" for s in outcome.stages]
     total = outcome.stages[-1].ended - outcome.stages[0].started
     return [f"Stages: {', '.join(parts)}; total {total:.1f} s."]
+
+
+def runs_view(tasks: list[str]) -> dict[str, Any]:
+    """The runs-list view: datasets, models, verdict-related tags and headline metrics as columns,
+    best verdict first (sorting by a metric also lists sweep children flat instead of folded)."""
+    from pipelines.track.keys import _key
+
+    metrics = [*(f"delta/{_key(t)}" for t in tasks), "cost/usd_per_1m_output_tokens", "throughput/knee_tokens_per_s",
+               "time/total_seconds"]
+    tags = ["quantgate.verdict", "quantgate.scheme", "quantgate.engine", "quantgate.reused"]
+    columns = ["attributes.`Dataset`", "attributes.`Models`", *(f"metrics.`{m}`" for m in metrics),
+               *(f"tags.`{t}`" for t in tags)]
+    return {"orderByKey": "metrics.`gate/decision`", "orderByAsc": False, "selectedColumns": columns}
 
 
 def sweep_table(outcomes: list[Outcome]) -> dict[str, list[Any]]:

@@ -80,7 +80,13 @@ def redact_value(text: str) -> str:
 
 
 def outcome_metrics(outcome: Outcome) -> dict[str, float]:
-    metrics: dict[str, float] = {}
+    # Headline metrics first: the UI lists metrics in logged order, and its compare view's
+    # parallel-coordinates plot opens on the first one (gate/decision).
+    metrics: dict[str, float | None] = {}
+    if outcome.verdict:
+        metrics["gate/decision"] = DECISION_CODES[outcome.verdict.decision]
+    metrics.update(headline_metrics(outcome))
+    metrics.update(time_metrics(outcome))
     if outcome.fidelity:
         metrics.update(fidelity_metrics(outcome.fidelity))
     if outcome.variant_eval:
@@ -92,10 +98,6 @@ def outcome_metrics(outcome: Outcome) -> dict[str, float]:
     if outcome.variant:
         metrics.update({"variant/size_bytes": outcome.variant.size_bytes,
                         "variant/quantize_seconds": outcome.variant.quantize_seconds})
-    if outcome.verdict:
-        metrics["gate/decision"] = DECISION_CODES[outcome.verdict.decision]
-    metrics.update(headline_metrics(outcome))
-    metrics.update(time_metrics(outcome))
     return {key: float(value) for key, value in metrics.items() if value is not None}
 
 

@@ -39,7 +39,8 @@ from pipelines.config import TrackingConfig
 from pipelines.errors import InputError
 from pipelines.records import Outcome, save_record
 from pipelines.storage import check_writable, library_versions
-from pipelines.track.describe import NOTE_TAG, decision_label, run_description, sweep_table
+from pipelines.track.describe import (NOTE_TAG, VIEW_KEY, VIEW_TAG, decision_label, run_description, runs_view,
+                                      sweep_table)
 from pipelines.track.keys import (flatten_params, metric_task, outcome_metrics, outcome_tags, redact_config,
                                   redact_value, run_name)
 from pipelines.track.lineage import DatasetRef, create_checkpoint_model, dataset_refs, register_version
@@ -120,7 +121,11 @@ class MLflowTracker:
             _retry(self.client.set_terminated, run_id, "FAILED")  # never leave a run RUNNING forever
             raise
         _retry(self.client.set_terminated, run_id, "FAILED" if outcome.error else "FINISHED", end_time=ended_ms)
-        log.info("MLflow run %s (%s) logged to %s", run_id, run_name(outcome), self.uri)
+        evaluated = outcome.variant_eval or outcome.base_eval
+        if tasks := [t.task for t in evaluated.tasks] if evaluated else []:
+            _retry(self.client.set_experiment_tag, self.experiment_id, VIEW_TAG, json.dumps(runs_view(tasks)))
+        log.info("MLflow run %s (%s) logged to %s; in the UI: #/experiments/%s/runs?viewStateShareKey=%s", run_id,
+                 run_name(outcome), self.uri, self.experiment_id, VIEW_KEY)
         return run_id
 
     def log_sweep_report(self, parent_run_id: str, files: list[Path], outcomes: list[Outcome] | None = None) -> None:

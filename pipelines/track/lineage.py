@@ -23,7 +23,10 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+# How every store call is made: the tracker passes its retry-while-SQLite-is-locked wrapper.
+Call = Callable[..., Any]
 
 from pipelines.records import Outcome
 from pipelines.storage import hash_files, stable_hash
@@ -116,7 +119,7 @@ def _reference_ref(outcome: Outcome, eval_cfg: dict[str, Any]) -> DatasetRef | N
 
 
 def create_checkpoint_model(client, experiment_id: str, run_id: str, outcome: Outcome, tags: dict[str, str],
-                            reference: bool, copy_max_bytes: float) -> str:
+                            reference: bool, copy_max_bytes: float, call: Call) -> str:
     """Log the variant's checkpoint as a LoggedModel output of the run; return its model id."""
     from mlflow.entities import LoggedModelOutput
 
@@ -127,16 +130,15 @@ def create_checkpoint_model(client, experiment_id: str, run_id: str, outcome: Ou
     params = {"scheme": variant.scheme or "none", "backend": variant.backend, "method": variant.method,
               "checkpoint_dir": variant.checkpoint_dir, "content_hash": variant.content_hash,
               "size_bytes": str(variant.size_bytes), "cache_key": variant.cache_key}
-    model = client.create_logged_model(experiment_id, name=model_name(outcome), source_run_id=run_id,
-                                       tags=model_tags, params=params,
-                                       model_type="base-checkpoint" if reference else "quantized-checkpoint")
+    model = call(client.create_logged_model, experiment_id, name=model_name(outcome), source_run_id=run_id,
+                 tags=model_tags, params=params, model_type="base-checkpoint" if reference else "quantized-checkpoint")
     with tempfile.TemporaryDirectory(prefix="quantgate-model-") as scratch:
         _write_model_files(Path(scratch), model, outcome, external=not copy)
         if copy:
             shutil.copytree(checkpoint, Path(scratch) / "checkpoint")
-        client.log_model_artifacts(model.model_id, scratch)
-    client.finalize_logged_model(model.model_id, "READY")
-    client.log_outputs(run_id, [LoggedModelOutput(model.model_id, 0)])
+        call(client.log_model_artifacts, model.model_id, scratch)
+    call(client.finalize_logged_model, model.model_id, "READY")
+    call(client.log_outputs, run_id, [LoggedModelOutput(model.model_id, 0)])
     return model.model_id
 
 
@@ -151,30 +153,32 @@ def _write_model_files(root: Path, model, outcome: Outcome, external: bool) -> N
     (root / POINTER_FILE).write_text(json.dumps(asdict(outcome.variant), indent=2) + "\n")
 
 
-def register_version(client, name: str, alias: str, run_id: str, model_id: str, tags: dict[str, str]) -> str:
+def register_version(client, name: str, alias: str, run_id: str, model_id: str, tags: dict[str, str],
+                     call: Call) -> str:
     """A registry version pointing at the LoggedModel, the alias moved to it; returns the version."""
     from mlflow.exceptions import MlflowException
 
     try:
-        client.create_registered_model(name)
+        call(client.create_registered_model, name)
     except MlflowException as error:
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     # Source = the model's own artifact location: a `models:/<id>` source is resolved by the
     # SQLite registry through the *global* tracking URI (MLflow TODO), which this client does not set.
-    source = client.get_logged_model(model_id).artifact_location
-    version = client.create_model_version(name, source, run_id=run_id, tags=tags, model_id=model_id).version
-    _list_version_on_model(client, model_id, name, version)
-    client.set_registered_model_alias(name, alias, version)
+    source = call(client.get_logged_model, model_id).artifact_location
+    version = call(client.create_model_version, name, source, run_id=run_id, tags=tags, model_id=model_id).version
+    _list_version_on_model(client, model_id, name, version, call)
+    call(client.set_registered_model_alias, name, alias, version)
     return version
 
 
-def _list_version_on_model(client, model_id: str, name: str, version: str) -> None:
+def _list_version_on_model(client, model_id: str, name: str, version: str, call: Call) -> None:
     """What mlflow.register_model does: the model page links to its versions (the HTTP server
     already adds the entry itself, so add it only when missing)."""
-    listed = json.loads(client.get_logged_model(model_id).tags.get(VERSIONS_TAG) or "[]")
+    listed = json.loads(call(client.get_logged_model, model_id).tags.get(VERSIONS_TAG) or "[]")
     if (name, str(version)) not in [(e.get("name"), str(e.get("version"))) for e in listed]:
-        client.set_logged_model_tags(model_id, {VERSIONS_TAG: json.dumps(listed + [{"name": name, "version": version}])})
+        entries = json.dumps(listed + [{"name": name, "version": version}])
+        call(client.set_logged_model_tags, model_id, {VERSIONS_TAG: entries})
 
 
 def model_name(outcome: Outcome) -> str:

@@ -157,8 +157,8 @@ class MLflowTracker:
                       and not key.startswith("quantgate.version.")}
         promoted = bool(outcome.verdict and outcome.verdict.decision == "PROMOTE")
         copy_max_bytes = self.tracking.log_checkpoint_max_mb * 2**20 if promoted else -1
-        return _retry(create_checkpoint_model, self.client, self.experiment_id, run_id, outcome, model_tags,
-                      reference, copy_max_bytes)
+        return create_checkpoint_model(self.client, self.experiment_id, run_id, outcome, model_tags, reference,
+                                       copy_max_bytes, call=_retry)
 
     def _experiment_id(self) -> str:
         from mlflow.exceptions import MlflowException
@@ -197,7 +197,7 @@ class MLflowTracker:
         name = self.tracking.registered_model or outcome.model
         tags = {"quantgate.verdict": "PROMOTE", "quantgate.variant": outcome.variant_name,
                 "quantgate.content_hash": outcome.variant.content_hash if outcome.variant else ""}
-        version = _retry(register_version, self.client, name, self.tracking.promote_alias, run_id, model_id, tags)
+        version = register_version(self.client, name, self.tracking.promote_alias, run_id, model_id, tags, call=_retry)
         log.info("registered %s version %s (model %s), alias '%s'", name, version, model_id,
                  self.tracking.promote_alias)
 

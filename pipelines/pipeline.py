@@ -80,8 +80,9 @@ def _stages(cfg: RunConfig, base) -> list[tuple[str, Any]]:
     return steps + [("gate", lambda o: _gate(cfg, o))]
 
 
-# The records each cached stage produces; the stage is "reused" when all of them came from the cache.
-_CACHED_RECORDS = {"quantize": ("base_variant", "variant"), "evaluate": ("base_eval", "variant_eval"),
+# The records each cached stage produces; the stage is "reused" when all of them came from the cache
+# (the base's Variant is not among them: the unquantized base is never built, so never "cached").
+_CACHED_RECORDS = {"quantize": ("variant",), "evaluate": ("base_eval", "variant_eval"),
                    "benchmark": ("base_bench", "bench")}
 
 

@@ -140,7 +140,8 @@ def test_sweep_children_and_reference_nest_under_parent(tracker, tmp_path):
     assert [a.path for a in tracker.client.list_artifacts(parent, "report")] == ["report/summary.md"]
     table = json.loads(artifact_text(tracker, parent, "summary_table.json"))  # log_table's pandas "split" JSON
     rows = [dict(zip(table["columns"], row)) for row in table["data"]]
-    assert [(r["run"], r["verdict"]) for r in rows] == [("tiny-llama/none", "no verdict"), ("tiny-llama/fp8", "PROMOTE")]
+    assert [(r["run"], r["verdict"]) for r in rows] == [("tiny-llama/none", "no verdict"),
+                                                        ("tiny-llama/fp8", "PROMOTE")]
     assert rows[1]["delta/qg_invoice"] == pytest.approx(-0.01) and rows[1]["time/total_seconds"] == 421.0
     assert "`tiny-llama/fp8`: **PROMOTE**" in tracker.client.get_run(parent).data.tags["mlflow.note.content"]
 

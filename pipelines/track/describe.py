@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipelines.records import Outcome
-from pipelines.track.keys import headline_metrics, run_name, time_metrics
+from pipelines.track.keys import headline_metrics, run_name, safe_name, time_metrics
 
 NOTE_TAG = "mlflow.note.content"
 # An experiment tag the UI reads as a saved runs-list view: open `#/experiments/<id>/runs?viewStateShareKey=quantgate`.
@@ -55,9 +55,7 @@ def _stage_lines(outcome: Outcome) -> list[str]:
 def runs_view(tasks: list[str]) -> dict[str, Any]:
     """The runs-list view: datasets, models, verdict-related tags and headline metrics as columns,
     best verdict first (sorting by a metric also lists sweep children flat instead of folded)."""
-    from pipelines.track.keys import _key
-
-    metrics = [*(f"delta/{_key(t)}" for t in tasks), "cost/usd_per_1m_output_tokens", "throughput/knee_tokens_per_s",
+    metrics = [*(f"delta/{safe_name(t)}" for t in tasks), "cost/usd_per_1m_output_tokens", "throughput/knee_tokens_per_s",
                "time/total_seconds"]
     tags = ["quantgate.verdict", "quantgate.scheme", "quantgate.engine", "quantgate.reused"]
     columns = ["attributes.`Dataset`", "attributes.`Models`", *(f"metrics.`{m}`" for m in metrics),

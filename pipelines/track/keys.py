@@ -26,7 +26,8 @@ Metrics (`<task>` is the lm-eval task name, `<k>` a batch size / concurrency lev
 - `time/<stage>_seconds` (wall clock of each stage this run, cached or not), `time/total_seconds`
 
 Tags: `quantgate.{model, variant, quant, scheme, backend, engine, role, sweep, verdict, policy,
-content_hash, error, git_commit, reused}` (`reused`: the stages answered from the cache, or `none`), `quantgate.version.<library>`, `quantgate.suite.<task>`
+content_hash, error, git_commit, reused}` (`reused`: the stages answered from the cache, or `none`),
+`quantgate.version.<library>`, `quantgate.suite.<task>`
 (`<version>@<content hash>`).
 """
 
@@ -108,7 +109,8 @@ def headline_metrics(outcome: Outcome) -> dict[str, float | None]:
         metrics.update({f"score/{_key(t.task)}": t.variant_score, f"delta/{_key(t.task)}": t.delta})
     if outcome.cost and outcome.cost.measured:
         metrics["cost/usd_per_1m_output_tokens"] = outcome.cost.measured.usd_per_million_output_tokens
-    knee = [lv for lv in outcome.bench.levels if lv.batch_size == outcome.bench.knee_batch_size] if outcome.bench else []
+    levels = outcome.bench.levels if outcome.bench else []
+    knee = [lv for lv in levels if lv.batch_size == outcome.bench.knee_batch_size]
     if knee:
         metrics["throughput/knee_tokens_per_s"] = knee[0].output_tokens_per_s
     if outcome.variant:
@@ -229,6 +231,9 @@ def engine_name(outcome: Outcome, config: dict[str, Any]) -> str | None:
     return (config.get("serve") or {}).get("name")
 
 
-def _key(name: str) -> str:
+def safe_name(name: str) -> str:
     """A task or hardware name made safe for an MLflow key (letters, digits, _ - . / space)."""
     return _UNSAFE_KEY_CHARS.sub("_", name)
+
+
+_key = safe_name

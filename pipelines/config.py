@@ -294,9 +294,9 @@ class TrackingConfig:
     promote_alias: str = "candidate"
     # Tracker backend, a name in registry.TRACKERS.
     backend: str = "mlflow"
-    # A promoted checkpoint up to this size is copied into the run's artifacts (the registered
-    # version's source); a larger one is registered through a pointer file naming its local path.
-    log_checkpoint_max_mb: float = 2000.0
+    # A promoted checkpoint up to this size is copied into its MLflow LoggedModel (the registered
+    # version's source); 0 (default) or a larger one stays where it is, named by a pointer file.
+    log_checkpoint_max_mb: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.promote_alias.strip():

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from pipelines import interrupts
 from pipelines.config import QuantConfig, RunConfig
 from pipelines.errors import UserError
-from pipelines.records import Outcome, save_record
+from pipelines.records import Outcome, StageTime, save_record
 from pipelines.storage import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -77,9 +77,12 @@ def _run_stages(cfg: RunConfig, outcome: Outcome) -> None:
         base = resolve_base(cfg.model)
         for stage, step in _stages(cfg, base):
             interrupts.entering(stage)
-            started = time.perf_counter()
-            step(outcome)
-            log.info("%s done in %.1f s", stage, time.perf_counter() - started)
+            started = time.time()
+            try:
+                step(outcome)
+            finally:  # a failed stage's time belongs to the run too
+                outcome.stages.append(StageTime(stage, started, time.time(), _reused(stage, outcome)))
+            log.info("%s done in %.1f s", stage, outcome.stages[-1].ended - started)
     except UserError:
         raise
     except Exception as error:  # any stage's failure is this variant's failure; the sweep goes on
@@ -106,6 +109,17 @@ def _stages(cfg: RunConfig, base) -> list[tuple[str, Any]]:
     if cfg.bench.enabled:
         steps += [("benchmark", lambda o: _benchmark(cfg, o)), ("cost", lambda o: _cost(cfg, o))]
     return steps + [("gate", lambda o: _gate(cfg, o))]
+
+
+# The records each cached stage produces; the stage is "reused" when all of them came from the cache
+# (the base's Variant is not among them: the unquantized base is never built, so never "cached").
+_CACHED_RECORDS = {"quantize": ("variant",), "evaluate": ("base_eval", "variant_eval"),
+                   "benchmark": ("base_bench", "bench")}
+
+
+def _reused(stage: str, outcome: Outcome) -> bool:
+    records = [getattr(outcome, name) for name in _CACHED_RECORDS.get(stage, ())]
+    return bool(records) and all(record is not None and record.from_cache for record in records)
 
 
 def _quantize(cfg: RunConfig, base_cfg: RunConfig, base, outcome: Outcome) -> None:

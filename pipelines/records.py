@@ -273,6 +273,17 @@ def _convert(hint: Any, value: Any) -> Any:
 
 
 @dataclass
+class StageTime:
+    """When one stage of a variant's run started and ended (Unix seconds), and whether it only
+    reused cached results: what the MLflow run's start, end and per-stage durations are made of."""
+
+    stage: str
+    started: float
+    ended: float
+    from_cache: bool = False
+
+
+@dataclass
 class Outcome:
     """Everything one variant's run produced; what the tracker logs and the report reads."""
 
@@ -293,3 +304,5 @@ class Outcome:
     output_dir: str | None = None
     # What this variant alone makes the CLI exit with (0 PROMOTE, 1 REJECT/INCONCLUSIVE, 2, 3).
     exit_code: int = 0
+    # The stages that ran, in order, with their wall-clock times.
+    stages: list[StageTime] = field(default_factory=list)

@@ -87,7 +87,7 @@ def finish(configs: list[RunConfig]) -> int:
     if active() and parent_run_id():
         from pipelines.track.mlflow_tracker import MLflowTracker
 
-        MLflowTracker(configs[0].tracking).log_sweep_report(parent_run_id(), files)
+        MLflowTracker(configs[0].tracking).log_sweep_report(parent_run_id(), files, outcomes)
     return max((o.exit_code for o in outcomes), default=STAGE_FAILED)
 
 

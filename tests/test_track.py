@@ -22,15 +22,22 @@ import yaml
 from pipelines.config import TrackingConfig
 from pipelines.errors import InputError
 from pipelines.records import (BenchResult, CostEstimate, CostResult, Divergence, EvalResult, Fidelity, LoadLevel,
-                               Outcome, Percentiles, RuleResult, TaskFidelity, TaskResult, Variant, Verdict)
+                               Outcome, Percentiles, RuleResult, StageTime, TaskFidelity, TaskResult, Variant,
+                               Verdict)
 from pipelines.track import make_tracker
 from pipelines.track.mlflow_tracker import MLflowTracker, check_reachable
 
 CONFIG = {"model": {"name": "tiny-llama", "source": "hf_abcdefghijklmnopqrstuvwxyz0123"},
-          "quant": {"name": "gptq", "scheme": "W4A16", "params": {}},
-          "eval": {"tasks": ["qg_invoice"], "reference_max_tokens": 4096},
+          "quant": {"name": "gptq", "scheme": "W4A16", "method": "gptq", "params": {},
+                    "calibration": {"source": "embedded"}},
+          "eval": {"tasks": ["qg_invoice"], "reference_max_tokens": 4096, "include_path": "embedded",
+                   "reference_text": "embedded"},
+          "serve": {"name": "inprocess"},
           "hub": {"hf_token": "secret-value", "api_key": "k", "password": None},
           "bench": {"input_tokens": 64, "batch_sizes": [1, 4]}, "sweep": "nightly"}
+
+
+T0 = 1_700_000_000.0  # the stages' start, Unix seconds: long before the test logs them
 
 
 def make_outcome(tmp: Path, name: str = "gptq", decision: str | None = "PROMOTE", error: str | None = None) -> Outcome:
@@ -44,7 +51,7 @@ def make_outcome(tmp: Path, name: str = "gptq", decision: str | None = "PROMOTE"
                       quantize_seconds=8.0, from_cache=False, versions={"llmcompressor": "0.14.0.1"})
     task_result = TaskResult(task="qg_invoice", version="1.0", output_type="multiple_choice", metric="acc",
                              value=0.79, stderr=0.02, n=200, items_path=str(items))
-    evaluation = EvalResult(model=name, model_hash="h", settings={}, settings_hash="s",
+    evaluation = EvalResult(model=name, model_hash="h", settings={"reference_text_hash": "ref0123"}, settings_hash="s",
                             suite_hashes={"qg_invoice": "abc"}, tasks=[task_result],
                             reference_logprobs_path=None, seconds=1.0)
     fidelity = Fidelity(variant=name, reference="base", variant_hash="v", reference_hash="b", settings_hash="s",
@@ -64,11 +71,13 @@ def make_outcome(tmp: Path, name: str = "gptq", decision: str | None = "PROMOTE"
                                             output_tokens_per_s=120.0, usd_per_million_output_tokens=0.23,
                                             replicas_for_target=1, monthly_usd=73.0))
     verdict = None if decision is None else Verdict(
-        variant=name, decision=decision, policy="default", reasons=[],
+        variant=name, decision=decision, policy="default", reasons=["qg_invoice: drop within tolerance"],
         rules=[RuleResult(rule="accuracy", scope="qg_invoice", blocking=True, status="PASS", observed=0.01,
                           bound=0.018, threshold=0.02, message="non-inferior")])
     return Outcome(variant_name=name, model="tiny-llama", variant=variant, base_eval=evaluation,
-                   variant_eval=evaluation, fidelity=fidelity, bench=bench, cost=cost, verdict=verdict, error=error)
+                   variant_eval=evaluation, fidelity=fidelity, bench=bench, cost=cost, verdict=verdict, error=error,
+                   stages=[StageTime("quantize", T0, T0 + 300.0, from_cache=True),
+                           StageTime("evaluate", T0 + 300.0, T0 + 420.5), StageTime("gate", T0 + 420.5, T0 + 421.0)])
 
 
 @pytest.fixture(scope="module")
@@ -120,14 +129,21 @@ def test_metrics_tags_and_artifacts_read_back(tracker, tmp_path):
 
 def test_sweep_children_and_reference_nest_under_parent(tracker, tmp_path):
     parent = tracker.start_sweep("nightly", CONFIG)
-    base = tracker.log_outcome(make_outcome(tmp_path, "none", decision=None), CONFIG, parent, reference=True)
-    child = tracker.log_outcome(make_outcome(tmp_path, "fp8"), CONFIG, parent)
-    tracker.log_sweep_report(parent, [_write(tmp_path / "summary.md", "| variant |")])
+    outcomes = [make_outcome(tmp_path, "none", decision=None), make_outcome(tmp_path, "fp8")]
+    base = tracker.log_outcome(outcomes[0], CONFIG, parent, reference=True)
+    child = tracker.log_outcome(outcomes[1], CONFIG, parent)
+    tracker.log_sweep_report(parent, [_write(tmp_path / "summary.md", "| variant |")], outcomes)
     runs = {run_id: tracker.client.get_run(run_id) for run_id in (base, child)}
     assert all(run.data.tags["mlflow.parentRunId"] == parent for run in runs.values())
     assert runs[base].data.tags["quantgate.role"] == "reference"
     assert tracker.client.get_run(parent).info.status == "FINISHED"
     assert [a.path for a in tracker.client.list_artifacts(parent, "report")] == ["report/summary.md"]
+    table = json.loads(artifact_text(tracker, parent, "summary_table.json"))  # log_table's pandas "split" JSON
+    rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+    assert [(r["run"], r["verdict"]) for r in rows] == [("tiny-llama/none", "no verdict"),
+                                                        ("tiny-llama/fp8", "PROMOTE")]
+    assert rows[1]["delta/qg_invoice"] == pytest.approx(-0.01) and rows[1]["time/total_seconds"] == 421.0
+    assert "`tiny-llama/fp8`: **PROMOTE**" in tracker.client.get_run(parent).data.tags["mlflow.note.content"]
 
 
 def test_failed_variant_is_a_failed_run_with_its_error(tracker, tmp_path):
@@ -138,7 +154,7 @@ def test_failed_variant_is_a_failed_run_with_its_error(tracker, tmp_path):
     assert "accelerator" in artifact_text(tracker, run.info.run_id, "error.txt")
 
 
-def test_alias_moves_only_on_promote(tracker, tmp_path):
+def test_alias_moves_only_on_promote_to_a_version_of_the_logged_model(tracker, tmp_path):
     name, alias = tracker.tracking.registered_model, tracker.tracking.promote_alias
     tracker.log_outcome(make_outcome(tmp_path, "w2", decision="REJECT"), CONFIG)
     assert tracker.client.search_registered_models(f"name='{name}'") == []
@@ -146,18 +162,91 @@ def test_alias_moves_only_on_promote(tracker, tmp_path):
     for decision in ("REJECT", "INCONCLUSIVE"):
         tracker.log_outcome(make_outcome(tmp_path, "w8a8", decision=decision), CONFIG)
     version = tracker.client.get_model_version_by_alias(name, alias)
+    model = logged_model(tracker, promoted)
     assert version.run_id == promoted and version.tags["quantgate.verdict"] == "PROMOTE"
-    assert version.source == f"runs:/{promoted}/checkpoint"
-    assert artifact_text(tracker, promoted, "checkpoint/model.safetensors") == "weights"
+    assert version.source == model.artifact_location
+    assert json.loads(model.tags["mlflow.modelVersions"]) == [{"name": name, "version": version.version}]
+    # By default the weights stay where they are: the model is external, a pointer names them.
+    assert model.tags["mlflow.model.isExternal"] == "true"
+    files = sorted(p.name for p in model_dir(model).iterdir())
+    assert files == ["MLmodel", "quantgate-checkpoint.json"]
+    assert json.loads((model_dir(model) / "quantgate-checkpoint.json").read_text())["content_hash"] == "hash-gptq"
 
 
-def test_large_checkpoint_is_registered_through_a_pointer(tracker, tmp_path):
-    tracker.tracking.log_checkpoint_max_mb = 0
-    outcome = make_outcome(tmp_path, "fp8", decision="PROMOTE")
-    run_id = tracker.log_outcome(outcome, CONFIG)
-    pointer = json.loads(artifact_text(tracker, run_id, "checkpoint/quantgate-checkpoint.json"))
-    assert pointer["checkpoint_dir"] == outcome.variant.checkpoint_dir and pointer["content_hash"] == "hash-fp8"
-    assert [a.path for a in tracker.client.list_artifacts(run_id, "checkpoint")] == ["checkpoint/quantgate-checkpoint.json"]
+def test_copying_a_promoted_checkpoint_into_its_model_is_an_option(tracker, tmp_path):
+    tracker.tracking.log_checkpoint_max_mb = 1
+    run_id = tracker.log_outcome(make_outcome(tmp_path, "fp8", decision="PROMOTE"), CONFIG)
+    model = logged_model(tracker, run_id)
+    assert (model_dir(model) / "checkpoint" / "model.safetensors").read_text() == "weights"
+    assert "mlflow.model.isExternal" not in model.tags
+    rejected = logged_model(tracker, tracker.log_outcome(make_outcome(tmp_path, "w2", decision="REJECT"), CONFIG))
+    assert not (model_dir(rejected) / "checkpoint").exists()  # only what PROMOTE registers is copied
+
+
+def test_run_spans_its_stages_and_says_what_was_cached(tracker, tmp_path):
+    run = tracker.client.get_run(tracker.log_outcome(make_outcome(tmp_path), CONFIG))
+    assert run.info.run_name == "tiny-llama/gptq"
+    assert run.info.start_time == T0 * 1000 and run.info.end_time == (T0 + 421.0) * 1000
+    assert run.data.metrics["time/quantize_seconds"] == 300.0 and run.data.metrics["time/total_seconds"] == 421.0
+    assert run.data.tags["quantgate.reused"] == "quantize"
+
+
+def test_headline_metrics_and_description_answer_at_a_glance(tracker, tmp_path):
+    run = tracker.client.get_run(tracker.log_outcome(make_outcome(tmp_path), CONFIG))
+    metrics, tags = run.data.metrics, run.data.tags
+    assert metrics["score/qg_invoice"] == pytest.approx(0.79) and metrics["delta/qg_invoice"] == pytest.approx(-0.01)
+    assert metrics["cost/usd_per_1m_output_tokens"] == pytest.approx(0.23)
+    assert metrics["throughput/knee_tokens_per_s"] == 120.0 and metrics["size/checkpoint_mb"] == 7 / 2**20
+    assert tags["quantgate.engine"] == "hf" and tags["quantgate.model"] == "tiny-llama"
+    note = tags["mlflow.note.content"]
+    assert note.startswith("**PROMOTE** `tiny-llama/gptq` (W4A16, engine hf)")
+    assert "- qg_invoice: drop within tolerance" in note and "| accuracy | qg_invoice | PASS |" in note
+    assert "quantize 300.0 s (cached)" in note and "total 421.0 s" in note
+    view = json.loads(tracker.client.get_experiment(tracker.experiment_id).tags["mlflow.sharedViewState.quantgate"])
+    assert {"tags.`quantgate.verdict`", "attributes.`Dataset`", "attributes.`Models`",
+            "metrics.`delta/qg_invoice`"} <= set(view["selectedColumns"])
+
+
+def test_suites_calibration_and_reference_are_dataset_inputs(tracker, tmp_path):
+    from evalsuites import SUITES_DIR
+    from pipelines.embedded import CALIBRATION_TEXT
+    from pipelines.storage import hash_files
+
+    run = tracker.client.get_run(tracker.log_outcome(make_outcome(tmp_path), CONFIG))
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    contexts = {name: {t.key: t.value for t in d.tags}["mlflow.data.context"] for name, d in inputs.items()}
+    assert contexts == {"qg_invoice": "eval", "calibration.txt": "calibration", "reference.txt": "reference"}
+    assert inputs["qg_invoice"].dataset.digest == "abc"  # the suite hash the evaluation cache uses
+    assert json.loads(inputs["qg_invoice"].dataset.source) == {"uri": str(SUITES_DIR)}
+    assert inputs["calibration.txt"].dataset.digest == hash_files([CALIBRATION_TEXT])
+    assert inputs["reference.txt"].dataset.digest == "ref0123"
+
+
+def test_checkpoint_is_a_logged_model_with_metrics_linked_to_datasets(tracker, tmp_path):
+    from mlflow.entities import LoggedModelStatus
+
+    run_id = tracker.log_outcome(make_outcome(tmp_path, "gptq", decision="REJECT"), CONFIG)
+    run = tracker.client.get_run(run_id)
+    model = logged_model(tracker, run_id)
+    assert [o.model_id for o in run.outputs.model_outputs] == [model.model_id]
+    assert model.name == "tiny-llama-gptq" and model.status == LoggedModelStatus.READY
+    assert model.params["scheme"] == "W4A16" and model.params["content_hash"] == "hash-gptq"
+    assert model.tags["quantgate.verdict"] == "REJECT" and model.tags["quantgate.engine"] == "hf"
+    linked = {m.key: m for m in model.metrics}
+    assert linked["gate/decision"].value == -1.0 and linked["gate/decision"].dataset_name is None
+    assert (linked["delta/qg_invoice"].dataset_name, linked["delta/qg_invoice"].dataset_digest) == ("qg_invoice", "abc")
+    assert linked["fidelity/reference/kl_mean"].dataset_name == "reference.txt"
+
+
+def logged_model(tracker: MLflowTracker, run_id: str):
+    (output,) = tracker.client.get_run(run_id).outputs.model_outputs
+    return tracker.client.get_logged_model(output.model_id)
+
+
+def model_dir(model) -> Path:
+    from mlflow.utils.file_utils import local_file_uri_to_path
+
+    return Path(local_file_uri_to_path(model.artifact_location))
 
 
 def _log_from_process(uri: str, artifacts: str, parent: str, tmp: str, names: list[str]) -> None:
@@ -179,7 +268,7 @@ def test_two_processes_log_to_one_sqlite_store_at_once(tracker, tmp_path):
         job.join(timeout=180)
     assert [job.exitcode for job in jobs] == [0, 0]
     children = tracker.client.search_runs([tracker.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
-    assert sorted(run.info.run_name for run in children) == ["a-0", "a-1", "a-2", "b-0", "b-1", "b-2"]
+    assert sorted(run.info.run_name for run in children) == [f"tiny-llama/{who}-{i}" for who in "ab" for i in range(3)]
     assert {run.info.status for run in children} == {"FINISHED"}
 
 
@@ -253,6 +342,8 @@ def _healthy(url: str) -> bool:
 
 @pytest.mark.slow
 def test_real_server_logs_reads_back_and_aliases_promote_only(mlflow_server, tmp_path, monkeypatch):
+    import mlflow.artifacts
+
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     tracking = TrackingConfig(name="server", uri="http://unused:1", artifact_location=None, registered_model="tiny")
     check_reachable(tracking)
@@ -265,4 +356,20 @@ def test_real_server_logs_reads_back_and_aliases_promote_only(mlflow_server, tmp
     assert run.data.metrics["fidelity/qg_invoice/delta"] == pytest.approx(-0.01)
     assert run.data.tags["mlflow.parentRunId"] == parent and run.data.tags["quantgate.verdict"] == "REJECT"
     assert json.loads(artifact_text(tracker, rejected, "summary.json"))["decision"] == "REJECT"
-    assert tracker.client.get_model_version_by_alias("tiny", "candidate").run_id == promoted
+    version = tracker.client.get_model_version_by_alias("tiny", "candidate")
+    model = logged_model(tracker, promoted)
+    assert version.run_id == promoted and version.source == model.artifact_location
+    pointer = mlflow.artifacts.download_artifacts(artifact_uri=f"{model.artifact_location}/quantgate-checkpoint.json",
+                                                  tracking_uri=mlflow_server)
+    assert json.loads(Path(pointer).read_text())["content_hash"] == "hash-gptq"
+    assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"qg_invoice", "calibration.txt", "reference.txt"}
+
+
+def test_a_stage_is_reused_only_when_all_its_records_came_from_the_cache(tmp_path):
+    from pipelines.pipeline import _reused
+
+    outcome = make_outcome(tmp_path)
+    assert not _reused("quantize", outcome) and not _reused("evaluate", outcome)
+    outcome.variant.from_cache = outcome.base_eval.from_cache = True  # base_eval is variant_eval here
+    assert _reused("quantize", outcome) and _reused("evaluate", outcome)
+    assert not _reused("gate", outcome) and not _reused("benchmark", outcome)  # gate is never cached; no base_bench

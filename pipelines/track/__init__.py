@@ -26,8 +26,8 @@ class Tracker(Protocol):
                     reference: bool = False) -> str:
         """Log one variant (or the base, `reference=True`) as a run; return its run id."""
 
-    def log_sweep_report(self, parent_run_id: str, files: list[Path]) -> None:
-        """Attach the sweep report (plot, tables) to the parent run and close it."""
+    def log_sweep_report(self, parent_run_id: str, files: list[Path], outcomes: list[Outcome] | None = None) -> None:
+        """Attach the sweep report (plot, tables; a summary table of `outcomes`) to the parent run and close it."""
 
 
 def make_tracker(tracking: TrackingConfig) -> Tracker | None:

@@ -22,9 +22,14 @@ Metrics (`<task>` is the lm-eval task name, `<k>` a batch size / concurrency lev
   replicas, monthly_usd}` (roofline projections, never measured)
 - `variant/{size_bytes, quantize_seconds}`; `gate/decision` (1 PROMOTE, 0 INCONCLUSIVE, -1 REJECT);
   `gate/exit_code` (what the CLI exits with for this variant, also the tag `quantgate.exit_code`)
+- Headline copies a reviewer finds without reading code (the detailed names above stay):
+  `score/<task>` (the variant's score), `delta/<task>` (variant - base), `cost/usd_per_1m_output_tokens`,
+  `throughput/knee_tokens_per_s` (output tokens/s at the SLO knee), `size/checkpoint_mb`
+- `time/<stage>_seconds` (wall clock of each stage this run, cached or not), `time/total_seconds`
 
-Tags: `quantgate.{model, variant, quant, scheme, backend, role, sweep, verdict, policy,
-content_hash, error, git_commit}`, `quantgate.version.<library>`, `quantgate.suite.<task>`
+Tags: `quantgate.{model, variant, quant, scheme, backend, engine, role, sweep, verdict, policy,
+content_hash, error, git_commit, reused}` (`reused`: the stages answered from the cache, or `none`),
+`quantgate.version.<library>`, `quantgate.suite.<task>`
 (`<version>@<content hash>`).
 """
 
@@ -80,7 +85,13 @@ def redact_value(text: str) -> str:
 
 
 def outcome_metrics(outcome: Outcome) -> dict[str, float]:
-    metrics: dict[str, float] = {}
+    # Headline metrics first: the UI lists metrics in logged order, and its compare view's
+    # parallel-coordinates plot opens on the first one (gate/decision).
+    metrics: dict[str, float | None] = {}
+    if outcome.verdict:
+        metrics["gate/decision"] = DECISION_CODES[outcome.verdict.decision]
+    metrics.update(headline_metrics(outcome))
+    metrics.update(time_metrics(outcome))
     if outcome.fidelity:
         metrics.update(fidelity_metrics(outcome.fidelity))
     if outcome.variant_eval:
@@ -108,6 +119,38 @@ def outcome_summary(outcome: Outcome, metrics: dict[str, float]) -> dict[str, An
     return {"variant": outcome.variant_name, "model": outcome.model, "error": outcome.error,
             "decision": verdict["decision"] if verdict else None, "exit_code": outcome.exit_code,
             "verdict": verdict, "metrics": metrics}
+
+
+def headline_metrics(outcome: Outcome) -> dict[str, float | None]:
+    """The few numbers that answer "is this variant good and cheap?", under self-explaining names."""
+    metrics: dict[str, float | None] = {}
+    for t in outcome.fidelity.tasks if outcome.fidelity else []:
+        metrics.update({f"score/{_key(t.task)}": t.variant_score, f"delta/{_key(t.task)}": t.delta})
+    if outcome.cost and outcome.cost.measured:
+        metrics["cost/usd_per_1m_output_tokens"] = outcome.cost.measured.usd_per_million_output_tokens
+    levels = outcome.bench.levels if outcome.bench else []
+    knee = [lv for lv in levels if lv.batch_size == outcome.bench.knee_batch_size]
+    if knee:
+        metrics["throughput/knee_tokens_per_s"] = knee[0].output_tokens_per_s
+    if outcome.variant:
+        metrics["size/checkpoint_mb"] = outcome.variant.size_bytes / 2**20
+    return metrics
+
+
+def time_metrics(outcome: Outcome) -> dict[str, float]:
+    metrics = {f"time/{_key(s.stage)}_seconds": s.ended - s.started for s in outcome.stages}
+    if outcome.stages:
+        metrics["time/total_seconds"] = outcome.stages[-1].ended - outcome.stages[0].started
+    return metrics
+
+
+def metric_task(key: str, tasks: list[str]) -> str | None:
+    """The evaluated task a metric is about (it is linked to that task's dataset), else None."""
+    for task in tasks:
+        if any(key.startswith(f"{family}/{_key(task)}/") or key == f"{family}/{_key(task)}"
+               for family in ("fidelity", "eval", "score", "delta")):
+            return task
+    return None
 
 
 def fidelity_metrics(fidelity: Fidelity) -> dict[str, float | None]:
@@ -190,11 +233,28 @@ def outcome_tags(outcome: Outcome, config: dict[str, Any], role: str) -> dict[st
     if outcome.verdict:
         tags.update({"quantgate.verdict": outcome.verdict.decision, "quantgate.policy": outcome.verdict.policy})
     tags["quantgate.exit_code"] = outcome.exit_code
+    tags["quantgate.engine"] = engine_name(outcome, config)
+    if outcome.stages:
+        tags["quantgate.reused"] = ",".join(s.stage for s in outcome.stages if s.from_cache) or "none"
     if outcome.error:
         tags["quantgate.error"] = outcome.error[:5000]
     return {key: redact_value(str(value)) for key, value in tags.items() if value is not None}
 
 
-def _key(name: str) -> str:
+def run_name(outcome: Outcome) -> str:
+    return f"{outcome.model}/{outcome.variant_name}"
+
+
+def engine_name(outcome: Outcome, config: dict[str, Any]) -> str | None:
+    """What served the checkpoint for scoring and timing: the bench's engine, else the serve config's."""
+    if outcome.bench:
+        return outcome.bench.engine
+    return (config.get("serve") or {}).get("name")
+
+
+def safe_name(name: str) -> str:
     """A task or hardware name made safe for an MLflow key (letters, digits, _ - . / space)."""
     return _UNSAFE_KEY_CHARS.sub("_", name)
+
+
+_key = safe_name

@@ -7,12 +7,16 @@ tracking.uri=http://host:5000`; MLFLOW_TRACKING_URI overrides tracking.uri.
   logged from other processes (Hydra joblib launcher) attach to the parent through the
   `mlflow.parentRunId` tag. SQLite allows one writer at a time: calls that hit "database is
   locked" are retried with backoff.
+- A variant's run spans its work: it starts when the first stage started and ends when the last
+  ended (`create_run(start_time=...)`, `set_terminated(end_time=...)`), cached stages included
+  (tag `quantgate.reused`). Its name is `<model>/<variant>`, its description (`mlflow.note.content`)
+  the verdict with its reasons (pipelines/track/describe.py); its dataset inputs and LoggedModel are
+  made in pipelines/track/lineage.py, and every metric is linked to that model (and task metrics to
+  their task's dataset).
 - Registry: one registered model per base model (`tracking.registered_model`, default the model
-  name), one version per promoted variant. Only PROMOTE registers a version, tags it with the
-  verdict and moves `tracking.promote_alias` to it; REJECT / INCONCLUSIVE never touch the registry.
-  The version's source is `runs:/<run id>/checkpoint` (accepted on sqlite and by the HTTP server,
-  which rejects local paths outside the run's artifacts): the checkpoint is copied there when it
-  is at most `tracking.log_checkpoint_max_mb`, else a pointer file names its local path and hash.
+  name), one version per promoted variant, pointing at the variant's LoggedModel. Only PROMOTE
+  registers a version, tags it with the verdict and moves `tracking.promote_alias` to it;
+  REJECT / INCONCLUSIVE never touch the registry.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ import os
 import subprocess
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 from urllib.parse import urlparse
@@ -34,9 +37,12 @@ import yaml
 from pipelines.config import TrackingConfig
 from pipelines.errors import InputError
 from pipelines.records import Outcome, save_record
-from pipelines.storage import check_writable, directory_size, library_versions
-from pipelines.track.keys import (flatten_params, outcome_metrics, outcome_summary, outcome_tags, redact_config,
-                                  redact_value)
+from pipelines.storage import check_writable, library_versions
+from pipelines.track.describe import (NOTE_TAG, VIEW_KEY, VIEW_TAG, decision_label, run_description, runs_view,
+                                      sweep_table)
+from pipelines.track.keys import (flatten_params, metric_task, outcome_metrics, outcome_summary, outcome_tags,
+                                  redact_config, redact_value, run_name)
+from pipelines.track.lineage import DatasetRef, create_checkpoint_model, dataset_refs, register_version
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -99,33 +105,59 @@ class MLflowTracker:
 
     def log_outcome(self, outcome: Outcome, config: dict[str, Any], parent_run_id: str | None = None,
                     reference: bool = False) -> str:
-        from mlflow.entities import Metric
-
         tags = {**outcome_tags(outcome, config, "reference" if reference else "variant"), **_git_tags(),
                 **{f"quantgate.version.{k}": v for k, v in library_versions(*LIBRARIES).items()}}
+        tags[NOTE_TAG] = run_description(outcome, tags.get("quantgate.scheme"), tags.get("quantgate.engine"),
+                                         reference)
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
-        run_id = _retry(self.client.create_run, self.experiment_id, run_name=outcome.variant_name,
-                        tags=tags).info.run_id
+        started_ms, ended_ms = _run_span_ms(outcome)
+        run_id = _retry(self.client.create_run, self.experiment_id, start_time=started_ms,
+                        run_name=run_name(outcome), tags=tags).info.run_id
         try:
-            now = int(time.time() * 1000)
-            metrics = outcome_metrics(outcome)
-            _retry(self.client.log_batch, run_id, params=_params(config),
-                   metrics=[Metric(key, value, now, 0) for key, value in metrics.items()])
-            self._log_artifacts(run_id, outcome, config, metrics)
-            if outcome.verdict and outcome.verdict.decision == "PROMOTE" and not reference:
-                self._register(run_id, outcome)
+            self._log_results(run_id, outcome, config, tags, reference, ended_ms)
         except BaseException:
             _retry(self.client.set_terminated, run_id, "FAILED")  # never leave a run RUNNING forever
             raise
-        _retry(self.client.set_terminated, run_id, "FAILED" if outcome.error else "FINISHED")
-        log.info("MLflow run %s (%s) logged to %s", run_id, outcome.variant_name, self.uri)
+        _retry(self.client.set_terminated, run_id, "FAILED" if outcome.error else "FINISHED", end_time=ended_ms)
+        evaluated = outcome.variant_eval or outcome.base_eval
+        if tasks := [t.task for t in evaluated.tasks] if evaluated else []:
+            _retry(self.client.set_experiment_tag, self.experiment_id, VIEW_TAG, json.dumps(runs_view(tasks)))
+        log.info("MLflow run %s (%s) logged to %s; in the UI: #/experiments/%s/runs?viewStateShareKey=%s", run_id,
+                 run_name(outcome), self.uri, self.experiment_id, VIEW_KEY)
         return run_id
 
-    def log_sweep_report(self, parent_run_id: str, files: list[Path]) -> None:
+    def log_sweep_report(self, parent_run_id: str, files: list[Path], outcomes: list[Outcome] | None = None) -> None:
         for path in files:
             _retry(self.client.log_artifact, parent_run_id, str(path), "report")
+        if outcomes:
+            _retry(self.client.log_table, parent_run_id, sweep_table(outcomes), "summary_table.json")
+            verdicts = [f"- `{run_name(o)}`: **{decision_label(o)}**" for o in outcomes]
+            note = "\n".join(["Sweep summary (table: artifact `summary_table.json`, plot: `report/pareto.png`)",
+                              "", *verdicts])
+            _retry(self.client.set_tag, parent_run_id, NOTE_TAG, note)
         _retry(self.client.set_terminated, parent_run_id, "FINISHED")
+
+    def _log_results(self, run_id: str, outcome: Outcome, config: dict[str, Any], tags: dict[str, str],
+                     reference: bool, timestamp_ms: int) -> None:
+        datasets = dataset_refs(outcome, config)
+        if datasets:
+            _retry(self.client.log_inputs, run_id, datasets=[d.as_input() for d in datasets])
+        model_id = self._log_model(run_id, outcome, tags, reference) if outcome.variant else None
+        metrics = outcome_metrics(outcome)
+        _retry(self.client.log_batch, run_id, params=_params(config),
+               metrics=_linked_metrics(metrics, timestamp_ms, model_id, datasets))
+        self._log_artifacts(run_id, outcome, config, metrics)
+        if outcome.verdict and outcome.verdict.decision == "PROMOTE" and not reference and model_id:
+            self._register(run_id, outcome, model_id)
+
+    def _log_model(self, run_id: str, outcome: Outcome, tags: dict[str, str], reference: bool) -> str:
+        model_tags = {key: value for key, value in tags.items() if key.startswith("quantgate.")
+                      and not key.startswith("quantgate.version.")}
+        promoted = bool(outcome.verdict and outcome.verdict.decision == "PROMOTE")
+        copy_max_bytes = self.tracking.log_checkpoint_max_mb * 2**20 if promoted else -1
+        return create_checkpoint_model(self.client, self.experiment_id, run_id, outcome, model_tags, reference,
+                                       copy_max_bytes, call=_retry)
 
     def _experiment_id(self) -> str:
         from mlflow.exceptions import MlflowException
@@ -160,33 +192,39 @@ class MLflowTracker:
                 (root / "error.txt").write_text(outcome.error + "\n")
             _retry(self.client.log_artifacts, run_id, str(root))
 
-    def _register(self, run_id: str, outcome: Outcome) -> None:
-        from mlflow.exceptions import MlflowException
-
+    def _register(self, run_id: str, outcome: Outcome, model_id: str) -> None:
         name = self.tracking.registered_model or outcome.model
-        self._log_checkpoint(run_id, outcome)
-        try:
-            _retry(self.client.create_registered_model, name)
-        except MlflowException as error:
-            if error.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
         tags = {"quantgate.verdict": "PROMOTE", "quantgate.variant": outcome.variant_name,
                 "quantgate.content_hash": outcome.variant.content_hash if outcome.variant else ""}
-        version = _retry(self.client.create_model_version, name, f"runs:/{run_id}/checkpoint", run_id=run_id,
-                         tags=tags).version
-        _retry(self.client.set_registered_model_alias, name, self.tracking.promote_alias, version)
-        log.info("registered %s version %s, alias '%s'", name, version, self.tracking.promote_alias)
+        version = register_version(self.client, name, self.tracking.promote_alias, run_id, model_id, tags, call=_retry)
+        log.info("registered %s version %s (model %s), alias '%s'", name, version, model_id,
+                 self.tracking.promote_alias)
 
-    def _log_checkpoint(self, run_id: str, outcome: Outcome) -> None:
-        checkpoint = Path(outcome.variant.checkpoint_dir) if outcome.variant else None
-        limit = self.tracking.log_checkpoint_max_mb * 2**20
-        if checkpoint and checkpoint.is_dir() and directory_size(checkpoint) <= limit:
-            _retry(self.client.log_artifacts, run_id, str(checkpoint), "checkpoint")
-            return
-        with tempfile.TemporaryDirectory(prefix="quantgate-ckpt-") as scratch:
-            pointer = Path(scratch) / "quantgate-checkpoint.json"
-            pointer.write_text(json.dumps(asdict(outcome.variant) if outcome.variant else {}, indent=2))
-            _retry(self.client.log_artifact, run_id, str(pointer), "checkpoint")
+
+def _run_span_ms(outcome: Outcome) -> tuple[int, int]:
+    """(start, end) of the run in ms: its first stage's start and last stage's end, else now."""
+    now = time.time()
+    started = outcome.stages[0].started if outcome.stages else now
+    ended = outcome.stages[-1].ended if outcome.stages else now
+    return int(started * 1000), int(ended * 1000)
+
+
+def _linked_metrics(metrics: dict[str, float], timestamp_ms: int, model_id: str | None,
+                    datasets: list[DatasetRef]) -> list[Any]:
+    """Metric entities linked to the model, and a task's metrics to that task's dataset too."""
+    from mlflow.entities import Metric
+
+    by_task = {d.task: d for d in datasets if d.task}
+    reference = next((d for d in datasets if d.context == "reference"), None)
+    entities = []
+    for key, value in metrics.items():
+        dataset = by_task.get(metric_task(key, list(by_task)))
+        if dataset is None and reference and key.startswith("fidelity/reference/"):
+            dataset = reference
+        entities.append(Metric(key, value, timestamp_ms, 0, model_id=model_id,
+                               dataset_name=dataset.name if dataset else None,
+                               dataset_digest=dataset.digest if dataset else None))
+    return entities
 
 
 def _params(config: dict[str, Any]) -> list[Any]:

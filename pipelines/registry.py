@@ -29,6 +29,12 @@ BENCH_ENGINES = {
     "hf": "pipelines.bench.engines.hf:HFEngine",
 }
 
+SERVERS = {
+    "inprocess": "pipelines.serve.inprocess:InProcessServer",
+    "vllm": "pipelines.serve.vllm_server:VLLMServer",
+    "endpoint": "pipelines.serve.endpoint:EndpointServer",
+}
+
 TRACKERS = {
     "mlflow": "pipelines.track.mlflow_tracker:MLflowTracker",
 }

@@ -99,13 +99,13 @@ def check_endpoint(base_url: str, model: str | None, api_key: str | None) -> lis
 
 
 def stop_process_group(process: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
-    """SIGTERM the server's whole process group (engine workers included), SIGKILL what remains."""
-    try:
-        group = os.getpgid(process.pid)
-    except ProcessLookupError:
-        group = None
+    """SIGTERM the server's whole process group (engine workers included), SIGKILL what remains.
+
+    The server was started with start_new_session=True, so its group id is its pid, and stays so
+    after the leader has died and been reaped while its workers live on."""
+    group = process.pid
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        if group is None or not _group_alive(group):
+        if not _group_alive(group):
             break
         try:
             os.killpg(group, sig)

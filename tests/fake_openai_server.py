@@ -19,7 +19,7 @@ key = os.environ.get("FAKE_API_KEY")
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
 with open(os.environ["FAKE_PIDFILE"], "w") as handle:
     handle.write(f"{os.getpid()} {child.pid}\n")
-print(f"fake server on {port}: argv {sys.argv[1:]}", flush=True)
+print(f"fake server on {port}: TMPDIR={os.environ.get('TMPDIR')} argv {sys.argv[1:]}", flush=True)
 if os.environ.get("FAKE_DIE"):
     print("RuntimeError: no kernel for this dtype", flush=True)
     sys.exit(3)

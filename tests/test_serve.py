@@ -78,7 +78,9 @@ def test_vllm_server_lifecycle_stops_the_whole_group_even_on_error(tmp_path, fak
     assert not any(alive(pid) for pid in pids(fake_env)), "server or its worker outlived the with block"
     log = (tmp_path / "run" / "serve" / "variant.log").read_text()
     assert "--enforce-eager" in log and "--x" in log and "--dtype" in log
-    assert not (tmp_path / "run" / "serve" / "variant-tmp").exists()  # vLLM's temp leftovers go with it
+    assert "TMPDIR" in log  # the fake prints its temp dir: vLLM's leftovers go there, and go with it
+    temp_dir = Path(log.split("TMPDIR=")[1].split()[0])
+    assert temp_dir.name.startswith("qg-vllm-variant-") and not temp_dir.exists()
 
 
 def test_server_that_dies_gives_one_line_with_the_log_tail(tmp_path, fake_env, monkeypatch):
@@ -240,3 +242,27 @@ def test_engine_identity_keys_the_eval_cache_and_ignores_the_instance(tmp_path):
                     dataclasses.replace(served, engine_args={"dtype": "bfloat16"})):
         assert stable_hash(requested_settings(cfg, None, changed)) != stable_hash(settings)
     assert "serve" not in requested_settings(cfg, None)  # in-process keys stay as they were
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_killing_the_pipeline_mid_run_leaves_no_server(tmp_path, sig):
+    """The real CLI, serving through a (fake, hanging) vLLM server: SIGTERM or Ctrl-C mid-scoring."""
+    pidfile = tmp_path / "pids"
+    env = {**os.environ, "FAKE_PIDFILE": str(pidfile), "FAKE_HANG": "1", "PYTHONUNBUFFERED": "1"}
+    pipeline = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.run", "serve=vllm", f"serve.python={fake_python(tmp_path)}", "quant=none",
+         "eval=quick", "eval.limit=2", "bench=off", "tracking=off", f"cache_dir={tmp_path / 'cache'}",
+         f"hydra.run.dir={tmp_path / 'outputs'}"], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while not pidfile.exists() and time.monotonic() < deadline and pipeline.poll() is None:
+        time.sleep(0.5)
+    assert pidfile.exists(), pipeline.stderr.read()[-3000:] if pipeline.poll() is not None else "no server started"
+    server_log = tmp_path / "outputs" / "serve" / "base.log"
+    time.sleep(10)  # past the health wait: scoring requests are in flight (and hang)
+    assert all(alive(pid) for pid in pids(pidfile)) and server_log.is_file()
+    pipeline.send_signal(sig)
+    pipeline.wait(timeout=120)
+    assert pipeline.returncode != 0
+    assert not any(alive(pid) for pid in pids(pidfile)), "the server outlived the killed pipeline"

@@ -38,8 +38,8 @@ def cli(args: list[str], tmp: Path, timeout: int = 1500) -> subprocess.Completed
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp)
 
 
-def outcome(tmp: Path, quant: str) -> dict:
-    return json.loads((tmp / "cache" / "runs" / f"tiny-llama-{quant}" / "outcome.json").read_text())
+def outcome(tmp: Path) -> dict:
+    return json.loads((tmp / "outputs" / "outcome.json").read_text())
 
 
 def vllm_processes() -> list[str]:
@@ -57,7 +57,7 @@ def vllm_processes() -> list[str]:
 def test_fp8_scored_through_vllm_agrees_with_in_process_and_is_gated_and_logged(tmp_path):
     result = cli(["serve=vllm", f"serve.python={VLLM_PYTHON}", "quant=fp8", "bench=off"], tmp_path)
     assert result.returncode in (0, 1), result.stderr[-3000:]
-    record = outcome(tmp_path, "fp8")
+    record = outcome(tmp_path)
     assert record["error"] is None, record["error"]
     serve = record["variant_eval"]["settings"]["serve"]
     assert serve["engine"] == "vllm" and serve["engine_version"].startswith("0.32")
@@ -71,7 +71,7 @@ def test_fp8_scored_through_vllm_agrees_with_in_process_and_is_gated_and_logged(
         if model == "base":  # float32: served and in-process scoring agree item for item
             assert a["agreeing"] == ITEMS, (task, a)
     assert any(r["rule"] == "agreement" for r in record["verdict"]["rules"])
-    assert (tmp_path / "cache" / "runs" / "tiny-llama-fp8" / "serve" / "variant.log").is_file()
+    assert (tmp_path / "outputs" / "serve" / "variant.log").is_file()
     assert not vllm_processes(), "a vLLM server outlived the run"
 
     from mlflow.tracking import MlflowClient
@@ -101,7 +101,7 @@ def test_endpoint_backend_scores_a_server_started_outside_the_pipeline(tmp_path)
         result = cli(["serve=endpoint", f"serve.urls.base={url}", f"serve.urls.variant={url}", "quant=none",
                       "bench=off"], tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]  # the base against itself: PROMOTE
-        record = outcome(tmp_path, "none")
+        record = outcome(tmp_path)
         assert record["variant_eval"]["settings"]["serve"]["engine"] == "endpoint"
         assert all(a["agreeing"] == a["n"] == ITEMS for a in record["fidelity"]["agreement"])
         assert server.poll() is None  # an endpoint is someone else's server: the pipeline leaves it running

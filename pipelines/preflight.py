@@ -27,8 +27,10 @@ def preflight(cfg: RunConfig) -> None:
         from pipelines.bench import check_bench
 
         check_bench(cfg)
+    from pipelines.serve import check_serve
     from pipelines.track import check_reachable
 
+    check_serve(cfg)
     check_reachable(cfg.tracking)
 
 

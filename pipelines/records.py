@@ -67,6 +67,20 @@ class TaskResult:
 
 
 @dataclass
+class TaskAgreement:
+    """Served vs in-process scoring of the same items: the check that the served numbers are the model's."""
+
+    model: str
+    task: str
+    # Items scored both ways (paired by doc_id) and how many got the same prediction and score.
+    n: int
+    agreeing: int
+    agreement: float
+    # Largest |served - in-process| log-likelihood over paired choices/continuations (None: generation).
+    max_loglikelihood_diff: float | None
+
+
+@dataclass
 class EvalResult:
     model: str
     model_hash: str
@@ -78,6 +92,8 @@ class EvalResult:
     reference_logprobs_path: str | None
     seconds: float
     from_cache: bool = False
+    # Served runs: per-task agreement with in-process scoring on serve.agreement_items items.
+    agreement: list[TaskAgreement] = field(default_factory=list)
 
 
 @dataclass
@@ -121,6 +137,8 @@ class Fidelity:
     settings_hash: str
     tasks: list[TaskFidelity]
     divergence: Divergence | None
+    # Served runs: served vs in-process agreement of the reference and the variant (gate rule `agreement`).
+    agreement: list[TaskAgreement] = field(default_factory=list)
 
 
 @dataclass

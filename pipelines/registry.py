@@ -30,6 +30,12 @@ BENCH_ENGINES = {
     "openai": "pipelines.bench.engines.openai:GuideLLMEngine",
 }
 
+SERVERS = {
+    "inprocess": "pipelines.serve.inprocess:InProcessServer",
+    "vllm": "pipelines.serve.vllm_server:VLLMServer",
+    "endpoint": "pipelines.serve.endpoint:EndpointServer",
+}
+
 TRACKERS = {
     "mlflow": "pipelines.track.mlflow_tracker:MLflowTracker",
 }

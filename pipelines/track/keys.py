@@ -12,6 +12,8 @@ Metrics (`<task>` is the lm-eval task name, `<k>` a batch size / concurrency lev
   choice_top1_agreement}`; `fidelity/mean_{base_score,variant_score,delta}` over tasks
 - `fidelity/reference/{kl_mean, kl_p95, top1_agreement, base_perplexity, variant_perplexity,
   perplexity_ratio, tokens}` (reference-text divergence)
+- `agreement/<model>/<task>/{agreement, n, max_loglikelihood_diff}` (served runs: served vs
+  in-process per-item agreement of the base and the variant)
 - `eval/<task>/{score, stderr, n}` (this run's own scores; the only accuracy metrics of the base run)
 - `bench/bs<k>/{output_tokens_per_s, output_tokens_per_s_std, requests_per_s, goodput_rps,
   meets_slo, ttft_p50_ms, ttft_p95_ms, ttft_p99_ms, itl_p50_ms, ..., e2e_p99_ms}`;
@@ -23,10 +25,12 @@ Metrics (`<task>` is the lm-eval task name, `<k>` a batch size / concurrency lev
 
 Tags: `quantgate.{model, variant, quant, scheme, backend, role, sweep, verdict, policy,
 content_hash, error, git_commit}`, `quantgate.version.<library>`, `quantgate.suite.<task>`
-(`<version>@<content hash>`).
+(`<version>@<content hash>`); served runs: `quantgate.serve.{engine, engine_version, engine_args}`.
 """
 
 from __future__ import annotations
+
+import json
 
 import re
 from typing import Any
@@ -106,6 +110,10 @@ def fidelity_metrics(fidelity: Fidelity) -> dict[str, float | None]:
         metrics[f"{prefix}/flips"] = t.right_to_wrong + t.wrong_to_right
     for name in ("base_score", "variant_score", "delta"):
         metrics[f"fidelity/mean_{name}"] = sum(getattr(t, name) for t in fidelity.tasks) / len(fidelity.tasks)
+    for a in fidelity.agreement:
+        prefix = f"agreement/{_key(a.model)}/{_key(a.task)}"
+        metrics.update({f"{prefix}/agreement": a.agreement, f"{prefix}/n": a.n,
+                        f"{prefix}/max_loglikelihood_diff": a.max_loglikelihood_diff})
     if fidelity.divergence:
         d = fidelity.divergence
         metrics.update({f"fidelity/reference/{name}": getattr(d, name) for name in (
@@ -169,6 +177,10 @@ def outcome_tags(outcome: Outcome, config: dict[str, Any], role: str) -> dict[st
         hashes = outcome.variant_eval.suite_hashes
         tags.update({f"quantgate.suite.{_key(t.task)}": f"{t.version}@{hashes.get(t.task, '?')}"
                      for t in outcome.variant_eval.tasks})
+        serve = outcome.variant_eval.settings.get("serve")  # served runs: the engine that scored it
+        if serve:
+            tags.update({"quantgate.serve.engine": serve["engine"], "quantgate.serve.engine_version":
+                         serve["engine_version"], "quantgate.serve.engine_args": json.dumps(serve["engine_args"])})
     if outcome.verdict:
         tags.update({"quantgate.verdict": outcome.verdict.decision, "quantgate.policy": outcome.verdict.policy})
     if outcome.error:

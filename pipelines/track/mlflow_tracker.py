@@ -196,8 +196,10 @@ def _params(config: dict[str, Any]) -> list[Any]:
 
 def _summary(outcome: Outcome, metrics: dict[str, float]) -> dict[str, Any]:
     verdict = asdict(outcome.verdict) if outcome.verdict else None
+    serve = outcome.variant_eval.settings.get("serve") if outcome.variant_eval else None
     return {"variant": outcome.variant_name, "model": outcome.model, "error": outcome.error,
-            "decision": verdict["decision"] if verdict else None, "verdict": verdict, "metrics": metrics}
+            "decision": verdict["decision"] if verdict else None, "verdict": verdict, "metrics": metrics,
+            "serve": serve or {"engine": "inprocess"}}
 
 
 def _copy_items(outcome: Outcome, target: Path) -> None:

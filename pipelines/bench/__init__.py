@@ -25,6 +25,7 @@ from pipelines.errors import ConfigError
 from pipelines.models import load_tokenizer
 from pipelines.records import BenchResult, LoadLevel, ServedModel, Variant, load_record, save_record
 from pipelines.registry import BENCH_ENGINES, resolve
+from pipelines.serve import engine_identity
 from pipelines.storage import atomic_directory, library_versions, read_manifest, stable_hash, write_manifest
 
 log = logging.getLogger(__name__)
@@ -71,12 +72,8 @@ def bench_key(cfg: RunConfig, variant: Variant, versions: dict[str, str], served
            "device": cfg.hardware.device, "dtype": cfg.model.dtype, "versions": versions}
     if served is not None:
         # What serves it, not where: the URL and served name change from one server start to the next.
-        key["server"] = _server_identity(served)
+        key["server"] = engine_identity(served)
     return stable_hash(key)
-
-
-def _server_identity(served: ServedModel) -> dict:
-    return {"engine": served.engine, "engine_version": served.engine_version, "engine_args": served.engine_args}
 
 
 def _run_in_process(engine_class, cfg: RunConfig, variant: Variant, versions: dict[str, str]) -> BenchResult:
@@ -105,7 +102,7 @@ def _run_served(engine_class, cfg: RunConfig, variant: Variant, served: ServedMo
             knee_batch_size=knee.batch_size if knee else None, knee_load=knee.load if knee else None,
             peak_memory_bytes=None, memory_kind=engine.memory_kind, checkpoint_bytes=variant.size_bytes,
             versions={**versions, served.engine: served.engine_version, "device_name": engine.device_name()},
-            server=_server_identity(served), reports=[str(out_dir / path.name) for path in run.reports])
+            server=engine_identity(served), reports=[str(out_dir / path.name) for path in run.reports])
         _write_result(result, scratch, cfg, variant)
     return result
 

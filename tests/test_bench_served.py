@@ -8,11 +8,13 @@ environment is set up) a real vLLM server started through the serve seam.
 
 from __future__ import annotations
 
+import http.server
 import math
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -148,7 +150,7 @@ def test_served_config_maps_onto_a_valid_guidellm_scenario_with_one_level_per_st
     spec = benchmarks[0]
     assert spec.backend.target == "http://127.0.0.1:1" and spec.backend.request_format == "/v1/completions"
     assert spec.data[0].output_tokens == cfg.bench.output_tokens
-    assert spec.constraints[0].count == 32 + 4 + 1  # warm-up requests and the one GuideLLM 0.8.1 adds
+    assert spec.constraints[0].count == 32 + 4  # measured and warm-up requests
 
 
 def test_cache_key_follows_the_serving_engine_not_its_port():
@@ -177,11 +179,11 @@ def free_port() -> int:
 
 @pytest.fixture
 def mock_server():
-    """GuideLLM's own mock OpenAI server: streams exactly max_tokens tokens, 5 ms TTFT, 2 ms apart."""
+    """GuideLLM's own mock OpenAI server: streams exactly max_tokens tokens, 5 ms TTFT, 2 ms apart.
+    (Its own tokenizer: loading ours with --processor fails under transformers 5.)"""
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "guidellm", "mock-server", "--host", "127.0.0.1",
-                                "--port", str(port), "--model", "tiny", "--processor", str(EMBEDDED),
-                                "--ttft-ms", "5", "--itl-ms", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                "--port", str(port), "--model", "tiny", "--ttft-ms", "5", "--itl-ms", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -225,30 +227,41 @@ def test_guidellm_measures_each_level_against_an_openai_server_and_keeps_its_rep
     assert run_benchmark(cfg, embedded_variant(), mock_server).from_cache
 
 
+class FailingCompletions(http.server.BaseHTTPRequestHandler):
+    """A server that is healthy but answers every completion with HTTP 500."""
+
+    def do_GET(self):
+        body = b'{"object": "list", "data": [{"id": "tiny", "object": "model"}]}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_error(500, "out of KV cache blocks")
+
+    def log_message(self, *args):
+        pass
+
+
 @pytest.mark.slow
 def test_a_level_where_every_request_errors_fails_the_benchmark(tmp_path):
     from pipelines.bench import run_benchmark
 
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "guidellm", "mock-server", "--host", "127.0.0.1", "--port",
-                                str(port), "--model", "tiny", "--processor", str(EMBEDDED), "--fail-after-requests",
-                                "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FailingCompletions)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
-        served = ServedModel(base_url=f"http://127.0.0.1:{port}/v1", model="tiny", tokenizer_dir=str(EMBEDDED),
-                             engine="guidellm-mock", engine_version="0.8.1")
+        served = ServedModel(base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", model="tiny",
+                             tokenizer_dir=str(EMBEDDED), engine="stub", engine_version="0")
         cfg = compose(f"cache_dir={tmp_path}", "bench.batch_sizes=[1]", "bench.requests_per_level=4",
                       "bench.warmup_requests=0", "bench.output_tokens=4", "bench.input_tokens=16")
-        with pytest.raises(LevelFailed, match="c1: none of its requests succeeded"):
+        with pytest.raises(LevelFailed, match=r"c1: none of its requests succeeded \(4 errored.*500 out of KV cache"):
             run_benchmark(cfg, embedded_variant(), served)
+        assert not list((tmp_path / "bench").glob("base-*/bench.json"))  # nothing cached as a result
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        server.shutdown()
 
 
 @pytest.mark.slow

@@ -1,8 +1,8 @@
 """GuideLLM against an OpenAI-compatible endpoint (vLLM, or any served URL) as a bench engine.
 
 GuideLLM schedules the requests (synchronous, concurrent streams, constant or Poisson rates, a
-sweep, the knee search), streams them with exact output lengths (`max_tokens` + `ignore_eos`),
-drops warm-up requests and writes its JSON and self-contained HTML reports. This module only maps
+sweep, the knee search), streams them with exact output lengths (`max_tokens` + `ignore_eos`)
+and writes its JSON and self-contained HTML reports. This module only maps
 `bench` config onto a GuideLLM scenario and its per-request records onto `StreamTiming`s; every
 metric is computed by `pipelines.bench.measure`.
 
@@ -13,6 +13,7 @@ Exercised by `pytest tests/test_bench_served.py`.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import os
 from pathlib import Path
@@ -51,6 +52,9 @@ class GuideLLMEngine:
         if cfg.serve.backend == "inprocess":
             raise ConfigError("bench.engine=openai benchmarks a served endpoint; add serve=vllm or serve=endpoint "
                               "(or use bench=cpu for the in-process engine)")
+        if importlib.util.find_spec("guidellm") is None:
+            raise ConfigError("bench.engine=openai runs GuideLLM, which is not installed: "
+                              "pip install -c constraints.txt -e '.[serve]'")
         profile = params.get("profile", "concurrent")
         if profile not in PROFILES:
             raise ConfigError(f"bench.params.profile={profile} must be one of {', '.join(PROFILES)}")
@@ -84,7 +88,7 @@ class GuideLLMEngine:
             report, _ = asyncio.run(benchmark_generative_text(scenario, progress=False))
             reports += [paths["html"], paths["json"]]
             for benchmark in report.benchmarks:
-                measured = measured_level(benchmark)
+                measured = measured_level(benchmark, self.bench.warmup_requests)
                 kept = levels.setdefault(measured.load, MeasuredLevel(measured.load, measured.streams,
                                                                       measured.rate_rps, repeats=[]))
                 kept.repeats += measured.repeats
@@ -102,8 +106,8 @@ class GuideLLMEngine:
         profile, levels = self._profile()
         spec = {
             "backend": self._backend(),
-            "profile": {**profile, "warmup": {"mode": "requests", "value": bench.warmup_requests}},
-            "constraints": [{"kind": "max_requests", "count": bench.requests_per_level + warmup_budget(bench)}],
+            "profile": profile,
+            "constraints": [{"kind": "max_requests", "count": bench.requests_per_level + bench.warmup_requests}],
             "tokenizer": {"kind": "huggingface_auto", "model": self.served.tokenizer_dir},
             "data": [{"kind": "synthetic_text", "prompt_tokens": bench.input_tokens,
                       "output_tokens": bench.output_tokens}],
@@ -134,18 +138,13 @@ class GuideLLMEngine:
         return {key: value for key, value in backend.items() if value is not None}
 
 
-def warmup_budget(bench) -> int:
-    """Requests GuideLLM sends before its measurement window opens. With a warm-up of k requests,
-    GuideLLM 0.8.1 opens the window at the start of request k + 2 (checked against its scheduler),
-    so k + 1 are sent outside it; without warm-up the window opens at the first request."""
-    return bench.warmup_requests + 1 if bench.warmup_requests else 0
+def measured_level(benchmark, warmup_requests: int) -> MeasuredLevel:
+    """One GuideLLM benchmark (a load level) as raw per-request timings, warm-up requests dropped.
 
-
-def measured_level(benchmark) -> MeasuredLevel:
-    """One GuideLLM benchmark (a load level) as raw per-request timings of its measured window.
-
-    GuideLLM lists every request it sent, warm-up ones included; only those wholly inside its
-    measurement window (after warm-up, before cool-down) are kept."""
+    The warm-up is the first `warmup_requests` requests the level started (successful or not).
+    GuideLLM's own warm-up (0.8.1) opens its window at the start of the request whose completion
+    is the (k+1)-th, so how many it drops varies with concurrency; this keeps the count exact.
+    Its reports therefore include the warm-up requests."""
     strategy = benchmark.config.strategy
     kind = strategy.type_
     streams = {"synchronous": 1, "concurrent": getattr(strategy, "streams", None)}.get(kind)
@@ -156,23 +155,20 @@ def measured_level(benchmark) -> MeasuredLevel:
         load = f"r{rate:.3g}"
     else:
         load = "sync" if kind == "synchronous" else f"c{streams}"
-    window = (benchmark.scheduler_metrics.measure_start_time, benchmark.scheduler_metrics.measure_end_time)
-    successful = [stream_timing(stats) for stats in benchmark.requests.successful or []]
-    errored = [stats for stats in benchmark.requests.errored or [] if _overlaps(stats, window)]
+    requests = sorted([(status, stats) for status in ("successful", "errored", "incomplete")
+                       for stats in getattr(benchmark.requests, status) or []], key=lambda item: _started(item[1]))
+    measured = requests[warmup_requests:]
+    errored = [stats for status, stats in measured if status == "errored"]
     return MeasuredLevel(
         load=load, streams=streams, rate_rps=rate,
-        repeats=[[t for t in successful if window[0] <= t.submit_s and t.end_s <= window[1]]],
-        errored=len(errored),
-        incomplete=len([stats for stats in benchmark.requests.incomplete or [] if _overlaps(stats, window)]),
+        repeats=[[stream_timing(stats) for status, stats in measured if status == "successful"]],
+        errored=len(errored), incomplete=sum(status == "incomplete" for status, _ in measured),
         first_error=next((str(stats.info.error).splitlines()[0] for stats in errored if stats.info.error), None))
 
 
-def _overlaps(stats, window: tuple[float, float]) -> bool:
-    """Failed requests have partial timings: count one whose span touches the window at all."""
+def _started(stats) -> float:
     timings = stats.info.timings
-    start = timings.request_start or timings.resolve_start or timings.queued
-    end = timings.request_end or timings.resolve_end or start
-    return start is None or (end >= window[0] and start <= window[1])
+    return next((t for t in (timings.request_start, timings.resolve_start, timings.queued) if t is not None), 0.0)
 
 
 def stream_timing(stats) -> StreamTiming:

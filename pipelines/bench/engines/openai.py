@@ -75,9 +75,11 @@ class GuideLLMEngine:
     def run_levels(self, out_dir: Path) -> LevelRun:
         from guidellm.benchmark import benchmark_generative_text
         from guidellm.schemas.benchmark import BenchmarkScenario
+        from guidellm.settings import settings
 
         # GuideLLM spawns worker processes; on a small machine their start-up dominates short runs.
-        os.environ.setdefault("GUIDELLM__MAX_WORKER_PROCESSES", str(self.max_worker_processes))
+        # Its settings object is read when it sizes the worker group (in this process).
+        settings.max_worker_processes = self.max_worker_processes
         levels: dict[str, MeasuredLevel] = {}
         reports: list[Path] = []
         for repeat in range(self.bench.repeats):

@@ -172,11 +172,11 @@ class ServeConfig:
 class BenchConfig:
     name: str = MISSING
     enabled: bool = True
-    # How to run: hf (transformers generate) | vllm.
+    # How to run: hf (transformers generate, in process) | openai (GuideLLM against the served endpoint).
     engine: str = "hf"
     input_tokens: int = 64
     output_tokens: int = 32
-    # Load levels: concurrent requests served as one batch (hf) or concurrency (vllm).
+    # Load levels: concurrent requests served as one batch (hf) or concurrent streams (openai).
     batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 4])
     requests_per_level: int = 8
     warmup_requests: int = 2

@@ -47,7 +47,8 @@ def estimate_cost(bench: BenchResult, hardware: HardwareConfig, bench_cfg: Bench
 def measured_estimate(bench: BenchResult, hardware: HardwareConfig, bench_cfg: BenchConfig) -> CostEstimate | None:
     if bench.knee_batch_size is None:
         return None
-    knee = next(level for level in bench.levels if level.batch_size == bench.knee_batch_size)
+    knee = next(level for level in bench.levels if level.batch_size == bench.knee_batch_size
+                and (bench.knee_load is None or level.load == bench.knee_load))
     return _estimate(hardware, "measured", knee.batch_size, knee.output_tokens_per_s, knee.e2e_mean_ms / 1e3,
                      bench_cfg)
 

@@ -110,7 +110,7 @@ def _serve_and_measure(cfg: RunConfig, outcome: Outcome, role: str, output_dir: 
     variant = outcome.base_variant if role == "base" else outcome.variant
     with make_server(cfg).serve(variant, role, output_dir) as served:
         result = run_evaluate(cfg, variant, served)
-        bench = run_benchmark(cfg, variant) if cfg.bench.enabled else None
+        bench = run_benchmark(cfg, variant, served) if cfg.bench.enabled else None
     # In-process scoring of the agreement items runs after the server is gone (memory).
     result.agreement = served_agreement(cfg, variant, result, "base" if role == "base" else cfg.quant.name)
     if role == "base":

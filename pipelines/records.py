@@ -165,6 +165,13 @@ class LoadLevel:
     itl_mean_ms: float | None = None
     e2e_mean_ms: float | None = None
     peak_memory_bytes: int | None = None
+    # Served levels (bench.engine=openai): the load's name ("c4": 4 streams, "r2.5": 2.5 requests/s,
+    # "sync"), its target rate, TPOT = (E2E - TTFT) / (N - 1), and requests that errored or never finished.
+    load: str | None = None
+    rate_rps: float | None = None
+    tpot_ms: Percentiles | None = None
+    errored_requests: int = 0
+    incomplete_requests: int = 0
 
 
 @dataclass
@@ -174,11 +181,18 @@ class BenchResult:
     device: str
     levels: list[LoadLevel]
     knee_batch_size: int | None
-    peak_memory_bytes: int
+    # None when the model runs in another process (a served endpoint) whose memory is not measured.
+    peak_memory_bytes: int | None
     memory_kind: str
     checkpoint_bytes: int
     versions: dict[str, str] = field(default_factory=dict)
     from_cache: bool = False
+    # The knee level's load name (served levels; see LoadLevel.load) and the ServedModel's engine,
+    # version and args when the bench ran against an endpoint.
+    knee_load: str | None = None
+    server: dict[str, Any] | None = None
+    # Reports the bench engine wrote (e.g. GuideLLM's HTML and JSON), logged as run artifacts.
+    reports: list[str] = field(default_factory=list)
 
 
 @dataclass

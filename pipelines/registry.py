@@ -27,6 +27,7 @@ EVAL_RUNNERS = {
 
 BENCH_ENGINES = {
     "hf": "pipelines.bench.engines.hf:HFEngine",
+    "openai": "pipelines.bench.engines.openai:GuideLLMEngine",
 }
 
 SERVERS = {

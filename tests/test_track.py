@@ -5,6 +5,7 @@ nice -n 10 python -m pytest tests/test_track.py -q            (add -m slow for t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -266,3 +267,17 @@ def test_real_server_logs_reads_back_and_aliases_promote_only(mlflow_server, tmp
     assert run.data.tags["mlflow.parentRunId"] == parent and run.data.tags["quantgate.verdict"] == "REJECT"
     assert json.loads(artifact_text(tracker, rejected, "summary.json"))["decision"] == "REJECT"
     assert tracker.client.get_model_version_by_alias("tiny", "candidate").run_id == promoted
+
+
+def test_served_levels_are_keyed_by_load_and_guidellm_reports_are_artifacts(tracker, tmp_path):
+    outcome = make_outcome(tmp_path)
+    report = _write(tmp_path / "guidellm-r0.html", "<html>GuideLLM report</html>")
+    pct = Percentiles(p50=10.0, p95=20.0, p99=30.0)
+    level = dataclasses.replace(outcome.bench.levels[0], load="c4", tpot_ms=pct, errored_requests=2)
+    outcome.bench = dataclasses.replace(outcome.bench, engine="openai", levels=[level], knee_load="c4",
+                                        reports=[str(report)])
+    run = tracker.client.get_run(tracker.log_outcome(outcome, CONFIG))
+    metrics = run.data.metrics
+    assert metrics["bench/c4/tpot_p95_ms"] == 20.0 and metrics["bench/c4/errored_requests"] == 2
+    assert "bench/bs4/ttft_p95_ms" not in metrics
+    assert artifact_text(tracker, run.info.run_id, "bench/variant/guidellm-r0.html") == "<html>GuideLLM report</html>"

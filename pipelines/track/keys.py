@@ -16,7 +16,9 @@ Metrics (`<task>` is the lm-eval task name, `<k>` a batch size / concurrency lev
   in-process per-item agreement of the base and the variant)
 - `eval/<task>/{score, stderr, n}` (this run's own scores; the only accuracy metrics of the base run)
 - `bench/bs<k>/{output_tokens_per_s, output_tokens_per_s_std, requests_per_s, goodput_rps,
-  meets_slo, ttft_p50_ms, ttft_p95_ms, ttft_p99_ms, itl_p50_ms, ..., e2e_p99_ms}`;
+  meets_slo, ttft_p50_ms, ttft_p95_ms, ttft_p99_ms, itl_p50_ms, ..., tpot_p50_ms, ..., e2e_p99_ms}`;
+  served levels (bench=served) as `bench/<load>/...` (`c4`: 4 streams, `r2.5`: 2.5 requests/s, `sync`)
+  with also `batch_size, errored_requests, incomplete_requests`;
   `bench/{knee_batch_size, peak_memory_bytes, checkpoint_bytes}`
 - `cost/{usd_per_1m_tokens, output_tokens_per_s, replicas, monthly_usd, price_per_hour,
   decode_roofline_fraction, saving_vs_base}`; `cost/projected/<hardware>/{usd_per_1m_tokens,
@@ -135,13 +137,17 @@ def bench_metrics(bench: BenchResult) -> dict[str, float | None]:
                                         "bench/peak_memory_bytes": bench.peak_memory_bytes,
                                         "bench/checkpoint_bytes": bench.checkpoint_bytes}
     for level in bench.levels:
-        prefix = f"bench/bs{level.batch_size}"
+        # Served levels are named by their load (c4: 4 streams, r2.5: 2.5 requests/s); in-process by batch.
+        prefix = f"bench/{_key(level.load)}" if level.load else f"bench/bs{level.batch_size}"
         for name in ("output_tokens_per_s", "output_tokens_per_s_std", "requests_per_s", "goodput_rps"):
             metrics[f"{prefix}/{name}"] = getattr(level, name)
         metrics[f"{prefix}/meets_slo"] = float(level.meets_slo)
-        for latency in ("ttft", "itl", "e2e"):
+        if level.load:
+            metrics.update({f"{prefix}/batch_size": level.batch_size, f"{prefix}/errored_requests":
+                            level.errored_requests, f"{prefix}/incomplete_requests": level.incomplete_requests})
+        for latency in ("ttft", "itl", "tpot", "e2e"):
             percentiles = getattr(level, f"{latency}_ms")
-            for p in ("p50", "p95", "p99"):
+            for p in ("p50", "p95", "p99") if percentiles else ():
                 metrics[f"{prefix}/{latency}_{p}_ms"] = getattr(percentiles, p)
     return metrics
 

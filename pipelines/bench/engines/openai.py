@@ -80,6 +80,7 @@ class GuideLLMEngine:
         # GuideLLM spawns worker processes; on a small machine their start-up dominates short runs.
         # Its settings object is read when it sizes the worker group (in this process).
         settings.max_worker_processes = self.max_worker_processes
+        _picklable_logging()
         levels: dict[str, MeasuredLevel] = {}
         reports: list[Path] = []
         for repeat in range(self.bench.repeats):
@@ -180,3 +181,13 @@ def stream_timing(stats) -> StreamTiming:
                         end_s=timings.request_end if timings.request_end is not None else timings.resolve_end,
                         output_tokens=int(stats.output_tokens or 0), chunks=int(timings.token_iterations))
 
+
+def _picklable_logging() -> None:
+    """GuideLLM hands loguru's logger to its spawned workers, which pickles every sink. llm-compressor
+    (the quantize stage, earlier in this process) adds loguru sinks on open streams/files that cannot
+    be pickled ("cannot pickle '_io.TextIOWrapper' object"): replace them with GuideLLM's own sinks."""
+    from guidellm import configure_logger
+    from loguru import logger
+
+    logger.remove()
+    configure_logger()

@@ -158,22 +158,29 @@ class ServeConfig:
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
     gpu_memory_utilization: float = 0.9
-    # Further server arguments passed through untouched, e.g. ["--enforce-eager"].
+    # vLLM --enforce-eager; None: on for CPU (torch.compile start-up costs more than it saves there).
+    enforce_eager: bool | None = None
+    # Further server arguments passed through untouched, e.g. ["--enable-prefix-caching"].
     extra_args: list[str] = field(default_factory=list)
     # Environment variables for the server process (e.g. VLLM_CPU_KVCACHE_SPACE on CPU).
     env: dict[str, str] = field(default_factory=dict)
     # serve=endpoint: already-running OpenAI-compatible servers, by role ("base", "variant").
     urls: dict[str, str] = field(default_factory=dict)
+    # serve=endpoint: model name per role, when an endpoint serves more than one.
+    models: dict[str, str] = field(default_factory=dict)
     # Name of the environment variable holding the endpoint's API key (the key itself is never logged).
     api_key_env: str | None = None
     startup_timeout_s: float = 600.0
+    # Requests lm-eval keeps in flight while scoring through the endpoint.
+    eval_concurrency: int = 4
     # Items per task scored both in-process and served, to report their per-item agreement (0: off).
     agreement_items: int = 0
 
     def __post_init__(self) -> None:
         _positive("serve", max_model_len=self.max_model_len, tensor_parallel_size=self.tensor_parallel_size,
-                  pipeline_parallel_size=self.pipeline_parallel_size, startup_timeout_s=self.startup_timeout_s)
-        _fraction("serve", "gpu_memory_utilization", self.gpu_memory_utilization)
+                  pipeline_parallel_size=self.pipeline_parallel_size, startup_timeout_s=self.startup_timeout_s,
+                  eval_concurrency=self.eval_concurrency)
+        _fraction("serve", "gpu_memory_utilization", self.gpu_memory_utilization, closed_high=True)
         if self.agreement_items < 0:
             raise ConfigError(f"serve.agreement_items={self.agreement_items} must be >= 0")
 
@@ -182,11 +189,11 @@ class ServeConfig:
 class BenchConfig:
     name: str = MISSING
     enabled: bool = True
-    # How to run: hf (transformers generate) | vllm.
+    # How to run: hf (transformers generate, in process) | openai (GuideLLM against the served endpoint).
     engine: str = "hf"
     input_tokens: int = 64
     output_tokens: int = 32
-    # Load levels: concurrent requests served as one batch (hf) or concurrency (vllm).
+    # Load levels: concurrent requests served as one batch (hf) or concurrent streams (openai).
     batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 4])
     requests_per_level: int = 8
     warmup_requests: int = 2
@@ -257,6 +264,8 @@ class GateConfig:
     # Minimum fraction saved in $/1M tokens vs base (None: no cost rule).
     min_cost_saving: float | None = None
     min_throughput_gain: float | None = None
+    # Served runs: minimum per-item agreement between served and in-process scoring, per task and model.
+    min_agreement: float | None = None
     # Rule names that decide the verdict; the others only warn.
     blocking: list[str] = field(default_factory=lambda: ["accuracy", "flip_rate", "kl"])
     inconclusive_blocks: bool = True
@@ -276,10 +285,12 @@ class GateConfig:
         if self.min_throughput_gain is not None and self.min_throughput_gain <= -1:
             raise ConfigError(f"gate.min_throughput_gain={self.min_throughput_gain} must be > -1 "
                               "(a gain of -1 is zero throughput)")
-        unknown = set(self.blocking) - {"accuracy", "flip_rate", "kl", "cost", "throughput"}
+        if self.min_agreement is not None:
+            _fraction("gate", "min_agreement", self.min_agreement, closed_low=True, closed_high=True)
+        unknown = set(self.blocking) - {"accuracy", "flip_rate", "kl", "cost", "throughput", "agreement"}
         if unknown:
             raise ConfigError(f"gate.blocking has unknown rules {sorted(unknown)}; "
-                              "choose from accuracy, flip_rate, kl, cost, throughput")
+                              "choose from accuracy, flip_rate, kl, cost, throughput, agreement")
 
 
 @dataclass

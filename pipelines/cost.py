@@ -53,7 +53,8 @@ def measured_estimate(bench: BenchResult, hardware: HardwareConfig, bench_cfg: B
         log.warning("%s: no load level met the SLO; cost is at the best measured load (batch %d), flagged "
                     "'SLO not met'", bench.variant, level.batch_size)
     else:
-        level = next(lv for lv in bench.levels if lv.batch_size == bench.knee_batch_size)
+        level = next(lv for lv in bench.levels if lv.batch_size == bench.knee_batch_size
+                     and (bench.knee_load is None or lv.load == bench.knee_load))
     estimate = _estimate(hardware, "measured", level.batch_size, level.output_tokens_per_s,
                          level.e2e_mean_ms / 1e3, bench_cfg)
     estimate.slo_met = bench.knee_batch_size is not None

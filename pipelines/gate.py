@@ -19,6 +19,8 @@ Rules (each yields a `RuleResult` with observed value, bound, threshold and a me
   Every interval is two-sided at the fidelity record's confidence, so each one-sided decision
   errs at most (1 - confidence) / 2 (benchmarks/coverage.py measures it).
 - cost: 1 - variant $/1M / base $/1M (both at their knee) >= min_cost_saving.
+- agreement (served runs, per model and task): served vs in-process per-item agreement on
+  serve.agreement_items items >= min_agreement; evaluated only when the fidelity record has them.
 - throughput: variant / base output tokens/s - 1 >= min_throughput_gain at the smallest load level
   both ran (batch 1 by default): single-stream decode speed, which weight-only schemes are meant
   to raise; capacity at the knee is what the cost rule already judges.
@@ -62,6 +64,10 @@ def decide(policy: GateConfig, fidelity: Fidelity, cost: CostResult | None = Non
         rules.append(cost_rule(policy, cost, base_cost, bench, base_bench))
     if policy.min_throughput_gain is not None:
         rules.append(throughput_rule(policy, bench, base_bench))
+    if policy.min_agreement is not None:
+        rules += [_limit("agreement", f"{a.model}/{a.task}", a.agreement, policy.min_agreement, at_most=False,
+                         what=f"served vs in-process per-item agreement ({a.agreeing} of {a.n})")
+                  for a in fidelity.agreement]
     for rule in rules:
         rule.blocking = rule.rule in policy.blocking
     return Verdict(variant=fidelity.variant, decision=_combine(rules), rules=rules,

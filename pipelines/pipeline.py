@@ -24,6 +24,7 @@ from pipelines import interrupts
 from pipelines.config import QuantConfig, RunConfig
 from pipelines.errors import UserError
 from pipelines.records import Outcome, StageTime, save_record
+from pipelines.serve import is_served, sigterm_as_interrupt
 from pipelines.storage import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def run_variant(cfg: RunConfig, output_dir: Path | None = None, parent_run_id: s
     (output_dir / INTERRUPTED).unlink(missing_ok=True)
     log.info("variant %s of %s: outputs in %s", cfg.quant.name, cfg.model.name, output_dir)
     try:
-        _run_stages(cfg, outcome)
+        _run_stages(cfg, outcome, output_dir)
         interrupts.entering("track")
         _save(cfg, outcome, output_dir)
         _track(cfg, outcome, parent_run_id)
@@ -68,21 +69,22 @@ def run_variant(cfg: RunConfig, output_dir: Path | None = None, parent_run_id: s
     return outcome
 
 
-def _run_stages(cfg: RunConfig, outcome: Outcome) -> None:
+def _run_stages(cfg: RunConfig, outcome: Outcome, output_dir: Path) -> None:
     from pipelines.models import resolve_base
 
     stage = "load base"
     try:
         interrupts.entering(stage)
         base = resolve_base(cfg.model)
-        for stage, step in _stages(cfg, base):
-            interrupts.entering(stage)
-            started = time.time()
-            try:
-                step(outcome)
-            finally:  # a failed stage's time belongs to the run too
-                outcome.stages.append(StageTime(stage, started, time.time(), _reused(stage, outcome)))
-            log.info("%s done in %.1f s", stage, outcome.stages[-1].ended - started)
+        with sigterm_as_interrupt():  # SIGTERM unwinds like Ctrl-C: every server started here is stopped
+            for stage, step in _stages(cfg, base, output_dir):
+                interrupts.entering(stage)
+                started = time.time()
+                try:
+                    step(outcome)
+                finally:  # a failed stage's time belongs to the run too
+                    outcome.stages.append(StageTime(stage, started, time.time(), _reused(stage, outcome)))
+                log.info("%s done in %.1f s", stage, outcome.stages[-1].ended - started)
     except UserError:
         raise
     except Exception as error:  # any stage's failure is this variant's failure; the sweep goes on
@@ -101,11 +103,18 @@ def _save(cfg: RunConfig, outcome: Outcome, output_dir: Path) -> None:
     atomic_write_text(output_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True, default=float) + "\n")
 
 
-def _stages(cfg: RunConfig, base) -> list[tuple[str, Any]]:
+def _stages(cfg: RunConfig, base, output_dir: Path) -> list[tuple[str, Any]]:
     base_cfg = dataclasses.replace(cfg, quant=BASELINE)
-    steps = [("quantize", lambda o: _quantize(cfg, base_cfg, base, o)),
-             ("evaluate", lambda o: _evaluate(cfg, o)),
-             ("fidelity", lambda o: _fidelity(cfg, o))]
+    steps = [("quantize", lambda o: _quantize(cfg, base_cfg, base, o))]
+    if is_served(cfg):  # one server at a time: serve the base, score and time it, stop; then the variant
+        steps += [(f"serve {role}", lambda o, role=role: _serve_and_measure(cfg, o, role, output_dir))
+                  for role in ("base", "variant")]
+        steps += [("fidelity", lambda o: _fidelity(cfg, o))]
+        if cfg.bench.enabled:
+            steps += [("cost", lambda o: _cost(cfg, o))]
+        return steps + [("gate", lambda o: _gate(cfg, o))]
+    steps += [("evaluate", lambda o: _evaluate(cfg, o)),
+              ("fidelity", lambda o: _fidelity(cfg, o))]
     if cfg.bench.enabled:
         steps += [("benchmark", lambda o: _benchmark(cfg, o)), ("cost", lambda o: _cost(cfg, o))]
     return steps + [("gate", lambda o: _gate(cfg, o))]
@@ -136,12 +145,32 @@ def _evaluate(cfg: RunConfig, outcome: Outcome) -> None:
     outcome.variant_eval = run_evaluate(cfg, outcome.variant)
 
 
+def _serve_and_measure(cfg: RunConfig, outcome: Outcome, role: str, output_dir: Path) -> None:
+    """Serve one checkpoint, score (and benchmark) it through the endpoint, stop it, check agreement."""
+    from pipelines.bench import run_benchmark
+    from pipelines.evaluate import run_evaluate
+    from pipelines.evaluate.agreement import served_agreement
+    from pipelines.serve import make_server
+
+    variant = outcome.base_variant if role == "base" else outcome.variant
+    with make_server(cfg).serve(variant, role, output_dir) as served:
+        result = run_evaluate(cfg, variant, served)
+        bench = run_benchmark(cfg, variant, served) if cfg.bench.enabled else None
+    # In-process scoring of the agreement items runs after the server is gone (memory).
+    result.agreement = served_agreement(cfg, variant, result, "base" if role == "base" else cfg.quant.name)
+    if role == "base":
+        outcome.base_eval, outcome.base_bench = result, bench
+    else:
+        outcome.variant_eval, outcome.bench = result, bench
+
+
 def _fidelity(cfg: RunConfig, outcome: Outcome) -> None:
     from pipelines.fidelity import compare
 
     outcome.fidelity = compare(outcome.base_eval, outcome.variant_eval, confidence=cfg.gate.confidence,
                                bootstrap_samples=cfg.eval.bootstrap_samples, seed=cfg.seed,
                                reference_name="base", variant_name=cfg.quant.name)
+    outcome.fidelity.agreement = [*outcome.base_eval.agreement, *outcome.variant_eval.agreement]
 
 
 def _benchmark(cfg: RunConfig, outcome: Outcome) -> None:

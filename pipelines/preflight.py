@@ -27,8 +27,14 @@ def preflight(cfg: RunConfig) -> None:
     model_config = base_model_config(cfg.model)
     _check_quant(cfg, model_config)
     check_suites(cfg.eval)
+    if cfg.bench.enabled:
+        from pipelines.bench import check_bench
+
+        check_bench(cfg)
+    from pipelines.serve import check_serve
     from pipelines.track import check_reachable
 
+    check_serve(cfg)
     check_reachable(cfg.tracking)
 
 

@@ -69,6 +69,20 @@ class TaskResult:
 
 
 @dataclass
+class TaskAgreement:
+    """Served vs in-process scoring of the same items: the check that the served numbers are the model's."""
+
+    model: str
+    task: str
+    # Items scored both ways (paired by doc_id) and how many got the same prediction and score.
+    n: int
+    agreeing: int
+    agreement: float
+    # Largest |served - in-process| log-likelihood over paired choices/continuations (None: generation).
+    max_loglikelihood_diff: float | None
+
+
+@dataclass
 class EvalResult:
     model: str
     model_hash: str
@@ -80,6 +94,8 @@ class EvalResult:
     reference_logprobs_path: str | None
     seconds: float
     from_cache: bool = False
+    # Served runs: per-task agreement with in-process scoring on serve.agreement_items items.
+    agreement: list[TaskAgreement] = field(default_factory=list)
 
 
 @dataclass
@@ -141,6 +157,8 @@ class Fidelity:
     settings_hash: str
     tasks: list[TaskFidelity]
     divergence: Divergence | None
+    # Served runs: served vs in-process agreement of the reference and the variant (gate rule `agreement`).
+    agreement: list[TaskAgreement] = field(default_factory=list)
 
 
 @dataclass
@@ -167,6 +185,13 @@ class LoadLevel:
     itl_mean_ms: float | None = None
     e2e_mean_ms: float | None = None
     peak_memory_bytes: int | None = None
+    # Served levels (bench.engine=openai): the load's name ("c4": 4 streams, "r2.5": 2.5 requests/s,
+    # "sync"), its target rate, TPOT = (E2E - TTFT) / (N - 1), and requests that errored or never finished.
+    load: str | None = None
+    rate_rps: float | None = None
+    tpot_ms: Percentiles | None = None
+    errored_requests: int = 0
+    incomplete_requests: int = 0
 
 
 @dataclass
@@ -176,11 +201,18 @@ class BenchResult:
     device: str
     levels: list[LoadLevel]
     knee_batch_size: int | None
-    peak_memory_bytes: int
+    # None when the model runs in another process (a served endpoint) whose memory is not measured.
+    peak_memory_bytes: int | None
     memory_kind: str
     checkpoint_bytes: int
     versions: dict[str, str] = field(default_factory=dict)
     from_cache: bool = False
+    # The knee level's load name (served levels; see LoadLevel.load) and the ServedModel's engine,
+    # version and args when the bench ran against an endpoint.
+    knee_load: str | None = None
+    server: dict[str, Any] | None = None
+    # Reports the bench engine wrote (e.g. GuideLLM's HTML and JSON), logged as run artifacts.
+    reports: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -27,6 +27,13 @@ EVAL_RUNNERS = {
 
 BENCH_ENGINES = {
     "hf": "pipelines.bench.engines.hf:HFEngine",
+    "openai": "pipelines.bench.engines.openai:GuideLLMEngine",
+}
+
+SERVERS = {
+    "inprocess": "pipelines.serve.inprocess:InProcessServer",
+    "vllm": "pipelines.serve.vllm_server:VLLMServer",
+    "endpoint": "pipelines.serve.endpoint:EndpointServer",
 }
 
 TRACKERS = {

@@ -5,6 +5,7 @@ nice -n 10 python -m pytest tests/test_track.py -q            (add -m slow for t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -373,3 +374,17 @@ def test_a_stage_is_reused_only_when_all_its_records_came_from_the_cache(tmp_pat
     outcome.variant.from_cache = outcome.base_eval.from_cache = True  # base_eval is variant_eval here
     assert _reused("quantize", outcome) and _reused("evaluate", outcome)
     assert not _reused("gate", outcome) and not _reused("benchmark", outcome)  # gate is never cached; no base_bench
+
+
+def test_served_levels_are_keyed_by_load_and_guidellm_reports_are_artifacts(tracker, tmp_path):
+    outcome = make_outcome(tmp_path)
+    report = _write(tmp_path / "guidellm-r0.html", "<html>GuideLLM report</html>")
+    pct = Percentiles(p50=10.0, p95=20.0, p99=30.0)
+    level = dataclasses.replace(outcome.bench.levels[0], load="c4", tpot_ms=pct, errored_requests=2)
+    outcome.bench = dataclasses.replace(outcome.bench, engine="openai", levels=[level], knee_load="c4",
+                                        reports=[str(report)])
+    run = tracker.client.get_run(tracker.log_outcome(outcome, CONFIG))
+    metrics = run.data.metrics
+    assert metrics["bench/c4/tpot_p95_ms"] == 20.0 and metrics["bench/c4/errored_requests"] == 2
+    assert "bench/bs4/ttft_p95_ms" not in metrics
+    assert artifact_text(tracker, run.info.run_id, "bench/variant/guidellm-r0.html") == "<html>GuideLLM report</html>"

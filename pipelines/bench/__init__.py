@@ -1,9 +1,11 @@
 """Benchmark stage: Variant -> BenchResult (speed, latency percentiles, peak memory, the knee).
 
 Three concerns kept apart: `scenarios` says what to run, `engines/` how to run it, `measure`
-computes every metric. Results are cached under `<cache_dir>/bench/<variant>-<key>`, keyed by the
-checkpoint hash, the bench config, the hardware, the engine and the library versions
-(`overwrite=true` redoes them). Run by `python -m pipelines.run`; reproduced for the embedded model
+computes every metric. In-process engines (`hf`) run the batches `scenarios` plans; level engines
+(`openai`: GuideLLM against a `ServedModel`'s endpoint) run whole load levels and leave their
+HTML/JSON reports next to the result. Results are cached under `<cache_dir>/bench/<variant>-<key>`, keyed by the
+checkpoint hash, the bench config, the hardware, the engine, the library versions and, when
+served, the serving engine, its version and args (`overwrite=true` redoes them). Run by `python -m pipelines.run`; reproduced for the embedded model
 by `python benchmarks/bench_variants.py`.
 """
 
@@ -16,55 +18,98 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from pipelines.bench.measure import knee_batch_size, summarize_level
+from pipelines.bench.measure import knee_batch_size, knee_level, summarize_level, summarize_served_level
 from pipelines.bench.scenarios import LevelPlan, ordinary_token_ids, plan_levels
 from pipelines.config import BenchConfig, RunConfig
 from pipelines.errors import ConfigError
 from pipelines.models import load_tokenizer
-from pipelines.records import BenchResult, LoadLevel, Variant, load_record, save_record
+from pipelines.records import BenchResult, LoadLevel, ServedModel, Variant, load_record, save_record
 from pipelines.registry import BENCH_ENGINES, resolve
+from pipelines.serve import engine_identity
 from pipelines.storage import atomic_directory, library_versions, read_manifest, stable_hash, write_manifest
 
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "bench.json"
-LIBRARIES = ("torch", "transformers", "compressed-tensors")
 
 
-def run_benchmark(cfg: RunConfig, variant: Variant) -> BenchResult:
+def run_benchmark(cfg: RunConfig, variant: Variant, served: ServedModel | None = None) -> BenchResult:
+    """Benchmark `variant`: in process (engine hf), or through `served`'s endpoint (engine openai)."""
+    bench = cfg.bench
+    engine_class = check_bench(cfg)
+    if engine_class.runs_levels and served is None:
+        raise ConfigError(f"bench.engine={bench.engine} needs a served endpoint for {variant.name}; "
+                          "run it with serve=vllm or serve=endpoint")
+    versions = library_versions(*engine_class.libraries)
+    out_dir = Path(cfg.cache_dir) / "bench" / f"{variant.name}-{bench_key(cfg, variant, versions, served)}"
+    if read_manifest(out_dir) and not cfg.overwrite:
+        log.info("reusing cached benchmark of %s at %s", variant.name, out_dir)
+        return dataclasses.replace(load_record(BenchResult, out_dir / RESULT_FILE), from_cache=True)
+    if engine_class.runs_levels:
+        result = _run_served(engine_class, cfg, variant, served, versions, out_dir)
+    else:
+        result = _run_in_process(engine_class, cfg, variant, versions)
+        _store(result, out_dir, cfg, variant)
+    log.info("benchmark of %s: knee %s; written to %s", variant.name,
+             result.knee_load or result.knee_batch_size, out_dir)
+    return result
+
+
+def check_bench(cfg: RunConfig):
+    """Cheap checks of the bench config (preflight runs them before any work); returns the engine class."""
     bench = cfg.bench
     if bench.output_tokens < 2:
         raise ConfigError(f"bench.output_tokens={bench.output_tokens} gives no inter-token latency; use >= 2")
     engine_class = resolve(BENCH_ENGINES, "bench engine", bench.engine)
-    versions = library_versions(*LIBRARIES)
-    out_dir = Path(cfg.cache_dir) / "bench" / f"{variant.name}-{bench_key(cfg, variant, versions)}"
-    if read_manifest(out_dir) and not cfg.overwrite:
-        log.info("reusing cached benchmark of %s at %s", variant.name, out_dir)
-        return dataclasses.replace(load_record(BenchResult, out_dir / RESULT_FILE), from_cache=True)
+    _engine_params(engine_class, bench)
+    engine_class.check(cfg)
+    return engine_class
+
+
+def bench_key(cfg: RunConfig, variant: Variant, versions: dict[str, str], served: ServedModel | None = None) -> str:
+    settings = {k: v for k, v in dataclasses.asdict(cfg.bench).items() if k not in {"name", "enabled"}}
+    key = {"variant": variant.content_hash, "bench": settings, "hardware": cfg.hardware.name,
+           "device": cfg.hardware.device, "dtype": cfg.model.dtype, "versions": versions}
+    if served is not None:
+        # What serves it, not where: the URL and served name change from one server start to the next.
+        key["server"] = engine_identity(served)
+    return stable_hash(key)
+
+
+def _run_in_process(engine_class, cfg: RunConfig, variant: Variant, versions: dict[str, str]) -> BenchResult:
+    bench = cfg.bench
     engine = engine_class(Path(variant.checkpoint_dir), cfg.model, cfg.hardware.device,
                           **_engine_params(engine_class, bench))
     tokenizer = load_tokenizer(Path(variant.checkpoint_dir), cfg.model.trust_remote_code)
     plans = plan_levels(bench, ordinary_token_ids(tokenizer))
     levels = _measure_levels(engine, plans, bench, variant.name)
-    result = BenchResult(
+    return BenchResult(
         variant=variant.name, engine=bench.engine, device=cfg.hardware.device, levels=levels,
         knee_batch_size=knee_batch_size(levels),
         peak_memory_bytes=max(level.peak_memory_bytes for level in levels), memory_kind=engine.memory_kind,
         checkpoint_bytes=variant.size_bytes, versions={**versions, "device_name": engine.device_name()})
-    _store(result, out_dir, cfg, variant)
-    log.info("benchmark of %s: knee batch size %s; written to %s", variant.name, result.knee_batch_size, out_dir)
+
+
+def _run_served(engine_class, cfg: RunConfig, variant: Variant, served: ServedModel, versions: dict[str, str],
+                out_dir: Path) -> BenchResult:
+    engine = engine_class(served, cfg, **_engine_params(engine_class, cfg.bench))
+    with atomic_directory(out_dir) as scratch:
+        run = engine.run_levels(scratch)
+        levels = [summarize_served_level(level, cfg.bench.slo) for level in run.levels]
+        knee = knee_level(levels)
+        result = BenchResult(
+            variant=variant.name, engine=cfg.bench.engine, device=cfg.hardware.device, levels=levels,
+            knee_batch_size=knee.batch_size if knee else None, knee_load=knee.load if knee else None,
+            peak_memory_bytes=None, memory_kind=engine.memory_kind, checkpoint_bytes=variant.size_bytes,
+            versions={**versions, served.engine: served.engine_version, "device_name": engine.device_name()},
+            server=engine_identity(served), reports=[str(out_dir / path.name) for path in run.reports])
+        _write_result(result, scratch, cfg, variant)
     return result
-
-
-def bench_key(cfg: RunConfig, variant: Variant, versions: dict[str, str]) -> str:
-    settings = {k: v for k, v in dataclasses.asdict(cfg.bench).items() if k not in {"name", "enabled"}}
-    return stable_hash({"variant": variant.content_hash, "bench": settings, "hardware": cfg.hardware.name,
-                        "device": cfg.hardware.device, "dtype": cfg.model.dtype, "versions": versions})
 
 
 def _engine_params(engine_class, bench: BenchConfig) -> dict:
     """bench.params pass through to the engine untouched; a name it does not take is a config error."""
-    accepted = set(inspect.signature(engine_class).parameters) - {"checkpoint_dir", "model", "device"}
+    accepted = set(inspect.signature(engine_class).parameters) - {"checkpoint_dir", "model", "device", "served", "cfg"}
     unknown = sorted(set(bench.params) - accepted)
     if unknown:
         raise ConfigError(f"bench.params {unknown} are not options of the {bench.engine} engine; "
@@ -94,8 +139,12 @@ def _measure_level(engine, plan: LevelPlan, bench: BenchConfig, bar) -> LoadLeve
 
 def _store(result: BenchResult, out_dir: Path, cfg: RunConfig, variant: Variant) -> None:
     with atomic_directory(out_dir) as scratch:
-        save_record(result, scratch / RESULT_FILE)
-        # The manifest is written last: a directory without one is never taken as a finished result.
-        write_manifest(scratch, {"variant": variant.name, "variant_hash": variant.content_hash,
-                                 "bench": dataclasses.asdict(cfg.bench), "hardware": cfg.hardware.name,
-                                 "versions": result.versions})
+        _write_result(result, scratch, cfg, variant)
+
+
+def _write_result(result: BenchResult, directory: Path, cfg: RunConfig, variant: Variant) -> None:
+    save_record(result, directory / RESULT_FILE)
+    # The manifest is written last: a directory without one is never taken as a finished result.
+    write_manifest(directory, {"variant": variant.name, "variant_hash": variant.content_hash,
+                               "bench": dataclasses.asdict(cfg.bench), "hardware": cfg.hardware.name,
+                               "server": result.server, "versions": result.versions})

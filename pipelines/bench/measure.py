@@ -13,14 +13,26 @@ Definitions (times are `time.perf_counter` seconds, reported in ms):
   ITLs <= itl_p95_ms and its E2E <= e2e_p95_ms. Goodput = such requests per second.
 - A level meets the SLO when its pooled p95 TTFT, ITL and E2E are each within the targets set.
 - The knee is the largest measured batch size whose level meets the SLO; None when none does.
-Exercised by `pytest tests/test_bench.py -k measure`.
+- TPOT = (E2E - TTFT) / (N - 1) per request, N its output tokens (the first token excluded, as in
+  vLLM's benchmarks; GuideLLM's own "time per output token" includes it, guidellm #1144).
+Served levels (bench.engine=openai, from `StreamTiming`s), where the same definitions hold except:
+- E2E ends when the response ends (after the last chunk); ITL is per request the mean gap between
+  its streamed chunks, (last chunk - first chunk) / (chunks - 1), since GuideLLM keeps only the
+  first and last chunk times and the chunk count; ITL percentiles are over those request means.
+- A level is at the load of its concurrent streams; a rate-driven level at its measured mean of
+  requests in flight (sum of E2E / wall time, Little's law), rounded up. The knee is the level with
+  the most requests in flight that meets the SLO (ties: the higher request rate).
+- Errored and incomplete requests are counted, not timed; a level where none succeeded is an error.
+Exercised by `pytest tests/test_bench.py -k measure` and `pytest tests/test_bench_served.py`.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from pipelines.bench.engines import RequestTiming
+from pipelines.bench.engines import MeasuredLevel, RequestTiming, StreamTiming
 from pipelines.config import SLOConfig
 from pipelines.records import LoadLevel, Percentiles
 
@@ -37,6 +49,11 @@ def itl_s(timing: RequestTiming) -> np.ndarray:
 
 def e2e_s(timing: RequestTiming) -> float:
     return timing.token_times_s[-1] - timing.submit_s
+
+
+def tpot_s(ttft: float, e2e: float, output_tokens: int) -> float:
+    """Time per output token after the first: (E2E - TTFT) / (N - 1); needs N >= 2."""
+    return (e2e - ttft) / (output_tokens - 1)
 
 
 def percentiles_ms(values_s: np.ndarray | list[float]) -> Percentiles:
@@ -74,6 +91,7 @@ def summarize_level(batch_size: int, repeats: list[list[RequestTiming]], slo: SL
     itls = np.concatenate([itl_s(t) for t in timings])
     e2es = np.array([e2e_s(t) for t in timings])
     ttft, itl, e2e = percentiles_ms(ttfts), percentiles_ms(itls), percentiles_ms(e2es)
+    tpot = percentiles_ms([tpot_s(ttft_s(t), e2e_s(t), len(t.token_times_s)) for t in timings])
     return LoadLevel(
         batch_size=batch_size, requests=len(timings), repeats=len(repeats),
         output_tokens_per_s=float(tokens_per_s.mean()),
@@ -81,7 +99,7 @@ def summarize_level(batch_size: int, repeats: list[list[RequestTiming]], slo: SL
         requests_per_s=float(requests_per_s.mean()), ttft_ms=ttft, itl_ms=itl, e2e_ms=e2e,
         goodput_rps=float(good_per_s.mean()), meets_slo=level_meets_slo(ttft, itl, e2e, slo),
         itl_mean_ms=float(itls.mean() * 1e3), e2e_mean_ms=float(e2es.mean() * 1e3),
-        peak_memory_bytes=peak_memory_bytes)
+        peak_memory_bytes=peak_memory_bytes, tpot_ms=tpot)
 
 
 def knee_batch_size(levels: list[LoadLevel]) -> int | None:
@@ -92,3 +110,72 @@ def knee_batch_size(levels: list[LoadLevel]) -> int | None:
 
 def _p95_ms(values_s: np.ndarray) -> float:
     return float(np.percentile(values_s * 1e3, 95, method=PERCENTILE_METHOD))
+
+
+class LevelFailed(RuntimeError):
+    """A served load level where no request succeeded: its numbers would be silent zeros."""
+
+
+def stream_ttft_s(timing: StreamTiming) -> float:
+    return timing.first_token_s - timing.submit_s
+
+
+def stream_e2e_s(timing: StreamTiming) -> float:
+    return timing.end_s - timing.submit_s
+
+
+def chunk_itl_s(timing: StreamTiming) -> float | None:
+    """Mean gap between the request's streamed chunks; None with a single chunk (no gap)."""
+    if timing.chunks < 2:
+        return None
+    return (timing.last_token_s - timing.first_token_s) / (timing.chunks - 1)
+
+
+def stream_wall_s(timings: list[StreamTiming]) -> float:
+    return max(t.end_s for t in timings) - min(t.submit_s for t in timings)
+
+
+def stream_meets_slo(timing: StreamTiming, slo: SLOConfig) -> bool:
+    itl = chunk_itl_s(timing)
+    checks = [(slo.ttft_p95_ms, stream_ttft_s(timing) * 1e3),
+              (slo.itl_p95_ms, None if itl is None else itl * 1e3),
+              (slo.e2e_p95_ms, stream_e2e_s(timing) * 1e3)]
+    # A target that cannot be measured on this request (one chunk: no ITL) is not met.
+    return all(observed is not None and observed <= target for target, observed in checks if target is not None)
+
+
+def summarize_served_level(level: MeasuredLevel, slo: SLOConfig) -> LoadLevel:
+    """One served load level's metrics from the per-request timings of each repeat."""
+    repeats = [repeat for repeat in level.repeats if repeat]
+    if not repeats:
+        reason = f": {level.first_error}" if level.first_error else ""
+        raise LevelFailed(f"load level {level.load}: none of its requests succeeded ({level.errored} errored, "
+                          f"{level.incomplete} incomplete){reason}")
+    timings = [t for repeat in repeats for t in repeat]
+    walls = np.array([stream_wall_s(repeat) for repeat in repeats])
+    tokens_per_s = np.array([sum(t.output_tokens for t in repeat) for repeat in repeats]) / walls
+    requests_per_s = np.array([len(repeat) for repeat in repeats]) / walls
+    good_per_s = np.array([sum(stream_meets_slo(t, slo) for t in repeat) for repeat in repeats]) / walls
+    ttfts = np.array([stream_ttft_s(t) for t in timings])
+    e2es = np.array([stream_e2e_s(t) for t in timings])
+    itls = np.array([itl for t in timings if (itl := chunk_itl_s(t)) is not None])
+    tpots = np.array([tpot_s(stream_ttft_s(t), stream_e2e_s(t), t.output_tokens) for t in timings
+                      if t.output_tokens >= 2])
+    ttft, e2e = percentiles_ms(ttfts), percentiles_ms(e2es)
+    itl = percentiles_ms(itls) if itls.size else Percentiles(math.nan, math.nan, math.nan)
+    in_flight = float(np.mean([sum(stream_e2e_s(t) for t in repeat) / wall for repeat, wall in zip(repeats, walls)]))
+    return LoadLevel(
+        batch_size=level.streams or max(1, math.ceil(round(in_flight, 9))), requests=len(timings),
+        repeats=len(repeats), output_tokens_per_s=float(tokens_per_s.mean()),
+        output_tokens_per_s_std=float(tokens_per_s.std(ddof=1)) if len(repeats) > 1 else 0.0,
+        requests_per_s=float(requests_per_s.mean()), ttft_ms=ttft, itl_ms=itl, e2e_ms=e2e,
+        goodput_rps=float(good_per_s.mean()), meets_slo=level_meets_slo(ttft, itl, e2e, slo),
+        itl_mean_ms=float(itls.mean() * 1e3) if itls.size else None, e2e_mean_ms=float(e2es.mean() * 1e3),
+        load=level.load, rate_rps=level.rate_rps, tpot_ms=percentiles_ms(tpots) if tpots.size else None,
+        errored_requests=level.errored, incomplete_requests=level.incomplete)
+
+
+def knee_level(levels: list[LoadLevel]) -> LoadLevel | None:
+    """The level meeting the SLO with the most requests in flight (ties: the higher request rate)."""
+    meeting = [level for level in levels if level.meets_slo]
+    return max(meeting, key=lambda level: (level.batch_size, level.requests_per_s)) if meeting else None

@@ -38,8 +38,11 @@ from pipelines.config import RunConfig
 from pipelines.evaluate.items import cluster_key_for, items_from_samples, primary_metric, write_items
 from pipelines.evaluate.lmeval_runner import LMEvalRunner, resolve_include_path
 from pipelines.evaluate.reference import compute_reference_logprobs, reference_text
-from pipelines.records import EvalResult, TaskResult, Variant, load_record, save_record
+from pipelines.evaluate.served_runner import LM_EVAL_MODEL as SERVED_RUNNER
+from pipelines.evaluate.served_runner import ServedRunner
+from pipelines.records import EvalResult, ServedModel, TaskResult, Variant, load_record, save_record
 from pipelines.registry import EVAL_RUNNERS, resolve
+from pipelines.serve import engine_identity
 from pipelines.storage import (atomic_directory, atomic_write_text, hash_files, library_versions, read_manifest,
                                stable_hash, write_manifest)
 
@@ -49,14 +52,14 @@ RECORD_FILE = "eval_result.json"
 REFERENCE_FILE = "reference_logprobs.safetensors"
 
 
-def run_evaluate(cfg: RunConfig, variant: Variant) -> EvalResult:
-    """Evaluate `variant` on cfg.eval's tasks, or reuse the cached result."""
+def run_evaluate(cfg: RunConfig, variant: Variant, served: ServedModel | None = None) -> EvalResult:
+    """Evaluate `variant` on cfg.eval's tasks (through `served` when given), or reuse the cached result."""
     from pipelines.models import offline_environment
 
     offline_environment(cfg.model)
     include = resolve_include_path(cfg.eval.include_path)
     text = reference_text(cfg.eval.reference_text)
-    settings = requested_settings(cfg, text)
+    settings = requested_settings(cfg, text, served)
     suite = suite_hash(include)
     directory = Path(cfg.cache_dir) / "evals" / variant.content_hash / stable_hash({"settings": settings,
                                                                                     "suite": suite})
@@ -66,7 +69,7 @@ def run_evaluate(cfg: RunConfig, variant: Variant) -> EvalResult:
             log.info("reusing cached evaluation of %s from %s", variant.name, directory)
             return load_cached(directory, variant.name)
         log.info("evaluating %s on %s", variant.name, ", ".join(cfg.eval.tasks))
-        runner = resolve(EVAL_RUNNERS, "eval runner", cfg.eval.runner)(cfg.eval, cfg.model, cfg.hardware.device)
+        runner = _runner(cfg, served)
         with atomic_directory(directory) as scratch:
             result = _evaluate_into(scratch, directory, runner, cfg, variant, settings, suite, include, text)
             write_manifest(scratch, {"stage": "evaluate", "model": variant.name,
@@ -76,12 +79,15 @@ def run_evaluate(cfg: RunConfig, variant: Variant) -> EvalResult:
     return result
 
 
-def requested_settings(cfg: RunConfig, text: str | None) -> dict[str, Any]:
+def requested_settings(cfg: RunConfig, text: str | None, served: ServedModel | None = None) -> dict[str, Any]:
     """Every eval setting that can change a result (see the module docstring for why each is here)."""
     ev = cfg.eval
     versions = library_versions("lm_eval", "transformers", "torch", *(["vllm"] if ev.runner == "vllm" else []))
+    # Served: the engine, its version and args decide the numbers (and key the cache) instead of the runner.
+    serve = {"serve": engine_identity(served)} if served is not None else {}
     return {
-        "runner": ev.runner, "tasks": list(ev.tasks), "num_fewshot": ev.num_fewshot, "limit": ev.limit,
+        **serve, "runner": SERVED_RUNNER if served is not None else ev.runner, "tasks": list(ev.tasks),
+        "num_fewshot": ev.num_fewshot, "limit": ev.limit,
         "max_length": ev.max_length, "add_bos_token": ev.add_bos_token,
         "apply_chat_template": ev.apply_chat_template, "seed": ev.seed, "batch_size": ev.batch_size,
         "dtype": cfg.model.dtype, "device": cfg.hardware.device.split(":")[0], "params": dict(ev.params),
@@ -91,6 +97,15 @@ def requested_settings(cfg: RunConfig, text: str | None) -> dict[str, Any]:
         # Only when set, so that caches made before cluster keys existed stay valid.
         **({"cluster_keys": dict(ev.cluster_keys)} if ev.cluster_keys else {}),
     }
+
+
+def _runner(cfg: RunConfig, served: ServedModel | None) -> LMEvalRunner:
+    if served is None:
+        return resolve(EVAL_RUNNERS, "eval runner", cfg.eval.runner)(cfg.eval, cfg.model, cfg.hardware.device)
+    from pipelines.serve import make_server
+
+    api_key = getattr(make_server(cfg), "api_key", lambda: None)()
+    return ServedRunner(cfg.eval, cfg.model, cfg.hardware.device, served, cfg.serve, api_key)
 
 
 def suite_hash(include: Path | None) -> str:
@@ -131,12 +146,14 @@ def _evaluate_into(scratch: Path, final: Path, runner: LMEvalRunner, cfg: RunCon
     tokenizer = load_tokenizer(checkpoint, cfg.model.trust_remote_code)
     settings = {**settings, "add_bos_token": effective_add_bos_token(tokenizer, cfg.eval.add_bos_token)}
     manager = runner.task_manager(include)
-    lm = runner.build_lm(checkpoint, cfg.eval.add_bos_token)
+    # Served scoring always states BOS (lm-eval's API models drop it otherwise); in-process keeps the config's.
+    served = isinstance(runner, ServedRunner)
+    lm = runner.build_lm(checkpoint, settings["add_bos_token"] if served else cfg.eval.add_bos_token)
     results = runner.evaluate(lm, manager)
     tasks, suite_hashes = _write_tasks(results, scratch, final, suite, dict(cfg.eval.cluster_keys))
     reference_path = None
     if text is not None:
-        model, reference_tokenizer = _reference_model(lm, cfg, checkpoint)
+        model, reference_tokenizer = _reference_model(None if served else lm, cfg, checkpoint)
         compute_reference_logprobs(model, reference_tokenizer, text, window=cfg.eval.reference_window,
                                    max_tokens=cfg.eval.reference_max_tokens, batch_size=cfg.eval.batch_size,
                                    add_bos_token=settings["add_bos_token"], out_path=scratch / REFERENCE_FILE)
@@ -177,8 +194,8 @@ def _write_tasks(results: dict[str, Any], scratch: Path, final: Path, suite: str
 
 
 def _reference_model(lm, cfg: RunConfig, checkpoint: Path):
-    """The model lm-eval already loaded (hf), or a transformers load of the checkpoint (vllm)."""
-    if cfg.eval.runner == "hf":
+    """The model lm-eval already loaded (hf), or a transformers load of the checkpoint (vllm, served)."""
+    if lm is not None and cfg.eval.runner == "hf":
         return lm.model, lm.tokenizer
     from pipelines.models import load_causal_lm, load_tokenizer
 

@@ -12,9 +12,13 @@ Metrics (`<task>` is the lm-eval task name, `<k>` a batch size / concurrency lev
   choice_top1_agreement}`; `fidelity/mean_{base_score,variant_score,delta}` over tasks
 - `fidelity/reference/{kl_mean, kl_p95, top1_agreement, base_perplexity, variant_perplexity,
   perplexity_ratio, tokens}` (reference-text divergence)
+- `agreement/<model>/<task>/{agreement, n, max_loglikelihood_diff}` (served runs: served vs
+  in-process per-item agreement of the base and the variant)
 - `eval/<task>/{score, stderr, n}` (this run's own scores; the only accuracy metrics of the base run)
 - `bench/bs<k>/{output_tokens_per_s, output_tokens_per_s_std, requests_per_s, goodput_rps,
-  meets_slo, ttft_p50_ms, ttft_p95_ms, ttft_p99_ms, itl_p50_ms, ..., e2e_p99_ms}`;
+  meets_slo, ttft_p50_ms, ttft_p95_ms, ttft_p99_ms, itl_p50_ms, ..., tpot_p50_ms, ..., e2e_p99_ms}`;
+  served levels (bench=served) as `bench/<load>/...` (`c4`: 4 streams, `r2.5`: 2.5 requests/s, `sync`)
+  with also `batch_size, errored_requests, incomplete_requests`;
   `bench/{knee_batch_size, peak_memory_bytes, checkpoint_bytes}`
 - `cost/{usd_per_1m_tokens, output_tokens_per_s, replicas, monthly_usd, price_per_hour,
   decode_roofline_fraction, saving_vs_base, slo_met}` (slo_met 0: no load level met the SLO, the
@@ -30,12 +34,13 @@ Metrics (`<task>` is the lm-eval task name, `<k>` a batch size / concurrency lev
 Tags: `quantgate.{model, variant, quant, scheme, backend, engine, role, sweep, verdict, policy,
 content_hash, error, git_commit, reused}` (`reused`: the stages answered from the cache, or `none`),
 `quantgate.version.<library>`, `quantgate.suite.<task>`
-(`<version>@<content hash>`).
+(`<version>@<content hash>`); served runs: `quantgate.serve.{engine, engine_version, engine_args}`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 from typing import Any
@@ -118,7 +123,13 @@ def outcome_summary(outcome: Outcome, metrics: dict[str, float]) -> dict[str, An
     verdict = dataclasses.asdict(outcome.verdict) if outcome.verdict else None
     return {"variant": outcome.variant_name, "model": outcome.model, "error": outcome.error,
             "decision": verdict["decision"] if verdict else None, "exit_code": outcome.exit_code,
-            "verdict": verdict, "metrics": metrics}
+            "verdict": verdict, "metrics": metrics, "serve": _serve_settings(outcome)}
+
+
+def _serve_settings(outcome: Outcome) -> dict[str, Any]:
+    """The engine that scored the variant: its name, version and args (in-process when not served)."""
+    serve = outcome.variant_eval.settings.get("serve") if outcome.variant_eval else None
+    return serve or {"engine": "inprocess"}
 
 
 def headline_metrics(outcome: Outcome) -> dict[str, float | None]:
@@ -167,6 +178,10 @@ def fidelity_metrics(fidelity: Fidelity) -> dict[str, float | None]:
         metrics[f"{prefix}/flips"] = t.right_to_wrong + t.wrong_to_right
     for name in ("base_score", "variant_score", "delta"):
         metrics[f"fidelity/mean_{name}"] = sum(getattr(t, name) for t in fidelity.tasks) / len(fidelity.tasks)
+    for a in fidelity.agreement:
+        prefix = f"agreement/{_key(a.model)}/{_key(a.task)}"
+        metrics.update({f"{prefix}/agreement": a.agreement, f"{prefix}/n": a.n,
+                        f"{prefix}/max_loglikelihood_diff": a.max_loglikelihood_diff})
     if fidelity.divergence:
         d = fidelity.divergence
         metrics.update({f"fidelity/reference/{name}": getattr(d, name) for name in (
@@ -188,13 +203,17 @@ def bench_metrics(bench: BenchResult) -> dict[str, float | None]:
                                         "bench/peak_memory_bytes": bench.peak_memory_bytes,
                                         "bench/checkpoint_bytes": bench.checkpoint_bytes}
     for level in bench.levels:
-        prefix = f"bench/bs{level.batch_size}"
+        # Served levels are named by their load (c4: 4 streams, r2.5: 2.5 requests/s); in-process by batch.
+        prefix = f"bench/{_key(level.load)}" if level.load else f"bench/bs{level.batch_size}"
         for name in ("output_tokens_per_s", "output_tokens_per_s_std", "requests_per_s", "goodput_rps"):
             metrics[f"{prefix}/{name}"] = getattr(level, name)
         metrics[f"{prefix}/meets_slo"] = float(level.meets_slo)
-        for latency in ("ttft", "itl", "e2e"):
+        if level.load:
+            metrics.update({f"{prefix}/batch_size": level.batch_size, f"{prefix}/errored_requests":
+                            level.errored_requests, f"{prefix}/incomplete_requests": level.incomplete_requests})
+        for latency in ("ttft", "itl", "tpot", "e2e"):
             percentiles = getattr(level, f"{latency}_ms")
-            for p in ("p50", "p95", "p99"):
+            for p in ("p50", "p95", "p99") if percentiles else ():
                 metrics[f"{prefix}/{latency}_{p}_ms"] = getattr(percentiles, p)
     return metrics
 
@@ -230,6 +249,10 @@ def outcome_tags(outcome: Outcome, config: dict[str, Any], role: str) -> dict[st
         hashes = outcome.variant_eval.suite_hashes
         tags.update({f"quantgate.suite.{_key(t.task)}": f"{t.version}@{hashes.get(t.task, '?')}"
                      for t in outcome.variant_eval.tasks})
+        serve = outcome.variant_eval.settings.get("serve")  # served runs: the engine that scored it
+        if serve:
+            tags.update({"quantgate.serve.engine": serve["engine"], "quantgate.serve.engine_version":
+                         serve["engine_version"], "quantgate.serve.engine_args": json.dumps(serve["engine_args"])})
     if outcome.verdict:
         tags.update({"quantgate.verdict": outcome.verdict.decision, "quantgate.policy": outcome.verdict.policy})
     tags["quantgate.exit_code"] = outcome.exit_code

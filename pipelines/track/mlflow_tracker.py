@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -186,6 +187,7 @@ class MLflowTracker:
                 if getattr(outcome, name) is not None:
                     save_record(getattr(outcome, name), root / "records" / f"{name}.json")
             _copy_items(outcome, root / "items")
+            _copy_bench_reports(outcome, root / "bench")
             (root / "config.yaml").write_text(yaml.safe_dump(redact_config(config), sort_keys=False))
             (root / "summary.json").write_text(json.dumps(outcome_summary(outcome, metrics), indent=2, default=float))
             if outcome.error:
@@ -231,6 +233,14 @@ def _params(config: dict[str, Any]) -> list[Any]:
     from mlflow.entities import Param
 
     return [Param(key, value[:6000]) for key, value in flatten_params(config).items()]
+
+
+def _copy_bench_reports(outcome: Outcome, directory: Path) -> None:
+    """The bench engine's own reports (GuideLLM's HTML and JSON) under bench/<base|variant>/."""
+    for role, bench in (("base", outcome.base_bench), ("variant", outcome.bench)):
+        for report in [Path(path) for path in (bench.reports if bench else []) if Path(path).is_file()]:
+            (directory / role).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(report, directory / role / report.name)
 
 
 def _copy_items(outcome: Outcome, target: Path) -> None:

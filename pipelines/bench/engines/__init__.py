@@ -1,14 +1,21 @@
-"""The bench engine protocol: how to run a batch of requests and what raw timings come back.
+"""The bench engine protocols: how requests are run and what raw timings come back.
 
-An engine loads the model once, runs batches of token-id prompts, and returns per-request raw
-timestamps; it computes no metric (that is `pipelines.bench.measure`'s job). Engines are listed
-in `pipelines.registry.BENCH_ENGINES`. Exercised by `pytest tests/test_bench.py`.
+Two shapes, both computing no metric (that is `pipelines.bench.measure`'s job):
+- `Engine` (in-process, e.g. `hf`): loads the model once and serves one static batch of token-id
+  prompts at a time; the stage plans the batches (`scenarios`) and returns per-token timestamps.
+- `LevelEngine` (served, e.g. `openai`): drives a whole run of load levels itself against an
+  endpoint (its library schedules the requests, rates and streaming) and returns, per level and
+  repeat, the per-request timings of what it measured, plus the reports it wrote.
+Both declare `check(cfg)` (cheap validation, run by preflight before any work) and `libraries`
+(whose versions belong in the cache key). Engines are listed in `pipelines.registry.BENCH_ENGINES`.
+Exercised by `pytest tests/test_bench.py tests/test_bench_served.py`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Protocol
 
 
 @dataclass
@@ -20,10 +27,51 @@ class RequestTiming:
     token_times_s: list[float]
 
 
+@dataclass
+class StreamTiming:
+    """Raw clock readings (seconds) of one streamed request to an endpoint."""
+
+    submit_s: float
+    first_token_s: float
+    last_token_s: float
+    # When the response ended (after the last chunk: usage, [DONE]).
+    end_s: float
+    output_tokens: int
+    # Streamed chunks that carried output; a server may send several tokens in one chunk.
+    chunks: int
+
+
+@dataclass
+class MeasuredLevel:
+    """One load level as a level engine ran it: per repeat, the timings of its successful requests."""
+
+    # "c4" (4 concurrent streams), "r2.5" (2.5 requests/s), "sync" (one at a time), "max" (all at once).
+    load: str
+    # Concurrent streams the level was held at; None for rate-driven levels.
+    streams: int | None
+    rate_rps: float | None
+    repeats: list[list[StreamTiming]]
+    errored: int = 0
+    incomplete: int = 0
+    # One errored request's message, so an all-errored level fails with the server's reason.
+    first_error: str | None = None
+
+
+@dataclass
+class LevelRun:
+    levels: list[MeasuredLevel]
+    reports: list[Path] = field(default_factory=list)
+
+
 class Engine(Protocol):
     name: str
+    libraries: ClassVar[tuple[str, ...]]
     # What `peak_memory` measures, e.g. "cuda_max_allocated" or "process_rss_peak_sampled".
     memory_kind: str
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        """Raise a ConfigError for a config this engine cannot run (no model loaded, no network)."""
 
     def run_batch(self, prompts: list[list[int]], output_tokens: int) -> list[RequestTiming]:
         """Serve `prompts` as one batch, generating exactly `output_tokens` tokens for each."""
@@ -36,3 +84,21 @@ class Engine(Protocol):
 
     def device_name(self) -> str:
         """The accelerator or CPU model the engine runs on."""
+
+
+class LevelEngine(Protocol):
+    name: str
+    libraries: ClassVar[tuple[str, ...]]
+    memory_kind: str
+    # Marks the shape for run_benchmark: the engine takes a ServedModel and runs whole levels.
+    runs_levels: ClassVar[bool]
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        """Raise a ConfigError for a config this engine cannot run (no endpoint contacted)."""
+
+    def run_levels(self, out_dir: Path) -> LevelRun:
+        """Run every load level of the config against the endpoint; write reports under `out_dir`."""
+
+    def device_name(self) -> str:
+        """What served the requests (engine, version, endpoint model)."""

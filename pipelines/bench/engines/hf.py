@@ -105,6 +105,12 @@ class SampledRssPeak:
 
 class HFEngine:
     name = "hf"
+    libraries = ("torch", "transformers", "compressed-tensors")
+    runs_levels = False
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        """Static batches need nothing beyond the common bench checks (bench.check_bench)."""
 
     def __init__(self, checkpoint_dir: Path, model: ModelConfig, device: str = "cpu", num_threads: int | None = None):
         import torch

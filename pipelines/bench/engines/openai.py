@@ -1,0 +1,193 @@
+"""GuideLLM against an OpenAI-compatible endpoint (vLLM, or any served URL) as a bench engine.
+
+GuideLLM schedules the requests (synchronous, concurrent streams, constant or Poisson rates, a
+sweep, the knee search), streams them with exact output lengths (`max_tokens` + `ignore_eos`)
+and writes its JSON and self-contained HTML reports. This module only maps
+`bench` config onto a GuideLLM scenario and its per-request records onto `StreamTiming`s; every
+metric is computed by `pipelines.bench.measure`.
+
+    python -m pipelines.run serve=vllm bench=served quant=fp8
+Exercised by `pytest tests/test_bench_served.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from pipelines.bench.engines import LevelRun, MeasuredLevel, StreamTiming
+from pipelines.errors import ConfigError
+from pipelines.records import ServedModel
+
+log = logging.getLogger(__name__)
+
+PROFILES = ("synchronous", "concurrent", "constant", "poisson", "sweep", "knee")
+# GuideLLM's knee search needs at least five increasing concurrency points.
+KNEE_MIN_POINTS = 5
+
+
+class GuideLLMEngine:
+    name = "openai"
+    libraries = ("guidellm",)
+    runs_levels = True
+    memory_kind = "not_measured_server_process"
+
+    def __init__(self, served: ServedModel, cfg, profile: str = "concurrent", rates: list[float] | None = None,
+                 sweep_size: int = 5, max_worker_processes: int = 2, request_timeout_s: float | None = None):
+        # cfg is a RunConfig: bench says what to run, serve.api_key_env where a key is kept.
+        self.served = served
+        self.bench = cfg.bench
+        self.api_key_env = cfg.serve.api_key_env
+        self.profile, self.rates, self.sweep_size = profile, list(rates or []), sweep_size
+        self.max_worker_processes = max_worker_processes
+        self.request_timeout_s = request_timeout_s
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        bench, params = cfg.bench, dict(cfg.bench.params)
+        if cfg.serve.backend == "inprocess":
+            raise ConfigError("bench.engine=openai benchmarks a served endpoint; add serve=vllm or serve=endpoint "
+                              "(or use bench=cpu for the in-process engine)")
+        if importlib.util.find_spec("guidellm") is None:
+            raise ConfigError("bench.engine=openai runs GuideLLM, which is not installed: "
+                              "pip install -c constraints.txt -e '.[serve]'")
+        profile = params.get("profile", "concurrent")
+        if profile not in PROFILES:
+            raise ConfigError(f"bench.params.profile={profile} must be one of {', '.join(PROFILES)}")
+        if profile in ("constant", "poisson") and not params.get("rates"):
+            raise ConfigError(f"bench.params.profile={profile} needs bench.params.rates, e.g. [1, 2, 4] (requests/s)")
+        if profile in ("constant", "poisson") and min(params["rates"]) <= 0:
+            raise ConfigError(f"bench.params.rates={list(params['rates'])} must all be > 0 requests/s")
+        if profile == "knee" and (len(set(bench.batch_sizes)) < KNEE_MIN_POINTS
+                                  or list(bench.batch_sizes) != sorted(set(bench.batch_sizes))):
+            raise ConfigError(f"bench.params.profile=knee needs bench.batch_sizes of >= {KNEE_MIN_POINTS} distinct "
+                              f"increasing concurrency points; got {list(bench.batch_sizes)}")
+        if profile in ("sweep", "knee") and bench.repeats != 1:
+            raise ConfigError(f"bench.params.profile={profile} chooses its own load levels, which differ between "
+                              f"runs; set bench.repeats=1 (got {bench.repeats})")
+        if int(params.get("max_worker_processes", 2)) < 1:
+            raise ConfigError("bench.params.max_worker_processes must be >= 1")
+
+    def run_levels(self, out_dir: Path) -> LevelRun:
+        from guidellm.benchmark import benchmark_generative_text
+        from guidellm.schemas.benchmark import BenchmarkScenario
+        from guidellm.settings import settings
+
+        # GuideLLM spawns worker processes; on a small machine their start-up dominates short runs.
+        # Its settings object is read when it sizes the worker group (in this process).
+        settings.max_worker_processes = self.max_worker_processes
+        _picklable_logging()
+        levels: dict[str, MeasuredLevel] = {}
+        reports: list[Path] = []
+        for repeat in range(self.bench.repeats):
+            paths = {kind: out_dir / f"guidellm-r{repeat}.{kind}" for kind in ("json", "html")}
+            scenario = BenchmarkScenario.model_validate(self.scenario(paths))
+            log.info("GuideLLM %s run %d/%d against %s", self.profile, repeat + 1, self.bench.repeats,
+                     self.served.base_url)
+            report, _ = asyncio.run(benchmark_generative_text(scenario, progress=False))
+            reports += [paths["html"], paths["json"]]
+            for benchmark in report.benchmarks:
+                measured = measured_level(benchmark, self.bench.warmup_requests)
+                kept = levels.setdefault(measured.load, MeasuredLevel(measured.load, measured.streams,
+                                                                      measured.rate_rps, repeats=[]))
+                kept.repeats += measured.repeats
+                kept.errored += measured.errored
+                kept.incomplete += measured.incomplete
+                kept.first_error = kept.first_error or measured.first_error
+        return LevelRun(levels=list(levels.values()), reports=reports)
+
+    def device_name(self) -> str:
+        return f"{self.served.engine} {self.served.engine_version} serving {self.served.model}"
+
+    def scenario(self, paths: dict[str, Path]) -> dict[str, Any]:
+        """The GuideLLM scenario (its own schema) for one run of every load level."""
+        bench = self.bench
+        profile, levels = self._profile()
+        spec = {
+            "backend": self._backend(),
+            "profile": profile,
+            "constraints": [{"kind": "max_requests", "count": bench.requests_per_level + bench.warmup_requests}],
+            "tokenizer": {"kind": "huggingface_auto", "model": self.served.tokenizer_dir},
+            "data": [{"kind": "synthetic_text", "prompt_tokens": bench.input_tokens,
+                      "output_tokens": bench.output_tokens}],
+            "seed": {"kind": "static", "value": bench.seed},
+            "outputs": [{"kind": kind, "path": str(path)} for kind, path in paths.items()],
+        }
+        return {"spec": spec, "benchmarks": levels or [None]}
+
+    def _profile(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The profile, and one override per level where the levels come from config."""
+        streams = [int(size) for size in self.bench.batch_sizes]
+        if self.profile == "concurrent":
+            return {"kind": "concurrent"}, [{"profile.streams": s} for s in streams]
+        if self.profile in ("constant", "poisson"):
+            return {"kind": self.profile}, [{"profile.rate": float(r)} for r in self.rates]
+        if self.profile == "sweep":
+            return {"kind": "sweep", "sweep_size": self.sweep_size}, []
+        if self.profile == "knee":
+            return {"kind": "knee", "initial_streams": streams}, []
+        return {"kind": "synchronous"}, []
+
+    def _backend(self) -> dict[str, Any]:
+        base_url = self.served.base_url.rstrip("/")
+        backend = {"kind": "openai_http", "target": base_url.removesuffix("/v1"), "model": self.served.model,
+                   "request_format": "/v1/completions", "timeout": self.request_timeout_s}
+        if self.api_key_env and os.environ.get(self.api_key_env):
+            backend["api_key"] = os.environ[self.api_key_env]
+        return {key: value for key, value in backend.items() if value is not None}
+
+
+def measured_level(benchmark, warmup_requests: int) -> MeasuredLevel:
+    """One GuideLLM benchmark (a load level) as raw per-request timings, warm-up requests dropped.
+
+    The warm-up is the first `warmup_requests` requests the level started (successful or not).
+    GuideLLM's own warm-up (0.8.1) opens its window at the start of the request whose completion
+    is the (k+1)-th, so how many it drops varies with concurrency; this keeps the count exact.
+    Its reports therefore include the warm-up requests."""
+    strategy = benchmark.config.strategy
+    kind = strategy.type_
+    streams = {"synchronous": 1, "concurrent": getattr(strategy, "streams", None)}.get(kind)
+    rate = getattr(strategy, "rate", None) if kind in ("constant", "poisson") else None
+    if kind == "throughput":
+        load = "max"
+    elif rate is not None:
+        load = f"r{rate:.3g}"
+    else:
+        load = "sync" if kind == "synchronous" else f"c{streams}"
+    requests = sorted([(status, stats) for status in ("successful", "errored", "incomplete")
+                       for stats in getattr(benchmark.requests, status) or []], key=lambda item: _started(item[1]))
+    measured = requests[warmup_requests:]
+    errored = [stats for status, stats in measured if status == "errored"]
+    return MeasuredLevel(
+        load=load, streams=streams, rate_rps=rate,
+        repeats=[[stream_timing(stats) for status, stats in measured if status == "successful"]],
+        errored=len(errored), incomplete=sum(status == "incomplete" for status, _ in measured),
+        first_error=next((str(stats.info.error).splitlines()[0] for stats in errored if stats.info.error), None))
+
+
+def _started(stats) -> float:
+    timings = stats.info.timings
+    return next((t for t in (timings.request_start, timings.resolve_start, timings.queued) if t is not None), 0.0)
+
+
+def stream_timing(stats) -> StreamTiming:
+    timings = stats.info.timings
+    return StreamTiming(submit_s=timings.request_start, first_token_s=timings.first_token_iteration,
+                        last_token_s=timings.last_token_iteration,
+                        end_s=timings.request_end if timings.request_end is not None else timings.resolve_end,
+                        output_tokens=int(stats.output_tokens or 0), chunks=int(timings.token_iterations))
+
+
+def _picklable_logging() -> None:
+    """GuideLLM hands loguru's logger to its spawned workers, which pickles every sink. llm-compressor
+    (the quantize stage, earlier in this process) adds loguru sinks on open streams/files that cannot
+    be pickled ("cannot pickle '_io.TextIOWrapper' object"): replace them with GuideLLM's own sinks."""
+    from guidellm import configure_logger
+    from loguru import logger
+
+    logger.remove()
+    configure_logger()

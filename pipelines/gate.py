@@ -109,9 +109,9 @@ def accuracy_rule(policy: GateConfig, task: TaskFidelity) -> RuleResult:
                 + (f"; {task.clusters} clusters by {task.cluster_key}, design effect {task.design_effect:.2f}"
                    if task.cluster_key else ""))
     bounds = {"low": low, "high": high, "method": method}
-    if not (math.isfinite(low) and math.isfinite(high)):
+    if not (math.isfinite(low) and math.isfinite(high)):  # too few units or clusters for the method
         return _rule("accuracy", task.task, INCONCLUSIVE, point, None, tolerance,
-                     f"no usable interval ({method}): {task.n} items", **bounds)
+                     f"no usable interval ({method}): {task.n} items", low=None, high=None, method=method)
     if high < tolerance - _TIE:
         return _rule("accuracy", task.task, PASS, point, high, tolerance, f"non-inferior: {interval}", **bounds)
     if low > tolerance + _TIE:

@@ -42,11 +42,25 @@ class _Buffer(MemoryHandler):
 _early = _Buffer(capacity=EARLY_CAPACITY)
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (tests and redirections replace it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def capture_early() -> None:
     """Before Hydra configures logging: our warnings to the console, every record kept for run.log."""
     root = logging.getLogger()
     root.setLevel(logging.INFO)
-    console = logging.StreamHandler(sys.stderr)
+    for handler in [h for h in root.handlers if isinstance(h, _CurrentStderr)]:
+        root.removeHandler(handler)  # one console handler however often main() runs in a process
+    console = _CurrentStderr()
     console.setLevel(logging.WARNING)
     console.addFilter(OwnRecordsOnly())
     console.setFormatter(logging.Formatter(_FORMAT))

@@ -68,7 +68,7 @@ def build_plan(cfg: RunConfig, count_items: bool = False) -> Plan:
     plan = Plan(cfg=cfg, size=size, shape_source=source, base_bytes=size.base_bytes,
                 variant_bytes=variant_bytes(size, cfg.quant),
                 download_bytes=size.base_bytes if is_hub_id(cfg.model.source) else 0.0, serve_gpus=0, needed_tp=None)
-    plan.warnings = real_model_warnings(cfg)
+    plan.warnings = real_model_warnings(cfg, size)
     _size_serving(plan)
     plan.suites = suite_items(cfg) if count_items else []
     plan.stages = _stages(plan)
@@ -76,9 +76,14 @@ def build_plan(cfg: RunConfig, count_items: bool = False) -> Plan:
     return plan
 
 
-def real_model_warnings(cfg: RunConfig) -> list[str]:
+# Below this size a model is a toy like the embedded one (tests build 0.4 M-parameter Llamas):
+# the toy suites, toy calibration text and CPU prices fit it.
+REAL_MODEL_PARAMS = 100e6
+
+
+def real_model_warnings(cfg: RunConfig, size: ModelSize) -> list[str]:
     """One line each for a real model paired with the embedded model's toy suites, calibration or CPU."""
-    if cfg.model.source == "embedded":
+    if cfg.model.source == "embedded" or size.params < REAL_MODEL_PARAMS:
         return []
     model, found = cfg.model.name, []
     if cfg.eval.include_path == "embedded":

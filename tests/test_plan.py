@@ -15,7 +15,7 @@ import pytest
 from pipelines import hub
 from pipelines.cli import compose_all
 from pipelines.errors import ConfigError, InputError
-from pipelines.plan import build_plan, check_plan, real_model_warnings
+from pipelines.plan import build_plan, check_plan
 from pipelines.sizing import serve_gb_per_gpu
 
 # The config.json fields of the published checkpoints (meta-llama/Meta-Llama-3-8B-Instruct,
@@ -107,7 +107,7 @@ def test_real_model_defaults_replace_the_embedded_models_groups():
         "hf:HuggingFaceH4/ultrachat_200k", "train_sft", "messages", True, 512, 2048)
     assert (cfg.eval.name, cfg.eval.include_path, cfg.bench.name, cfg.hardware.name) == ("standard", None, "gpu", "h100")
     assert (cfg.serve.name, cfg.serve.tensor_parallel_size) == ("vllm", 4)
-    assert real_model_warnings(cfg) == []
+    assert build_plan(cfg).warnings == []
     (chosen,) = compose_all(["model=llama3-70b", "bench=cpu", "serve.tensor_parallel_size=8"])
     assert (chosen.bench.name, chosen.serve.tensor_parallel_size) == ("cpu", 8)  # the command line still wins
 
@@ -115,13 +115,13 @@ def test_real_model_defaults_replace_the_embedded_models_groups():
 def test_embedded_model_keeps_its_toy_defaults_and_no_warnings():
     (cfg,) = compose_all([])
     assert cfg.quant.calibration.source == "embedded" and cfg.eval.name == "domain" and cfg.hardware.name == "cpu-2core"
-    assert real_model_warnings(cfg) == []
+    assert build_plan(cfg).warnings == []
 
 
 def test_real_model_on_toy_suites_calibration_and_cpu_warns_one_line_each(model_dirs):
     (cfg,) = compose_all(["model=llama3-8b", "quant=gptq", "eval=domain", "calibration=embedded",
                           "hardware=cpu-2core", "bench=cpu"])
-    warnings = real_model_warnings(cfg)
+    warnings = build_plan(cfg).warnings
     assert len(warnings) == 3 and all("\n" not in w for w in warnings)
     assert "toy suites" in warnings[0] and "toy text" in warnings[1] and "cpu-2core" in warnings[2]
 
@@ -260,3 +260,8 @@ def test_quantizing_on_a_gpu_needs_one_even_against_endpoints(model_dirs, monkey
     assert build_plan(cfg).serve_gpus == 0
     with pytest.raises(InputError, match=r"needs 1 x h100 \(CUDA\) and this machine has 0"):
         check_plan(cfg)
+
+
+def test_a_toy_sized_local_model_on_the_toy_suites_is_not_warned_about(tiny_llama_dir):
+    (cfg,) = compose_all([f"model.source={tiny_llama_dir}", "quant=gptq"])
+    assert build_plan(cfg).warnings == []  # 0.4 M parameters: the bundled suites and calibration fit it

@@ -86,4 +86,4 @@ def _rounded(value: float | None) -> float | None:
 
 
 def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4g}"
+    return "-" if value is None else f"{value + 0.0:.4g}"  # + 0.0: -0.0 reads as 0

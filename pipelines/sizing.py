@@ -79,8 +79,9 @@ def model_size(config: dict[str, Any], model: ModelConfig) -> ModelSize:
     text = config.get("text_config", config)
     missing = [name for name in CONFIG_FIELDS if name not in text]
     if missing:
-        raise InputError(f"the config.json of model={model.name} lacks {', '.join(missing)}; "
-                         "the plan needs a decoder config")
+        described = ", ".join(config.get("architectures") or []) or config.get("model_type", "an unknown model")
+        raise InputError(f"the config.json of model={model.name} describes {described} and lacks "
+                         f"{', '.join(missing)}: point model.source at a decoder (*ForCausalLM) checkpoint")
     heads, hidden, layers = text["num_attention_heads"], text["hidden_size"], text["num_hidden_layers"]
     kv_heads, head_dim = text.get("num_key_value_heads") or heads, text.get("head_dim") or hidden // heads
     per_layer = hidden * head_dim * (2 * heads + 2 * kv_heads) + 3 * hidden * text["intermediate_size"]

@@ -23,6 +23,7 @@ OUT_OF_RANGE = {
     "eval.reference_max_tokens": [0], "eval.reference_window": [0], "eval.bootstrap_samples": [0],
     "serve.max_model_len": [0], "serve.tensor_parallel_size": [0], "serve.pipeline_parallel_size": [0],
     "serve.gpu_memory_utilization": [0, 1.5], "serve.startup_timeout_s": [0], "serve.agreement_items": [-1],
+    "serve.eval_concurrency": [0],
     "bench.input_tokens": [0], "bench.output_tokens": [0], "bench.batch_sizes": [[0], []],
     "bench.requests_per_level": [0], "bench.warmup_requests": [-1], "bench.repeats": [0],
     "bench.slo.ttft_p95_ms": [0], "bench.slo.itl_p95_ms": [-5], "bench.slo.e2e_p95_ms": [0],
@@ -31,6 +32,7 @@ OUT_OF_RANGE = {
     "hardware.price_per_hour.spot": [-1], "hardware.memory_bandwidth_gb_s": [0], "hardware.memory_gb": [0],
     "hardware.peak_dense_tflops.float32": [0],
     "gate.confidence": [0, 1, 1.5], "gate.tolerance.max_drop": [-0.01, 2], "gate.max_flip_rate": [-0.1, 1.5],
+    "gate.min_agreement": [-0.1, 1.5],
     "gate.max_kl": [-1], "gate.min_cost_saving": [-0.5, 1.2], "gate.min_throughput_gain": [-1],
     "tracking.log_checkpoint_max_mb": [-1],
 }

@@ -13,6 +13,7 @@ tables (levels, and the knee with its measured cost) and where GuideLLM's HTML r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import time
 
@@ -24,22 +25,25 @@ from pipelines.pipeline import compose_config
 
 HEADER = ("| variant | engine | load | requests (errors) | out tok/s | req/s | TTFT p50/p95 ms | ITL p50/p95 ms "
           "| TPOT p50/p95 ms | E2E p95 ms | goodput req/s | SLO |\n|" + "---|" * 12)
-KNEE_HEADER = "| variant | engine | knee | out tok/s at knee | $/1M out tok | replicas @ target | wall s (serve + bench) |\n|" + "---|" * 7
+KNEE_HEADER = ("| variant | engine | knee | out tok/s at knee | $/1M out tok | replicas @ target "
+               "| wall s (serve + bench) |\n|" + "---|" * 7)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quant", nargs="+", default=["none", "fp8"], help="conf/quant names to benchmark")
     parser.add_argument("--vllm-python", default=".venv-vllm/bin/python", help="the Python of the vLLM environment")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides for both engines, e.g. bench.requests_per_level=64")
+    parser.add_argument("overrides", nargs="*",
+                        help="Hydra overrides for both engines, e.g. bench.requests_per_level=64")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     rows, knees, reports = [], [], []
     for quant in args.quant:
         served_cfg = compose_config([f"quant={quant}", "serve=vllm", f"serve.python={args.vllm_python}",
                                      "bench=served", *args.overrides])
-        local_cfg = compose_config([f"quant={quant}", "bench=served", "bench.engine=hf", "bench.params={}",
-                                    *args.overrides])
+        # The same bench settings (tokens, levels, requests, warm-up, SLO), timed in process instead.
+        local_cfg = dataclasses.replace(served_cfg, serve=compose_config([]).serve,
+                                        bench=dataclasses.replace(served_cfg.bench, engine="hf", params={}))
         for engine, cfg in (("openai", served_cfg), ("hf", local_cfg)):
             started = time.perf_counter()
             bench, cost = bench_variant(cfg)

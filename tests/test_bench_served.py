@@ -183,7 +183,8 @@ def mock_server():
     (Its own tokenizer: loading ours with --processor fails under transformers 5.)"""
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "guidellm", "mock-server", "--host", "127.0.0.1",
-                                "--port", str(port), "--model", "tiny", "--ttft-ms", "5", "--itl-ms", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                "--port", str(port), "--model", "tiny", "--ttft-ms", "5", "--itl-ms", "2"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -214,7 +215,15 @@ def test_guidellm_measures_each_level_against_an_openai_server_and_keeps_its_rep
     cfg = compose(f"cache_dir={tmp_path}", "bench.batch_sizes=[1,2]", "bench.requests_per_level=6",
                   "bench.warmup_requests=1", "bench.output_tokens=8", "bench.input_tokens=16",
                   "bench.slo.ttft_p95_ms=60000", "bench.slo.itl_p95_ms=60000")
-    result = run_benchmark(cfg, embedded_variant(), mock_server)
+    # A loguru sink GuideLLM cannot pickle into its workers, as llm-compressor leaves after quantizing.
+    from loguru import logger
+
+    with (tmp_path / "other-library.log").open("w") as stream:
+        sink = logger.add(stream)
+        try:
+            result = run_benchmark(cfg, embedded_variant(), mock_server)
+        finally:
+            logger.remove(sink)
     assert [level.load for level in result.levels] == ["c1", "c2"]
     for level in result.levels:
         assert level.requests == 6 and level.errored_requests == 0

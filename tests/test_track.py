@@ -387,4 +387,5 @@ def test_served_levels_are_keyed_by_load_and_guidellm_reports_are_artifacts(trac
     metrics = run.data.metrics
     assert metrics["bench/c4/tpot_p95_ms"] == 20.0 and metrics["bench/c4/errored_requests"] == 2
     assert "bench/bs4/ttft_p95_ms" not in metrics
+    assert run.data.tags["quantgate.bench.knee"] == "c4" and run.data.tags["quantgate.bench.engine"] == "openai"
     assert artifact_text(tracker, run.info.run_id, "bench/variant/guidellm-r0.html") == "<html>GuideLLM report</html>"

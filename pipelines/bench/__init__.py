@@ -3,10 +3,11 @@
 Three concerns kept apart: `scenarios` says what to run, `engines/` how to run it, `measure`
 computes every metric. In-process engines (`hf`) run the batches `scenarios` plans; level engines
 (`openai`: GuideLLM against a `ServedModel`'s endpoint) run whole load levels and leave their
-HTML/JSON reports next to the result. Results are cached under `<cache_dir>/bench/<variant>-<key>`, keyed by the
-checkpoint hash, the bench config, the hardware, the engine, the library versions and, when
-served, the serving engine, its version and args (`overwrite=true` redoes them). Run by `python -m pipelines.run`; reproduced for the embedded model
-by `python benchmarks/bench_variants.py`.
+HTML/JSON reports next to the result. Results are cached under `<cache_dir>/bench/<variant>-<key>`,
+keyed by the checkpoint hash, the bench config, the hardware, the engine, the library versions
+and, when served, the serving engine, its version and args (`overwrite=true` redoes them). Run by
+`python -m pipelines.run`; reproduced for the embedded model by `python benchmarks/bench_variants.py`
+and `python benchmarks/bench_served.py`.
 """
 
 from __future__ import annotations

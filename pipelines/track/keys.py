@@ -245,6 +245,7 @@ def outcome_tags(outcome: Outcome, config: dict[str, Any], role: str) -> dict[st
         tags.update({f"quantgate.version.{lib}": v for lib, v in outcome.variant.versions.items()})
     if outcome.bench:
         tags.update({f"quantgate.version.{lib}": v for lib, v in outcome.bench.versions.items()})
+        tags.update({"quantgate.bench.engine": outcome.bench.engine, "quantgate.bench.knee": outcome.bench.knee_load})
     if outcome.variant_eval:
         hashes = outcome.variant_eval.suite_hashes
         tags.update({f"quantgate.suite.{_key(t.task)}": f"{t.version}@{hashes.get(t.task, '?')}"

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -73,24 +76,22 @@ class GuideLLMEngine:
             raise ConfigError("bench.params.max_worker_processes must be >= 1")
 
     def run_levels(self, out_dir: Path) -> LevelRun:
-        from guidellm.benchmark import benchmark_generative_text
-        from guidellm.schemas.benchmark import BenchmarkScenario
-        from guidellm.settings import settings
+        from guidellm.benchmark import GenerativeBenchmarksReport
 
-        # GuideLLM spawns worker processes; on a small machine their start-up dominates short runs.
-        # Its settings object is read when it sizes the worker group (in this process).
-        settings.max_worker_processes = self.max_worker_processes
-        _picklable_logging()
         levels: dict[str, MeasuredLevel] = {}
         reports: list[Path] = []
         for repeat in range(self.bench.repeats):
             paths = {kind: out_dir / f"guidellm-r{repeat}.{kind}" for kind in ("json", "html")}
-            scenario = BenchmarkScenario.model_validate(self.scenario(paths))
             log.info("GuideLLM %s run %d/%d against %s", self.profile, repeat + 1, self.bench.repeats,
                      self.served.base_url)
-            report, _ = asyncio.run(benchmark_generative_text(scenario, progress=False))
+            # A fresh interpreter: GuideLLM pickles the loguru logger into its workers, and a sink
+            # another library added here (llm-compressor's, after quantizing) cannot be pickled.
+            scenario = out_dir / f"guidellm-r{repeat}-scenario.json"
+            scenario.write_text(json.dumps(self.scenario(paths)))
+            subprocess.run([sys.executable, "-m", __name__, str(scenario), str(self.max_worker_processes),
+                            self.api_key_env or ""], check=True)
             reports += [paths["html"], paths["json"]]
-            for benchmark in report.benchmarks:
+            for benchmark in GenerativeBenchmarksReport.load_file(paths["json"]).benchmarks:
                 measured = measured_level(benchmark, self.bench.warmup_requests)
                 kept = levels.setdefault(measured.load, MeasuredLevel(measured.load, measured.streams,
                                                                       measured.rate_rps, repeats=[]))
@@ -136,9 +137,22 @@ class GuideLLMEngine:
         base_url = self.served.base_url.rstrip("/")
         backend = {"kind": "openai_http", "target": base_url.removesuffix("/v1"), "model": self.served.model,
                    "request_format": "/v1/completions", "timeout": self.request_timeout_s}
-        if self.api_key_env and os.environ.get(self.api_key_env):
-            backend["api_key"] = os.environ[self.api_key_env]
         return {key: value for key, value in backend.items() if value is not None}
+
+
+def run_guidellm(scenario_path: str, max_worker_processes: int, api_key_env: str = "") -> None:
+    """One GuideLLM run of every level (in its own interpreter); its JSON and HTML reports are the output."""
+    from guidellm.benchmark import benchmark_generative_text
+    from guidellm.schemas.benchmark import BenchmarkScenario
+    from guidellm.settings import settings
+
+    # GuideLLM spawns worker processes; on a small machine their start-up dominates short runs.
+    settings.max_worker_processes = max_worker_processes
+    spec = json.loads(Path(scenario_path).read_text())
+    if api_key_env and os.environ.get(api_key_env):  # read here, so the key is never written to disk
+        spec["spec"]["backend"]["api_key"] = os.environ[api_key_env]
+    scenario = BenchmarkScenario.model_validate(spec)
+    asyncio.run(benchmark_generative_text(scenario, progress=False))
 
 
 def measured_level(benchmark, warmup_requests: int) -> MeasuredLevel:
@@ -182,12 +196,5 @@ def stream_timing(stats) -> StreamTiming:
                         output_tokens=int(stats.output_tokens or 0), chunks=int(timings.token_iterations))
 
 
-def _picklable_logging() -> None:
-    """GuideLLM hands loguru's logger to its spawned workers, which pickles every sink. llm-compressor
-    (the quantize stage, earlier in this process) adds loguru sinks on open streams/files that cannot
-    be pickled ("cannot pickle '_io.TextIOWrapper' object"): replace them with GuideLLM's own sinks."""
-    from guidellm import configure_logger
-    from loguru import logger
-
-    logger.remove()
-    configure_logger()
+if __name__ == "__main__":  # GuideLLM's spawned workers import this module again: run only here
+    run_guidellm(sys.argv[1], int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "")

@@ -95,7 +95,7 @@ def real_model_warnings(cfg: RunConfig, size: ModelSize) -> list[str]:
                      "use calibration=ultrachat or quant.calibration.source=/path/to/your.jsonl")
     if cfg.bench.enabled and (cfg.hardware.device == "cpu" or cfg.bench.name == "cpu"):
         found.append(f"bench={cfg.bench.name} hardware={cfg.hardware.name} benchmarks and prices {model} on a CPU: "
-                     "use bench=gpu and your GPU's hardware (e.g. hardware=h100)")
+                     "use bench=served-gpu and your GPU's hardware (e.g. hardware=h100)")
     return found
 
 

@@ -105,7 +105,7 @@ def test_real_model_defaults_replace_the_embedded_models_groups():
     cal = cfg.quant.calibration
     assert (cal.source, cal.split, cal.text_field, cal.chat_template, cal.num_samples, cal.max_seq_length) == (
         "hf:HuggingFaceH4/ultrachat_200k", "train_sft", "messages", True, 512, 2048)
-    assert (cfg.eval.name, cfg.eval.include_path, cfg.bench.name, cfg.hardware.name) == ("standard", None, "gpu", "h100")
+    assert (cfg.eval.name, cfg.eval.include_path, cfg.bench.name, cfg.hardware.name) == ("standard", None, "served-gpu", "h100")
     assert (cfg.serve.name, cfg.serve.tensor_parallel_size) == ("vllm", 4)
     assert build_plan(cfg).warnings == []
     (chosen,) = compose_all(["model=llama3-70b", "bench=cpu", "serve.tensor_parallel_size=8"])

@@ -101,11 +101,17 @@ class _LogWriter(io.TextIOBase):
         return len(text)
 
 
-def adopt_torch_logs() -> None:
-    """torch gives its loggers their own stderr handler and stops them propagating; call after
-    importing torch so that its (and torchao's) warnings reach run.log instead of the console."""
+# Libraries that give their loggers their own stderr handler and stop them propagating.
+SELF_HANDLED_LOGGERS = ("torch", "transformers", "mlflow")
+
+
+def adopt_library_logs() -> None:
+    """torch, transformers and MLflow give their loggers their own stderr handler and stop them
+    propagating; call after importing them so that their (and torchao's) warnings and notices reach
+    run.log instead of the console."""
     for name, logger in list(logging.root.manager.loggerDict.items()):
-        if name.split(".")[0] == "torch" and isinstance(logger, logging.Logger) and not logger.propagate:
+        if (name.split(".")[0] in SELF_HANDLED_LOGGERS and isinstance(logger, logging.Logger)
+                and not logger.propagate):
             for handler in [h for h in logger.handlers if type(h) is logging.StreamHandler]:
                 logger.removeHandler(handler)
             logger.propagate = True

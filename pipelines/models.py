@@ -171,9 +171,9 @@ def check_causal_lm(path: Path, config: dict[str, Any], trust_remote_code: bool 
 def _check_stored_tensors(path: Path, files: list[Path], trust_remote_code: bool) -> None:
     import torch
 
-    from pipelines.logs import adopt_torch_logs
+    from pipelines.logs import adopt_library_logs
 
-    adopt_torch_logs()  # torchao, imported with transformers' models, warns through torch's loggers
+    adopt_library_logs()  # torchao, imported with transformers' models, warns through torch's loggers
     from safetensors import safe_open
     from transformers import AutoConfig, AutoModelForCausalLM
 

@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 from pipelines import interrupts
 from pipelines.config import QuantConfig, RunConfig
 from pipelines.errors import UserError
+from pipelines.logs import adopt_library_logs
 from pipelines.records import Outcome, StageTime, save_record
 from pipelines.serve import is_served, sigterm_as_interrupt
 from pipelines.storage import atomic_write_text
@@ -79,6 +80,7 @@ def _run_stages(cfg: RunConfig, outcome: Outcome, output_dir: Path) -> None:
         with sigterm_as_interrupt():  # SIGTERM unwinds like Ctrl-C: every server started here is stopped
             for stage, step in _stages(cfg, base, output_dir):
                 interrupts.entering(stage)
+                adopt_library_logs()  # libraries imported by the stage before keep their chatter in run.log
                 started = time.time()
                 try:
                     step(outcome)

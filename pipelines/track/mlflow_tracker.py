@@ -89,6 +89,9 @@ class MLflowTracker:
     def __init__(self, tracking: TrackingConfig) -> None:
         from mlflow import MlflowClient
 
+        from pipelines.logs import adopt_library_logs
+
+        adopt_library_logs()  # MLflow's notices (e.g. creating its database tables) belong in run.log
         self.tracking = tracking
         self.uri = tracking_uri(tracking)
         # MLflow's HTTP client retries for minutes by default; a dead server should fail a run soon.

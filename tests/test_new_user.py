@@ -36,8 +36,9 @@ def user(tmp_path_factory, tiny_llama_dir):
     (configs / "gate").mkdir()
     (configs / "eval" / "probe.yaml").write_text(
         f"defaults: [eval_schema]\nname: probe\ntasks: [qg_probe]\ninclude_path: {suite}\n"
-        "reference_max_tokens: 256\nbootstrap_samples: 1000\n")
-    # Any divergence at all rejects: the fp8 variant is REJECTed by its reference-text KL.
+        "reference_max_tokens: 2048\nbootstrap_samples: 1000\n")
+    # Any divergence at all rejects: the fp8 variant is REJECTed by its reference-text KL (2048 tokens
+    # make the 64 blocks the KL bootstrap needs; with fewer than 50 the rule is INCONCLUSIVE).
     (configs / "gate" / "kl_zero.yaml").write_text(
         "defaults: [gate_schema]\nname: kl_zero\nmax_kl: 0.0\nblocking: [kl]\n")
     # A zero-point tolerance: the base against itself (delta exactly 0) sits at it, INCONCLUSIVE.

@@ -195,11 +195,9 @@ def test_group_size_override_replaces_the_presets_128(tiny_base, calibration_fil
 
 
 def test_second_run_reuses_the_cached_checkpoint(variants, tiny_base, calibration_file, cache_dir):
-    started = time.perf_counter()
     again = run_quantize(config_for("gptq", calibration_file, cache_dir), tiny_base)
     assert again.from_cache and not variants["gptq"].from_cache
     assert (again.checkpoint_dir, again.content_hash) == (variants["gptq"].checkpoint_dir, variants["gptq"].content_hash)
-    assert time.perf_counter() - started < 0.25 * variants["gptq"].quantize_seconds
 
 
 def test_overwrite_redoes_the_checkpoint_deterministically(variants, tiny_base, calibration_file, cache_dir):

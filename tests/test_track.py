@@ -273,12 +273,11 @@ def test_two_processes_log_to_one_sqlite_store_at_once(tracker, tmp_path):
     assert {run.info.status for run in children} == {"FINISHED"}
 
 
-def test_closed_port_fails_fast(monkeypatch):
+def test_closed_port_is_a_one_line_unreachable_error(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    started = time.monotonic()
-    with pytest.raises(InputError, match="unreachable"):
+    with pytest.raises(InputError, match="unreachable") as error:
         check_reachable(TrackingConfig(name="t", uri=f"http://127.0.0.1:{free_port()}"))
-    assert time.monotonic() - started < 10
+    assert "\n" not in str(error.value)
 
 
 @pytest.mark.parametrize("uri, message", [("file:./mlruns", "unsupported scheme"), ("ftp://x", "unsupported")])

@@ -186,7 +186,7 @@ def mock_server():
                                 "--port", str(port), "--model", "tiny", "--ttft-ms", "5", "--itl-ms", "2"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600  # a hang guard, generous for a busy machine
         while time.monotonic() < deadline:
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)

@@ -28,6 +28,10 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "mlflow_ui_screens
 # The UI asks for the signed-in user; a server without MLflow's auth app answers 404. MLflow's own
 # probe, not something a logged run can cause.
 KNOWN_UI_NOISE = re.compile(r"/ajax-api/2\.0/mlflow/users/current$")
+# Chromium reports a ResizeObserver whose callback resized a watched element again within one frame;
+# the spec defers those notifications to the next frame (nothing is lost). It depends on layout timing,
+# so it shows on some runs of the same page and not on others.
+KNOWN_BROWSER_NOISE = re.compile(r"ResizeObserver loop completed with undelivered notifications")
 
 
 @pytest.fixture(scope="module")
@@ -71,5 +75,6 @@ def test_compare_view_shows_headline_metrics(ui_report):
 
 def test_no_console_errors(ui_report):
     report, _ = ui_report
-    errors = [e for e in report["errors"] if not KNOWN_UI_NOISE.search(e.get("url") or "")]
+    errors = [e for e in report["errors"] if not KNOWN_UI_NOISE.search(e.get("url") or "")
+              and not KNOWN_BROWSER_NOISE.search(e.get("text") or "")]
     assert errors == []

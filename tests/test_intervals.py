@@ -48,6 +48,14 @@ def test_tango_reproduces_the_published_bentur_example():
     assert (float(low), float(high)) == pytest.approx((-0.517, -0.026), abs=6e-4)
 
 
+def test_tango_reproduces_the_published_cavo_example():
+    # Complete response before/after consolidation therapy (Cavo et al. 2012): n11=59, n12=6, n21=16,
+    # n22=80. Fagerland, Lydersen & Laake's book (2017, ch. 8) and their R package contingencytables
+    # (tests/testthat/test-ch8.R) print the Tango score interval as "-0.0621 (95% CI -0.1240 to -0.0054)".
+    low, high = tango_interval(6, 16, 161, 0.95)
+    assert (float(low), float(high)) == pytest.approx((-0.1240, -0.0054), abs=5e-5)
+
+
 @pytest.mark.parametrize("b, c, n", [(1, 7, 21), (6, 16, 161), (0, 0, 20), (1, 0, 20), (0, 1, 20), (3, 1, 50),
                                      (40, 20, 160), (12, 2, 50), (0, 0, 600), (67, 0, 600), (10, 10, 20), (20, 0, 20)])
 def test_tango_matches_an_independent_numerical_computation(b, c, n):

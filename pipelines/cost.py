@@ -25,7 +25,7 @@ from importlib.resources import files
 
 from omegaconf import OmegaConf
 
-from pipelines.bench.shape import ModelShape
+from pipelines.sizing import ModelShape
 from pipelines.config import BenchConfig, HardwareConfig
 from pipelines.errors import ConfigError
 from pipelines.records import BenchResult, CostEstimate, CostResult

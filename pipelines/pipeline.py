@@ -183,7 +183,7 @@ def _benchmark(cfg: RunConfig, outcome: Outcome) -> None:
 
 
 def _cost(cfg: RunConfig, outcome: Outcome) -> None:
-    from pipelines.bench.shape import read_model_shape
+    from pipelines.sizing import read_model_shape
     from pipelines.cost import estimate_cost
 
     for bench, variant, field in ((outcome.base_bench, outcome.base_variant, "base_cost"),

@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import logging
 import math
-from importlib.resources import files
 
-from omegaconf import OmegaConf
-
-from pipelines.sizing import ModelShape
-from pipelines.config import BenchConfig, HardwareConfig
+from pipelines.config import BenchConfig, HardwareConfig, group_choices, load_group_config
 from pipelines.errors import ConfigError
 from pipelines.records import BenchResult, CostEstimate, CostResult
 from pipelines.registry import did_you_mean
+from pipelines.sizing import ModelShape
 
 log = logging.getLogger(__name__)
 
@@ -124,13 +121,10 @@ def price_per_hour(hardware: HardwareConfig) -> float:
 
 def load_hardware(name: str) -> HardwareConfig:
     """A conf/hardware/<name>.yaml, validated against the HardwareConfig schema."""
-    directory = files("pipelines.conf") / "hardware"
-    names = sorted(entry.name.removesuffix(".yaml") for entry in directory.iterdir() if entry.name.endswith(".yaml"))
+    names = group_choices("hardware")
     if name not in names:
         raise ConfigError(did_you_mean("hardware in hardware.project_to", name, names))
-    node = OmegaConf.create((directory / f"{name}.yaml").read_text())
-    node.pop("defaults", None)
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(HardwareConfig), node))
+    return load_group_config("hardware", name)
 
 
 def _largest_fitting_batch(shape: ModelShape, hardware: HardwareConfig, bench_cfg: BenchConfig) -> int | None:

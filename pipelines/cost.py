@@ -101,6 +101,13 @@ def decode_roofline_fraction(bench: BenchResult, hardware: HardwareConfig, bench
     return (1e3 / batch_one.itl_mean_ms) / bound_tokens_per_s
 
 
+def cost_saving(cost: CostResult | None, base_cost: CostResult | None) -> float | None:
+    """1 - variant $/1M / base $/1M output tokens, both measured; None unless both were measured."""
+    if cost is None or base_cost is None or cost.measured is None or base_cost.measured is None:
+        return None
+    return 1 - cost.measured.usd_per_million_output_tokens / base_cost.measured.usd_per_million_output_tokens
+
+
 def usd_per_million_tokens(price_per_hour: float, tokens_per_s: float) -> float:
     return price_per_hour / (tokens_per_s * 3600) * 1e6
 

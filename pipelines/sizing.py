@@ -120,7 +120,7 @@ def model_size(config: dict[str, Any], model: ModelConfig) -> ModelSize:
 
 def weight_format(scheme: str | None, base_dtype: str) -> tuple[float, int | None, float]:
     """(bits per weight, group size, bytes per group scale) of a compressed-tensors preset."""
-    from pipelines.quantize.compat import PRESET_GROUP_SIZES
+    from pipelines.quantize.llmcompressor_backend import PRESET_GROUP_SIZES
 
     name = (scheme or "").upper()
     group = PRESET_GROUP_SIZES.get(name)

@@ -248,6 +248,8 @@ def outcome_tags(outcome: Outcome, config: dict[str, Any], role: str) -> dict[st
         tags.update({f"quantgate.version.{lib}": v for lib, v in outcome.bench.versions.items()})
         tags.update({"quantgate.bench.engine": outcome.bench.engine, "quantgate.bench.knee": outcome.bench.knee_load})
     if outcome.variant_eval:
+        eval_versions = outcome.variant_eval.settings.get("versions", {})
+        tags.update({f"quantgate.version.{lib}": v for lib, v in eval_versions.items()})
         hashes = outcome.variant_eval.suite_hashes
         tags.update({f"quantgate.suite.{_key(t.task)}": f"{t.version}@{hashes.get(t.task, '?')}"
                      for t in outcome.variant_eval.tasks})

@@ -50,7 +50,7 @@ def run_stage(overrides: list[str]) -> None:
 
 def plain_command(overrides: list[str], output: Path) -> list[str]:
     """The stock CLI with the model, tasks, batch size, device, seed and limit the config gives the stage."""
-    from pipelines.evaluate.lmeval_runner import resolve_include_path
+    from pipelines.evaluate.suites import resolve_include_path
     from pipelines.models import resolve_base
 
     cfg = compose(overrides)

@@ -349,3 +349,22 @@ def register_schemas() -> None:
     store.store(name="run_schema", node=RunConfig)
     for group, schema in GROUPS.items():
         store.store(group=group, name=f"{group}_schema", node=schema)
+
+
+def group_choices(group: str) -> list[str]:
+    """The config names of one group: conf/<group>/*.yaml (installed as pipelines.conf)."""
+    from importlib.resources import files
+
+    directory = files("pipelines.conf") / group
+    return sorted(entry.name.removesuffix(".yaml") for entry in directory.iterdir() if entry.name.endswith(".yaml"))
+
+
+def load_group_config(group: str, name: str) -> Any:
+    """conf/<group>/<name>.yaml outside a Hydra compose, validated against the group's schema."""
+    from importlib.resources import files
+
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.create((files("pipelines.conf") / group / f"{name}.yaml").read_text())
+    node.pop("defaults", None)
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(GROUPS[group]), node))

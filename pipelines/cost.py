@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import logging
 import math
-from importlib.resources import files
 
-from omegaconf import OmegaConf
-
-from pipelines.bench.shape import ModelShape
-from pipelines.config import BenchConfig, HardwareConfig
+from pipelines.config import BenchConfig, HardwareConfig, group_choices, load_group_config
 from pipelines.errors import ConfigError
 from pipelines.records import BenchResult, CostEstimate, CostResult
 from pipelines.registry import did_you_mean
+from pipelines.sizing import ModelShape
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +101,13 @@ def decode_roofline_fraction(bench: BenchResult, hardware: HardwareConfig, bench
     return (1e3 / batch_one.itl_mean_ms) / bound_tokens_per_s
 
 
+def cost_saving(cost: CostResult | None, base_cost: CostResult | None) -> float | None:
+    """1 - variant $/1M / base $/1M output tokens, both measured; None unless both were measured."""
+    if cost is None or base_cost is None or cost.measured is None or base_cost.measured is None:
+        return None
+    return 1 - cost.measured.usd_per_million_output_tokens / base_cost.measured.usd_per_million_output_tokens
+
+
 def usd_per_million_tokens(price_per_hour: float, tokens_per_s: float) -> float:
     return price_per_hour / (tokens_per_s * 3600) * 1e6
 
@@ -124,13 +128,10 @@ def price_per_hour(hardware: HardwareConfig) -> float:
 
 def load_hardware(name: str) -> HardwareConfig:
     """A conf/hardware/<name>.yaml, validated against the HardwareConfig schema."""
-    directory = files("pipelines.conf") / "hardware"
-    names = sorted(entry.name.removesuffix(".yaml") for entry in directory.iterdir() if entry.name.endswith(".yaml"))
+    names = group_choices("hardware")
     if name not in names:
         raise ConfigError(did_you_mean("hardware in hardware.project_to", name, names))
-    node = OmegaConf.create((directory / f"{name}.yaml").read_text())
-    node.pop("defaults", None)
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(HardwareConfig), node))
+    return load_group_config("hardware", name)
 
 
 def _largest_fitting_batch(shape: ModelShape, hardware: HardwareConfig, bench_cfg: BenchConfig) -> int | None:

@@ -38,6 +38,7 @@ import math
 from scipy.stats import norm
 
 from pipelines.config import GateConfig, SuiteTolerance
+from pipelines.cost import cost_saving
 from pipelines.errors import InputError
 from pipelines.intervals import TANGO, items_to_settle_paired, items_to_settle_rate, rate_interval
 from pipelines.records import BenchResult, CostResult, Fidelity, RuleResult, TaskFidelity, Verdict
@@ -205,8 +206,7 @@ def cost_rule(policy: GateConfig, cost: CostResult | None, base_cost: CostResult
     for who, result in (("variant", bench), ("base", base_bench)):
         if result is not None and result.knee_batch_size is None:
             return _skipped("cost", "usd_per_1m_tokens", f"the {who} has no knee: no load level met the SLO")
-    saving = 1 - cost.measured.usd_per_million_output_tokens / base_cost.measured.usd_per_million_output_tokens
-    return _limit("cost", "usd_per_1m_tokens", saving, policy.min_cost_saving, at_most=False,
+    return _limit("cost", "usd_per_1m_tokens", cost_saving(cost, base_cost), policy.min_cost_saving, at_most=False,
                   what=f"saving in $/1M output tokens vs base ({cost.measured.usd_per_million_output_tokens:.4g} "
                        f"vs {base_cost.measured.usd_per_million_output_tokens:.4g})")
 

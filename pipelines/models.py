@@ -54,11 +54,11 @@ def read_model_config(path: Path, model: ModelConfig) -> dict[str, Any]:
 
 
 def local_model_directory(model: ModelConfig) -> Path:
-    if model.source == "embedded":
-        from pipelines.embedded import EMBEDDED_MODEL_DIR
+    from pipelines.embedded import is_embedded, resolve_source
 
-        return EMBEDDED_MODEL_DIR
-    candidate = Path(model.source).expanduser()
+    candidate = resolve_source(model.source, "model")
+    if is_embedded(model.source):
+        return candidate
     if not candidate.is_dir():
         raise InputError(f"model.source={model.source} does not exist; give a model directory or a hub id")
     return candidate.resolve()
@@ -208,7 +208,9 @@ def load_tokenizer(path: Path, trust_remote_code: bool = False):
 
 
 def is_hub_id(source: str) -> bool:
-    return source != "embedded" and not (Path(source).expanduser().is_absolute() or source.startswith("."))
+    from pipelines.embedded import is_embedded
+
+    return not is_embedded(source) and not (Path(source).expanduser().is_absolute() or source.startswith("."))
 
 
 def offline_environment(model: ModelConfig) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from pipelines import interrupts
-from pipelines.config import QuantConfig, RunConfig
+from pipelines.config import QuantConfig, RunConfig, load_group_config
 from pipelines.errors import UserError
 from pipelines.logs import adopt_library_logs
 from pipelines.records import Outcome, StageTime, save_record
@@ -30,7 +30,7 @@ from pipelines.storage import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-BASELINE = QuantConfig(name="none", backend="none", method="none", ignore=[])
+BASELINE: QuantConfig = load_group_config("quant", "none")
 # Written instead of outcome.json when Ctrl-C or SIGTERM cut the run short.
 INTERRUPTED = "INTERRUPTED"
 
@@ -183,7 +183,7 @@ def _benchmark(cfg: RunConfig, outcome: Outcome) -> None:
 
 
 def _cost(cfg: RunConfig, outcome: Outcome) -> None:
-    from pipelines.bench.shape import read_model_shape
+    from pipelines.sizing import read_model_shape
     from pipelines.cost import estimate_cost
 
     for bench, variant, field in ((outcome.base_bench, outcome.base_variant, "base_cost"),

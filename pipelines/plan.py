@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pipelines.config import PriceConfig, RunConfig
 from pipelines.cost import decode_step_bound_s, prefill_bound_s, projected_estimate
+from pipelines.embedded import is_embedded
 from pipelines.errors import ConfigError, InputError
 from pipelines.sizing import (GB, ModelSize, kv_tokens, model_size, quantize_memory, read_config_json,
                               roofline_shape, serve_gb_per_gpu, smallest_tensor_parallel, uses_calibration,
@@ -83,13 +84,13 @@ REAL_MODEL_PARAMS = 100e6
 
 def real_model_warnings(cfg: RunConfig, size: ModelSize) -> list[str]:
     """One line each for a real model paired with the embedded model's toy suites, calibration or CPU."""
-    if cfg.model.source == "embedded" or size.params < REAL_MODEL_PARAMS:
+    if is_embedded(cfg.model.source) or size.params < REAL_MODEL_PARAMS:
         return []
     model, found = cfg.model.name, []
-    if cfg.eval.include_path == "embedded":
+    if is_embedded(cfg.eval.include_path):
         found.append(f"eval={cfg.eval.name} scores {model} on the bundled toy suites (written for the 5 M-parameter "
                      "embedded model): use eval=standard, and your own suites with eval.include_path=/path")
-    if uses_calibration(cfg.quant) and cfg.quant.calibration.source == "embedded":
+    if uses_calibration(cfg.quant) and is_embedded(cfg.quant.calibration.source):
         found.append(f"quant={cfg.quant.name} calibrates {model} on the embedded toy text "
                      f"({cfg.quant.calibration.num_samples} texts x {cfg.quant.calibration.max_seq_length} tokens): "
                      "use calibration=ultrachat or quant.calibration.source=/path/to/your.jsonl")
@@ -228,19 +229,17 @@ def _serving_cost(plan: Plan) -> list[str]:
 
 def suite_items(cfg: RunConfig) -> list[tuple[str, int | None]]:
     """Items per task: counted for local suites (lm-eval loads their files), None for hub datasets."""
-    from pipelines.preflight import suites_directory
+    from pipelines.evaluate.suites import leaf_tasks, quietly, resolve_include_path
 
-    include = suites_directory(cfg.eval.include_path)
+    include = resolve_include_path(cfg.eval.include_path)
     local: dict[str, int] = {}
     if include:
         from lm_eval.tasks import TaskManager
 
-        from pipelines.preflight import _leaf_tasks, _quietly
-
         logging.getLogger("lm_eval").setLevel(logging.ERROR)  # per-task notes would bury the plan
         manager = TaskManager(include_path=include, include_defaults=False)
         for task in [t for t in cfg.eval.tasks if t in manager.all_tasks]:
-            for name, leaf in _leaf_tasks(_quietly(manager.load_task_or_group, [task])):
+            for name, leaf in leaf_tasks(quietly(manager.load_task_or_group, [task])):
                 local[name] = len(list(leaf.eval_docs))
     counted = list(local.items()) + [(t, None) for t in cfg.eval.tasks if not include or t not in manager.all_tasks]
     return [(name, min(n, cfg.eval.limit) if n is not None and cfg.eval.limit else n) for name, n in counted]

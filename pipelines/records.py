@@ -160,6 +160,12 @@ class Fidelity:
     # Served runs: served vs in-process agreement of the reference and the variant (gate rule `agreement`).
     agreement: list[TaskAgreement] = field(default_factory=list)
 
+    def task_mean(self, name: str) -> float | None:
+        """One TaskFidelity field (base_score, variant_score, delta) averaged over tasks; None without tasks."""
+        if not self.tasks:
+            return None
+        return sum(getattr(t, name) for t in self.tasks) / len(self.tasks)
+
 
 @dataclass
 class Percentiles:

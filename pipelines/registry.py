@@ -22,7 +22,7 @@ QUANTIZERS = {
 
 EVAL_RUNNERS = {
     "hf": "pipelines.evaluate.lmeval_runner:LMEvalRunner",
-    "vllm": "pipelines.evaluate.lmeval_runner:LMEvalRunner",
+    "vllm": "pipelines.evaluate.lmeval_runner:VLLMEvalRunner",
 }
 
 BENCH_ENGINES = {

@@ -34,7 +34,7 @@ def pareto_front(costs: list[float], qualities: list[float]) -> list[int]:
 
 def mean_score(outcome: Outcome) -> float | None:
     if outcome.fidelity and outcome.fidelity.tasks:
-        return sum(t.variant_score for t in outcome.fidelity.tasks) / len(outcome.fidelity.tasks)
+        return outcome.fidelity.task_mean("variant_score")
     if outcome.variant_eval and outcome.variant_eval.tasks:
         return sum(t.value for t in outcome.variant_eval.tasks) / len(outcome.variant_eval.tasks)
     return None

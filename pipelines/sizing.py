@@ -1,10 +1,15 @@
 """How big a model and its variant are, and how much memory each stage needs: from config.json alone.
 
-No weights are read: parameters are counted from the config (as `pipelines/bench/shape.py` does for
-the cost model), bytes per parameter follow the quantization scheme, and memory per stage follows how
-the stage runs (llm-compressor's sequential onloading, vLLM's weights + KV cache per GPU). Every
-number is an estimate; `pipelines/plan.py` prints them and refuses what cannot fit.
-Exercised by `python -m pipelines.run model=llama3-70b quant=awq plan=true` and `pytest tests/test_plan.py`.
+No weights are read: parameters are counted from the config, bytes per parameter follow the
+quantization scheme, and memory per stage follows how the stage runs (llm-compressor's sequential
+onloading, vLLM's weights + KV cache per GPU). Every number is an estimate; `pipelines/plan.py`
+prints them and refuses what cannot fit.
+A written checkpoint's `ModelShape` (the roofline cost model's input, `read_model_shape`) is counted
+the same way: analytically for a Llama-style decoder (embeddings, attention with grouped KV heads,
+gated MLP, norms, untied lm_head unless `tie_word_embeddings`), since quantized checkpoints pack
+weights and counting tensor elements on disk would be wrong; its weight bytes are what is on disk.
+Exercised by `python -m pipelines.run model=llama3-70b quant=awq plan=true`, `pytest tests/test_plan.py`
+and `pytest tests/test_bench.py -k shape`.
 """
 
 from __future__ import annotations
@@ -12,9 +17,9 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from pipelines.bench.shape import DTYPE_BYTES, ModelShape, llama_parameter_count
 from pipelines.config import ModelConfig, QuantConfig, RunConfig
 from pipelines.errors import InputError
 
@@ -24,7 +29,26 @@ SERVE_OVERHEAD_GB = 2.0
 TENSOR_PARALLEL_CHOICES = (1, 2, 4, 8)
 # Methods whose llm-compressor modifier keeps a float32 Hessian per Linear input on the GPU.
 HESSIAN_METHODS = {"gptq", "smoothquant_gptq"}
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float8": 1, "int8": 1}
 CONFIG_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    params: float
+    layers: int
+    kv_heads: int
+    head_dim: int
+    weight_bytes: int
+    # Activation and KV-cache dtype (the checkpoint's float dtype).
+    dtype: str
+    # Dtype the matmuls run in: float8 / int8 when activations are quantized, else `dtype`.
+    compute_dtype: str
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """Keys and values of every layer for one token of context."""
+        return 2 * self.layers * self.kv_heads * self.head_dim * DTYPE_BYTES[self.dtype]
 
 
 @dataclass(frozen=True)
@@ -96,7 +120,7 @@ def model_size(config: dict[str, Any], model: ModelConfig) -> ModelSize:
 
 def weight_format(scheme: str | None, base_dtype: str) -> tuple[float, int | None, float]:
     """(bits per weight, group size, bytes per group scale) of a compressed-tensors preset."""
-    from pipelines.quantize.compat import PRESET_GROUP_SIZES
+    from pipelines.quantize.llmcompressor_backend import PRESET_GROUP_SIZES
 
     name = (scheme or "").upper()
     group = PRESET_GROUP_SIZES.get(name)
@@ -183,3 +207,45 @@ def smallest_tensor_parallel(size: ModelSize, weight_bytes: float, tokens: int, 
         if valid_tensor_parallel(size, tp) and serve_gb_per_gpu(size, weight_bytes, tokens, tp) <= usable_gb:
             return tp
     return None
+
+
+def read_model_shape(checkpoint_dir: str | Path) -> ModelShape:
+    directory = Path(checkpoint_dir)
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise InputError(f"{directory} has no config.json; cannot read the model shape for the cost model")
+    config = json.loads(config_path.read_text())
+    text = config.get("text_config", config)
+    try:
+        heads = text["num_attention_heads"]
+        shape = dict(layers=text["num_hidden_layers"], kv_heads=text.get("num_key_value_heads") or heads,
+                     head_dim=text.get("head_dim") or text["hidden_size"] // heads)
+        params = llama_parameter_count(text)
+    except KeyError as missing:
+        raise InputError(f"{config_path} lacks {missing}; the cost model needs a decoder config") from missing
+    dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32")
+    if dtype not in DTYPE_BYTES:
+        raise InputError(f"{config_path} has dtype {dtype}; expected one of {', '.join(DTYPE_BYTES)}")
+    weight_bytes = sum(p.stat().st_size for p in directory.glob("*.safetensors"))
+    return ModelShape(params=params, weight_bytes=weight_bytes, dtype=dtype,
+                      compute_dtype=_checkpoint_compute_dtype(config.get("quantization_config") or {}, dtype), **shape)
+
+
+def llama_parameter_count(text: dict[str, Any]) -> float:
+    hidden, heads = text["hidden_size"], text["num_attention_heads"]
+    kv_heads = text.get("num_key_value_heads") or heads
+    head_dim = text.get("head_dim") or hidden // heads
+    attention = hidden * head_dim * (2 * heads + 2 * kv_heads)
+    mlp = 3 * hidden * text["intermediate_size"]
+    per_layer = attention + mlp + 2 * hidden
+    embeddings = text["vocab_size"] * hidden * (1 if text.get("tie_word_embeddings", False) else 2)
+    return float(text["num_hidden_layers"] * per_layer + embeddings + hidden)
+
+
+def _checkpoint_compute_dtype(quantization: dict[str, Any], dtype: str) -> str:
+    """compressed-tensors: 8-bit input activations mean float8 or int8 matmuls; weight-only stays float."""
+    for group in (quantization.get("config_groups") or {}).values():
+        activations = group.get("input_activations") or {}
+        if activations.get("num_bits") == 8:
+            return "float8" if activations.get("type") == "float" else "int8"
+    return dtype

@@ -1,4 +1,4 @@
-"""What the jobs of one command share: the MLflow parent run, their outcomes, the final report.
+"""What the jobs of one command share: the tracker's parent run, their outcomes, the final report.
 
 Jobs may run in other processes (Hydra's joblib launcher), so a sweep lives in a directory named
 by an environment variable the jobs inherit; each job leaves its outcome there atomically.
@@ -14,6 +14,7 @@ from pathlib import Path
 from pipelines.config import RunConfig
 from pipelines.errors import UserError
 from pipelines.records import Outcome, load_record, save_record
+from pipelines.track import make_tracker
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +45,11 @@ def start(configs: list[RunConfig]) -> None:
     name = cfg.sweep or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     directory = Path(cfg.cache_dir).resolve() / "sweeps" / name
     os.environ[SWEEP_DIR_ENV] = str(directory)
-    if cfg.tracking.enabled:
-        from pipelines.track.mlflow_tracker import MLflowTracker
-
+    tracker = make_tracker(cfg.tracking)
+    if tracker is not None:
         from pipelines.pipeline import resolved_config
 
-        os.environ[PARENT_ENV] = MLflowTracker(cfg.tracking).start_sweep(name, resolved_config(cfg))
+        os.environ[PARENT_ENV] = tracker.start_sweep(name, resolved_config(cfg))
     log.info("sweep %s: %d variants; outcomes in %s", name, len(configs), directory)
 
 
@@ -84,10 +84,9 @@ def finish(configs: list[RunConfig]) -> int:
     for outcome in outcomes:
         _print_verdict(outcome)
     log.info("report: %s", ", ".join(str(f) for f in files))
-    if active() and parent_run_id():
-        from pipelines.track.mlflow_tracker import MLflowTracker
-
-        MLflowTracker(configs[0].tracking).log_sweep_report(parent_run_id(), files, outcomes)
+    tracker = make_tracker(configs[0].tracking) if active() and parent_run_id() else None
+    if tracker is not None:
+        tracker.log_sweep_report(parent_run_id(), files, outcomes)
     return max((o.exit_code for o in outcomes), default=STAGE_FAILED)
 
 

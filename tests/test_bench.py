@@ -10,12 +10,12 @@ import pytest
 
 from pipelines.bench.engines import RequestTiming
 from pipelines.bench.measure import knee_batch_size, request_meets_slo, summarize_level
-from pipelines.bench.shape import ModelShape, llama_parameter_count, read_model_shape
 from pipelines.config import BenchConfig, SLOConfig
 from pipelines.cost import (decode_step_bound_s, estimate_cost, load_hardware, prefill_bound_s,
                             replicas_needed, usd_per_million_tokens)
 from pipelines.errors import ConfigError
 from pipelines.records import BenchResult, Percentiles
+from pipelines.sizing import ModelShape, llama_parameter_count, read_model_shape
 
 LLAMA3_8B = {"hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
              "intermediate_size": 14336, "num_hidden_layers": 32, "vocab_size": 128256,

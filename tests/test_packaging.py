@@ -14,7 +14,7 @@ PROBE = """
 from pipelines.embedded import EMBEDDED_MODEL_DIR, CALIBRATION_TEXT, REFERENCE_TEXT
 from evalsuites import SUITES_DIR
 from pipelines.cli import compose_all
-from pipelines.preflight import check_suites
+from pipelines.evaluate.suites import check_suites
 import pipelines
 assert 'site' in pipelines.__file__ or 'target' in pipelines.__file__, pipelines.__file__
 assert (EMBEDDED_MODEL_DIR / 'model.safetensors').is_file() and CALIBRATION_TEXT.is_file() and REFERENCE_TEXT.is_file()

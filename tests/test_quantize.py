@@ -22,7 +22,8 @@ from pipelines.errors import ConfigError, InputError
 from pipelines.models import BaseModel, fingerprint_directory, load_causal_lm
 from pipelines.quantize import run_quantize, variant_key
 from pipelines.quantize.calibration import load_calibration
-from pipelines.quantize.compat import PRESET_GROUP_SIZES, check_backend, check_quant_compatible
+from pipelines.quantize.compat import check_backend, check_quant_compatible
+from pipelines.quantize.llmcompressor_backend import PRESET_GROUP_SIZES
 from pipelines.registry import QUANTIZERS, resolve
 from pipelines.storage import read_manifest
 

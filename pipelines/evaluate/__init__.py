@@ -14,10 +14,12 @@ What the key covers (everything that can change a result, nothing that cannot):
     `metadata.version`, utils.py, data files; suites keep their data there), or lm-eval's version
     for built-in tasks (their hub datasets cannot be hashed offline; the record's per-task
     suite_hashes also cover the exact documents, prompts and targets scored, from lm-eval's hashes);
-  - settings: runner, tasks, num_fewshot, limit, max_length, add_bos_token, apply_chat_template,
-    seed, dtype, device type, eval.params, the reference-text hash/window/max tokens, the lm_eval /
-    transformers / torch (/ vllm) versions, and batch_size: padding and batch composition change
-    logits slightly at low precision, and a sweep reuses its base at one batch size anyway.
+  - settings: every EvalConfig field but those listed in NOT_IN_KEY (each with why it cannot change
+    a result), so a new field is keyed by default: runner, tasks, num_fewshot, limit, max_length,
+    add_bos_token, apply_chat_template, seed, eval.params, the reference window/max tokens, and
+    batch_size (padding and batch composition change logits slightly at low precision, and a sweep
+    reuses its base at one batch size anyway); plus the model dtype, the device type, the reference
+    text's hash and the versions of the runner's `libraries` (lm_eval, transformers, torch; + vllm).
 The record's `settings` holds the same values with add_bos_token resolved to what the tokenizer
 actually does, so a BOS mismatch between base and variant (lm-eval issue #2676) is caught by the
 fidelity comparison.
@@ -27,6 +29,7 @@ Exercised by: pytest tests/test_evaluate.py
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -34,12 +37,13 @@ from typing import Any
 
 from filelock import FileLock
 
-from pipelines.config import RunConfig
+from pipelines.config import EvalConfig, RunConfig
 from pipelines.evaluate.items import cluster_key_for, items_from_samples, primary_metric, write_items
-from pipelines.evaluate.lmeval_runner import LMEvalRunner, resolve_include_path
 from pipelines.evaluate.reference import compute_reference_logprobs, reference_text
+from pipelines.evaluate.runner import EvalRunner
 from pipelines.evaluate.served_runner import LM_EVAL_MODEL as SERVED_RUNNER
 from pipelines.evaluate.served_runner import ServedRunner
+from pipelines.evaluate.suites import check_suites, resolve_include_path, task_manager
 from pipelines.records import EvalResult, ServedModel, TaskResult, Variant, load_record, save_record
 from pipelines.registry import EVAL_RUNNERS, resolve
 from pipelines.serve import engine_identity
@@ -50,6 +54,16 @@ log = logging.getLogger(__name__)
 
 RECORD_FILE = "eval_result.json"
 REFERENCE_FILE = "reference_logprobs.safetensors"
+# EvalConfig fields left out of the eval cache key, each because it cannot change a result; every
+# other field is in the key, so a new field keys the cache unless it is added here with its reason.
+NOT_IN_KEY = {
+    "name",               # a label for the config
+    "include_path",       # where the suite lives; its content is keyed as `suite` (suite_hash)
+    "reference_text",     # a path or `embedded`; its content is keyed as reference_text_hash
+    "bootstrap_samples",  # used by the fidelity comparison, after evaluation
+}
+# Fields added after caches existed: keyed only when set, so caches made before them stay valid.
+KEYED_ONLY_WHEN_SET = {"cluster_keys"}
 
 
 def run_evaluate(cfg: RunConfig, variant: Variant, served: ServedModel | None = None) -> EvalResult:
@@ -79,27 +93,28 @@ def run_evaluate(cfg: RunConfig, variant: Variant, served: ServedModel | None = 
     return result
 
 
+def check_evaluate(eval_cfg: EvalConfig) -> None:
+    """Preflight: the runner takes these settings, and every suite loads and renders."""
+    resolve(EVAL_RUNNERS, "eval runner", eval_cfg.runner).check(eval_cfg)
+    check_suites(eval_cfg)
+
+
 def requested_settings(cfg: RunConfig, text: str | None, served: ServedModel | None = None) -> dict[str, Any]:
-    """Every eval setting that can change a result (see the module docstring for why each is here)."""
+    """Every eval setting that can change a result: the EvalConfig fields (less NOT_IN_KEY), the
+    model dtype, the device type, the reference text's hash and the runner's library versions."""
     ev = cfg.eval
-    versions = library_versions("lm_eval", "transformers", "torch", *(["vllm"] if ev.runner == "vllm" else []))
-    # Served: the engine, its version and args decide the numbers (and key the cache) instead of the runner.
-    serve = {"serve": engine_identity(served)} if served is not None else {}
-    return {
-        **serve, "runner": SERVED_RUNNER if served is not None else ev.runner, "tasks": list(ev.tasks),
-        "num_fewshot": ev.num_fewshot, "limit": ev.limit,
-        "max_length": ev.max_length, "add_bos_token": ev.add_bos_token,
-        "apply_chat_template": ev.apply_chat_template, "seed": ev.seed, "batch_size": ev.batch_size,
-        "dtype": cfg.model.dtype, "device": cfg.hardware.device.split(":")[0], "params": dict(ev.params),
-        "reference_text_hash": stable_hash(text) if text is not None else None,
-        "reference_window": ev.reference_window, "reference_max_tokens": ev.reference_max_tokens,
-        "versions": versions,
-        # Only when set, so that caches made before cluster keys existed stay valid.
-        **({"cluster_keys": dict(ev.cluster_keys)} if ev.cluster_keys else {}),
-    }
+    settings = {name: value for name, value in dataclasses.asdict(ev).items()
+                if name not in NOT_IN_KEY and (name not in KEYED_ONLY_WHEN_SET or value)}
+    if served is not None:
+        # Served: the engine, its version and args decide the numbers (and key the cache) instead of the runner.
+        settings.update(serve=engine_identity(served), runner=SERVED_RUNNER)
+    runner_class = resolve(EVAL_RUNNERS, "eval runner", ev.runner)
+    return {**settings, "dtype": cfg.model.dtype, "device": cfg.hardware.device.split(":")[0],
+            "reference_text_hash": stable_hash(text) if text is not None else None,
+            "versions": library_versions(*runner_class.libraries)}
 
 
-def _runner(cfg: RunConfig, served: ServedModel | None) -> LMEvalRunner:
+def _runner(cfg: RunConfig, served: ServedModel | None) -> EvalRunner:
     if served is None:
         return resolve(EVAL_RUNNERS, "eval runner", cfg.eval.runner)(cfg.eval, cfg.model, cfg.hardware.device)
     from pipelines.serve import make_server
@@ -137,7 +152,7 @@ def load_cached(directory: Path, name: str) -> EvalResult:
     return result
 
 
-def _evaluate_into(scratch: Path, final: Path, runner: LMEvalRunner, cfg: RunConfig, variant: Variant,
+def _evaluate_into(scratch: Path, final: Path, runner: EvalRunner, cfg: RunConfig, variant: Variant,
                    settings: dict[str, Any], suite: str, include: Path | None, text: str | None) -> EvalResult:
     from pipelines.models import load_tokenizer
 
@@ -145,7 +160,7 @@ def _evaluate_into(scratch: Path, final: Path, runner: LMEvalRunner, cfg: RunCon
     checkpoint = Path(variant.checkpoint_dir)
     tokenizer = load_tokenizer(checkpoint, cfg.model.trust_remote_code)
     settings = {**settings, "add_bos_token": effective_add_bos_token(tokenizer, cfg.eval.add_bos_token)}
-    manager = runner.task_manager(include)
+    manager = task_manager(cfg.eval.tasks, include)
     # Served scoring always states BOS (lm-eval's API models drop it otherwise); in-process keeps the config's.
     served = isinstance(runner, ServedRunner)
     lm = runner.build_lm(checkpoint, settings["add_bos_token"] if served else cfg.eval.add_bos_token)

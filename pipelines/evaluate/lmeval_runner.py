@@ -9,7 +9,6 @@ Exercised by: pytest tests/test_evaluate.py
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import logging
 from importlib.util import find_spec
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import EvalConfig, ModelConfig
-from pipelines.errors import ConfigError, InputError
+from pipelines.errors import ConfigError
 from pipelines.registry import did_you_mean
 
 log = logging.getLogger(__name__)
@@ -30,37 +29,32 @@ OWNED_ARGUMENTS = {
 }
 
 
-def resolve_include_path(include_path: str | None) -> Path | None:
-    """`embedded` is the bundled evalsuites/ package; anything else is a task directory."""
-    if include_path is None:
-        return None
-    if include_path == "embedded":
-        from evalsuites import SUITES_DIR
-
-        return SUITES_DIR
-    path = Path(include_path).expanduser().resolve()
-    if not path.is_dir():
-        raise InputError(f"eval.include_path={include_path} is not a directory; give a folder of lm-eval task YAMLs")
-    return path
-
-
 class LMEvalRunner:
     """One lm-eval run per checkpoint, with every result-changing setting taken from the config."""
 
+    libraries = ("lm_eval", "transformers", "torch")
+
     def __init__(self, eval_cfg: EvalConfig, model_cfg: ModelConfig, device: str) -> None:
-        if eval_cfg.runner == "vllm" and find_spec("vllm") is None:
-            raise ConfigError("eval.runner=vllm but vllm is not installed; pip install 'quantgate[vllm]' "
-                              "or set eval.runner=hf")
+        self.check(eval_cfg)
         self.eval_cfg = eval_cfg
         self.model_cfg = model_cfg
         self.device = device
-        self._check_params()
 
-    def _check_params(self) -> None:
+    @classmethod
+    def check(cls, eval_cfg: EvalConfig) -> None:
+        """Preflight: the backend is installed and eval.params are arguments lm-eval takes."""
+        if eval_cfg.runner == "vllm" and find_spec("vllm") is None:
+            raise ConfigError("eval.runner=vllm but vllm is not installed; pip install 'quantgate[vllm]' "
+                              "or set eval.runner=hf")
+        cls.check_params(eval_cfg)
+
+    @staticmethod
+    def check_params(eval_cfg: EvalConfig) -> None:
+        """eval.params are lm_eval.simple_evaluate arguments the config does not set through its own fields."""
         import lm_eval
 
         accepted = set(inspect.signature(lm_eval.simple_evaluate).parameters) - OWNED_ARGUMENTS
-        for name in self.eval_cfg.params:
+        for name in eval_cfg.params:
             if name in OWNED_ARGUMENTS:
                 raise ConfigError(f"eval.params.{name} is set by the eval config itself; use its own field instead")
             if name not in accepted:
@@ -106,26 +100,8 @@ class LMEvalRunner:
             **self.eval_cfg.params,
         )
 
-    def task_manager(self, include_path: Path | None):
-        """lm-eval's task index, checked to contain every configured task (before any model loads).
 
-        Only the suite directory is indexed when it has every task: indexing lm-eval's ~15k built-in
-        tasks takes 10-30 s on 2 cores, longer than evaluating a small suite."""
-        from lm_eval.tasks import TaskManager
+class VLLMEvalRunner(LMEvalRunner):
+    """eval.runner=vllm: lm-eval's vllm backend (model_args and check follow `eval_cfg.runner`)."""
 
-        if include_path is not None:
-            manager = TaskManager(include_path=str(include_path), include_defaults=False)
-            if set(self.eval_cfg.tasks) <= set(manager.all_tasks):
-                return manager
-        manager = TaskManager(include_path=str(include_path) if include_path else None)
-        self.check_tasks(manager.all_tasks)
-        return manager
-
-    def check_tasks(self, known: list[str]) -> None:
-        for task in self.eval_cfg.tasks:
-            if task not in known:
-                # lm-eval knows thousands of tasks: name the closest one, not all of them.
-                close = difflib.get_close_matches(task, known, n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise InputError(f"eval.tasks: unknown lm-eval task '{task}'{hint}; "
-                                 "check eval.include_path or run `lm_eval ls tasks`")
+    libraries = (*LMEvalRunner.libraries, "vllm")

@@ -31,12 +31,9 @@ def reference_text(setting: str | None) -> str | None:
     """`embedded` is the package's held-out domain text, anything else a text file; None disables."""
     if setting is None:
         return None
-    if setting == "embedded":
-        from pipelines.embedded import REFERENCE_TEXT
+    from pipelines.embedded import resolve_source
 
-        path = REFERENCE_TEXT
-    else:
-        path = Path(setting).expanduser()
+    path = resolve_source(setting, "reference")
     if not path.is_file():
         raise InputError(f"eval.reference_text={setting}: {path} does not exist; give a text file or null")
     return path.read_text()

@@ -38,7 +38,7 @@ class ServedRunner(LMEvalRunner):
         self.served = served
         self.serve_cfg = serve_cfg
         self._api_key = api_key
-        self._check_params()
+        self.check_params(eval_cfg)
 
     def model_args(self, checkpoint_dir: Path, add_bos_token: bool | None) -> dict[str, Any]:
         """local-completions arguments (the API key travels in a header and is never in these)."""

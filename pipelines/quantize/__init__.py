@@ -14,7 +14,7 @@ import logging
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from pipelines import storage
 from pipelines.config import QuantConfig, RunConfig
@@ -26,14 +26,20 @@ from pipelines.registry import QUANTIZERS, resolve
 
 log = logging.getLogger(__name__)
 
-# Libraries whose version changes a backend's output: part of the cache key and the manifest.
-BACKEND_LIBRARIES = {
-    "llmcompressor": ("llmcompressor", "compressed-tensors", "transformers", "torch"),
-    "gptqmodel": ("gptqmodel", "transformers", "torch"),
-}
-
-
 class Quantizer(Protocol):
+    """A quantization backend (registry.QUANTIZERS, conf/quant/*.yaml); its module imports nothing heavy."""
+
+    # Libraries whose version changes the backend's output: part of the cache key and the manifest.
+    libraries: ClassVar[tuple[str, ...]]
+
+    @staticmethod
+    def check(quant: QuantConfig) -> None:
+        """Preflight, no model needed: raise a ConfigError for a quant config this backend cannot write."""
+
+    @staticmethod
+    def check_compatible(model_config: dict[str, Any], quant: QuantConfig) -> None:
+        """Raise a ConfigError when `quant` cannot work on a model with this config.json (e.g. group size)."""
+
     def quantize(self, base: BaseModel, quant: QuantConfig, calibration: list[str], out_dir: Path,
                  seed: int) -> None:
         """Write a complete checkpoint of `base` quantized per `quant`, tokenizer included, into out_dir."""
@@ -46,7 +52,7 @@ def run_quantize(cfg: RunConfig, base: BaseModel) -> Variant:
     if quant.backend == "none":
         return _baseline(quant, base)
     calibration = load_calibration(quant.calibration, base.path) if uses_calibration(quant) else []
-    versions = storage.library_versions(*BACKEND_LIBRARIES.get(quant.backend, ("transformers", "torch")))
+    versions = storage.library_versions(*resolve(QUANTIZERS, "quantization backend", quant.backend).libraries)
     key = variant_key(base, quant, calibration, versions, cfg.seed)
     out_dir = Path(cfg.cache_dir) / "variants" / base.name / f"{quant.name}-{key}"
     manifest = storage.read_manifest(out_dir)

@@ -44,12 +44,9 @@ def load_calibration(cal: CalibrationConfig, tokenizer_dir: Path | None = None) 
 
 
 def _local_path(source: str) -> Path:
-    if source == "embedded":
-        from pipelines.embedded import CALIBRATION_TEXT
+    from pipelines.embedded import resolve_source
 
-        path = CALIBRATION_TEXT
-    else:
-        path = Path(source).expanduser()
+    path = resolve_source(source, "calibration")
     if not path.is_file():
         raise InputError(f"calibration file {path} does not exist; {FIX}")
     if path.suffix not in {".txt", ".jsonl"}:

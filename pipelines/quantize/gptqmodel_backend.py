@@ -25,6 +25,7 @@ from typing import Any, Iterator
 from pipelines.config import QuantConfig
 from pipelines.errors import ConfigError
 from pipelines.models import BaseModel, load_tokenizer
+from pipelines.quantize.llmcompressor_backend import LLMCompressorQuantizer
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +37,21 @@ DEFAULT_GROUP_SIZE = 128
 
 
 class GPTQModelQuantizer:
+    libraries = ("gptqmodel", "transformers", "torch")
+
     @staticmethod
     def check(quant: QuantConfig) -> None:
-        """Preflight: the package is installed and GPTQModel can write this scheme."""
+        """Preflight: the package is installed and GPTQModel can write this scheme.
+
+        Its W<n>A16 schemes are the compressed-tensors presets of the same name (same default group
+        size): the preset knowledge is the llm-compressor backend's, reached through the protocol."""
         require_gptqmodel()
         gptqmodel_settings(quant)
+        LLMCompressorQuantizer.check(quant)
+
+    @staticmethod
+    def check_compatible(model_config: dict[str, Any], quant: QuantConfig) -> None:
+        LLMCompressorQuantizer.check_compatible(model_config, quant)
 
     def quantize(self, base: BaseModel, quant: QuantConfig, calibration: list[str], out_dir: Path,
                  seed: int) -> None:

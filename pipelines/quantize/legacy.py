@@ -9,6 +9,7 @@ e.g. `python -m pipelines.run quant=gptq quant.backend=autogptq` exits 2 before 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pipelines.config import QuantConfig
 from pipelines.errors import ConfigError
@@ -26,13 +27,28 @@ def legacy_backend_error(backend: str) -> ConfigError:
                        "maintained successor (pip install -e '.[gptqmodel]'), or quant.backend=llmcompressor")
 
 
-class AutoGPTQQuantizer:
+class _RetiredQuantizer:
+    """A registered name whose every use raises the routed error (check_backend raises it first)."""
+
+    backend = ""
+    libraries = ("transformers", "torch")
+
+    @classmethod
+    def check(cls, quant: QuantConfig) -> None:
+        raise legacy_backend_error(cls.backend)
+
+    @classmethod
+    def check_compatible(cls, model_config: dict[str, Any], quant: QuantConfig) -> None:
+        raise legacy_backend_error(cls.backend)
+
     def quantize(self, base: BaseModel, quant: QuantConfig, calibration: list[str], out_dir: Path,
                  seed: int) -> None:
-        raise legacy_backend_error("autogptq")
+        raise legacy_backend_error(self.backend)
 
 
-class AutoAWQQuantizer:
-    def quantize(self, base: BaseModel, quant: QuantConfig, calibration: list[str], out_dir: Path,
-                 seed: int) -> None:
-        raise legacy_backend_error("autoawq")
+class AutoGPTQQuantizer(_RetiredQuantizer):
+    backend = "autogptq"
+
+
+class AutoAWQQuantizer(_RetiredQuantizer):
+    backend = "autoawq"

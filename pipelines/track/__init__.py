@@ -3,7 +3,10 @@
 `python -m pipelines.run tracking=local` logs to MLflow (pipelines/track/mlflow_tracker.py);
 `tracking=off` logs nothing. Metric and tag names are in pipelines/track/keys.py.
 
-A sweep is one parent run, created once (by the lead process, e.g. a Hydra callback) with
+Adding a tracker is one module implementing `Tracker`, one conf/tracking/<name>.yaml setting
+`backend: <name>` and one line in registry.TRACKERS (tests/test_seams.py does exactly that).
+
+A sweep is one parent run, created once (by the lead process, pipelines/sweep.py) with
 `start_sweep`; every job, in whatever process, logs its variant as a child with `log_outcome(...,
 parent_run_id=...)`. A failed variant is an `Outcome` with `error` set: it becomes a FAILED run.
 """
@@ -11,7 +14,7 @@ parent_run_id=...)`. A failed variant is an `Outcome` with `error` set: it becom
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from pipelines.config import TrackingConfig
 from pipelines.records import Outcome
@@ -19,6 +22,21 @@ from pipelines.registry import TRACKERS, resolve
 
 
 class Tracker(Protocol):
+    """A tracking backend (registry.TRACKERS, conf/tracking/*.yaml, picked by `tracking.backend`)."""
+
+    # Its own libraries, whose versions it tags every run with (the records tag what the stages used).
+    libraries: ClassVar[tuple[str, ...]]
+
+    def __init__(self, tracking: TrackingConfig) -> None: ...
+
+    @staticmethod
+    def check(tracking: TrackingConfig) -> None:
+        """Preflight, no network: raise a UserError for a tracking config this backend cannot use."""
+
+    @staticmethod
+    def check_reachable(tracking: TrackingConfig) -> None:
+        """Preflight: raise an InputError within seconds when the store cannot be reached or written."""
+
     def start_sweep(self, name: str, config: dict[str, Any]) -> str:
         """Create the sweep's parent run and return its id (pass it to every job)."""
 
@@ -38,6 +56,8 @@ def make_tracker(tracking: TrackingConfig) -> Tracker | None:
 
 
 def check_reachable(tracking: TrackingConfig) -> None:
-    """Fail fast (InputError) before any quantization when the tracking store cannot be used."""
+    """Fail fast (a UserError) before any quantization when the tracking store cannot be used."""
     if tracking.enabled:
-        resolve(TRACKERS, "tracker", tracking.backend).check_reachable(tracking)
+        tracker_class = resolve(TRACKERS, "tracker", tracking.backend)
+        tracker_class.check(tracking)
+        tracker_class.check_reachable(tracking)

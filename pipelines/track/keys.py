@@ -45,6 +45,7 @@ import math
 import re
 from typing import Any
 
+from pipelines.cost import cost_saving
 from pipelines.records import BenchResult, CostResult, EvalResult, Fidelity, Outcome
 
 REDACTED = "***"
@@ -177,7 +178,7 @@ def fidelity_metrics(fidelity: Fidelity) -> dict[str, float | None]:
             metrics[f"{prefix}/{name}"] = getattr(t, name)
         metrics[f"{prefix}/flips"] = t.right_to_wrong + t.wrong_to_right
     for name in ("base_score", "variant_score", "delta"):
-        metrics[f"fidelity/mean_{name}"] = sum(getattr(t, name) for t in fidelity.tasks) / len(fidelity.tasks)
+        metrics[f"fidelity/mean_{name}"] = fidelity.task_mean(name)
     for a in fidelity.agreement:
         prefix = f"agreement/{_key(a.model)}/{_key(a.task)}"
         metrics.update({f"{prefix}/agreement": a.agreement, f"{prefix}/n": a.n,
@@ -225,9 +226,9 @@ def cost_metrics(cost: CostResult, base_cost: CostResult | None) -> dict[str, fl
         metrics.update({"cost/usd_per_1m_tokens": m.usd_per_million_output_tokens, "cost/slo_met": m.slo_met,
                         "cost/output_tokens_per_s": m.output_tokens_per_s, "cost/replicas": m.replicas_for_target,
                         "cost/monthly_usd": m.monthly_usd, "cost/price_per_hour": m.price_per_hour})
-        if base_cost and base_cost.measured:
-            metrics["cost/saving_vs_base"] = (1 - m.usd_per_million_output_tokens
-                                              / base_cost.measured.usd_per_million_output_tokens)
+        saving = cost_saving(cost, base_cost)
+        if saving is not None:
+            metrics["cost/saving_vs_base"] = saving
     for p in cost.projected:
         prefix = f"cost/projected/{_key(p.hardware)}"
         metrics.update({f"{prefix}/usd_per_1m_tokens": p.usd_per_million_output_tokens,
@@ -247,6 +248,8 @@ def outcome_tags(outcome: Outcome, config: dict[str, Any], role: str) -> dict[st
         tags.update({f"quantgate.version.{lib}": v for lib, v in outcome.bench.versions.items()})
         tags.update({"quantgate.bench.engine": outcome.bench.engine, "quantgate.bench.knee": outcome.bench.knee_load})
     if outcome.variant_eval:
+        eval_versions = outcome.variant_eval.settings.get("versions", {})
+        tags.update({f"quantgate.version.{lib}": v for lib, v in eval_versions.items()})
         hashes = outcome.variant_eval.suite_hashes
         tags.update({f"quantgate.suite.{_key(t.task)}": f"{t.version}@{hashes.get(t.task, '?')}"
                      for t in outcome.variant_eval.tasks})

@@ -71,7 +71,7 @@ def dataset_refs(outcome: Outcome, config: dict[str, Any]) -> list[DatasetRef]:
 
 
 def _eval_refs(outcome: Outcome, eval_cfg: dict[str, Any]) -> list[DatasetRef]:
-    from pipelines.evaluate.lmeval_runner import resolve_include_path
+    from pipelines.evaluate.suites import resolve_include_path
     from pipelines.storage import library_versions
 
     result = outcome.variant_eval or outcome.base_eval
@@ -94,11 +94,9 @@ def _calibration_ref(quant: dict[str, Any]) -> DatasetRef | None:
         name = source.removeprefix("hf:")
         return DatasetRef(name, stable_hash(calibration),
                           f"https://huggingface.co/datasets/{name.split(':')[0]}", "calibration")
-    if source == "embedded":
-        from pipelines.embedded import CALIBRATION_TEXT
+    from pipelines.embedded import resolve_source
 
-        source = str(CALIBRATION_TEXT)
-    path = Path(source).expanduser()
+    path = resolve_source(source, "calibration")
     if not path.is_file():
         return None
     return DatasetRef(path.name, hash_files([path]), str(path.resolve()), "calibration")
@@ -110,11 +108,9 @@ def _reference_ref(outcome: Outcome, eval_cfg: dict[str, Any]) -> DatasetRef | N
     digest = result.settings.get("reference_text_hash") if result else None
     if not setting or not digest:
         return None
-    if setting == "embedded":
-        from pipelines.embedded import REFERENCE_TEXT
+    from pipelines.embedded import resolve_source
 
-        setting = str(REFERENCE_TEXT)
-    path = Path(setting).expanduser()
+    path = resolve_source(setting, "reference")
     return DatasetRef(path.name, digest, str(path.resolve()), "reference")
 
 

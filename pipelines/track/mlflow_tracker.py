@@ -48,24 +48,29 @@ from pipelines.track.lineage import DatasetRef, create_checkpoint_model, dataset
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 HEALTH_TIMEOUT_S = 5.0
-LIBRARIES = ("torch", "transformers", "llmcompressor", "compressed-tensors", "lm-eval", "mlflow", "vllm")
 
 
 def tracking_uri(tracking: TrackingConfig) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or tracking.uri
 
 
-def check_reachable(tracking: TrackingConfig) -> None:
-    """Raise InputError when the store cannot be reached or written; never waits more than seconds."""
+def check(tracking: TrackingConfig) -> None:
+    """Raise InputError for a tracking URI MLflow is not used with here (sqlite or an HTTP server)."""
     uri = tracking_uri(tracking)
     scheme = urlparse(uri).scheme
-    if scheme == "sqlite":
-        _check_sqlite(uri)
-    elif scheme in {"http", "https"}:
-        _check_http(uri)
-    else:
+    if scheme not in {"sqlite", "http", "https"}:
         raise InputError(f"tracking.uri={redact_value(uri)} has an unsupported scheme '{scheme}'; "
                          "use sqlite:///<path>.db or http(s)://<mlflow server>")
+
+
+def check_reachable(tracking: TrackingConfig) -> None:
+    """Raise InputError when the store cannot be reached or written; never waits more than seconds."""
+    check(tracking)
+    uri = tracking_uri(tracking)
+    if urlparse(uri).scheme == "sqlite":
+        _check_sqlite(uri)
+    else:
+        _check_http(uri)
 
 
 def _check_sqlite(uri: str) -> None:
@@ -84,6 +89,9 @@ def _check_http(uri: str) -> None:
 
 
 class MLflowTracker:
+    # Tagged on every run; the stages' own libraries come from the records (pipelines/track/keys.py).
+    libraries = ("mlflow",)
+    check = staticmethod(check)
     check_reachable = staticmethod(check_reachable)
 
     def __init__(self, tracking: TrackingConfig) -> None:
@@ -110,7 +118,7 @@ class MLflowTracker:
     def log_outcome(self, outcome: Outcome, config: dict[str, Any], parent_run_id: str | None = None,
                     reference: bool = False) -> str:
         tags = {**outcome_tags(outcome, config, "reference" if reference else "variant"), **_git_tags(),
-                **{f"quantgate.version.{k}": v for k, v in library_versions(*LIBRARIES).items()}}
+                **{f"quantgate.version.{k}": v for k, v in library_versions(*self.libraries).items()}}
         tags[NOTE_TAG] = run_description(outcome, tags.get("quantgate.scheme"), tags.get("quantgate.engine"),
                                          reference)
         if parent_run_id:

@@ -6,8 +6,11 @@ Two shapes, both computing no metric (that is `pipelines.bench.measure`'s job):
 - `LevelEngine` (served, e.g. `openai`): drives a whole run of load levels itself against an
   endpoint (its library schedules the requests, rates and streaming) and returns, per level and
   repeat, the per-request timings of what it measured, plus the reports it wrote.
-Both declare `check(cfg)` (cheap validation, run by preflight before any work) and `libraries`
-(whose versions belong in the cache key). Engines are listed in `pipelines.registry.BENCH_ENGINES`.
+Both declare `check(cfg)` (cheap validation, run by preflight before any work), `libraries`
+(whose versions belong in the cache key) and their constructor (whose extra keyword arguments are
+`bench.params`, checked against its signature). Adding an engine is one module, one
+conf/bench/<name>.yaml naming it in `engine:` and one line in `pipelines.registry.BENCH_ENGINES`
+(the served-endpoint engine `openai` was added that way; tests/test_seams.py registers a test double).
 Exercised by `pytest tests/test_bench.py tests/test_bench_served.py`.
 """
 
@@ -68,6 +71,11 @@ class Engine(Protocol):
     libraries: ClassVar[tuple[str, ...]]
     # What `peak_memory` measures, e.g. "cuda_max_allocated" or "process_rss_peak_sampled".
     memory_kind: str
+    # False: the stage plans the batches and calls run_batch (True is the LevelEngine shape).
+    runs_levels: ClassVar[bool]
+
+    def __init__(self, checkpoint_dir: Path, model, device: str, **params) -> None:
+        """Load the checkpoint (`model` is the ModelConfig) on `device`; `params` are bench.params."""
 
     @classmethod
     def check(cls, cfg) -> None:
@@ -92,6 +100,9 @@ class LevelEngine(Protocol):
     memory_kind: str
     # Marks the shape for run_benchmark: the engine takes a ServedModel and runs whole levels.
     runs_levels: ClassVar[bool]
+
+    def __init__(self, served, cfg, **params) -> None:
+        """Target `served` (a ServedModel) with the RunConfig's bench settings; `params` are bench.params."""
 
     @classmethod
     def check(cls, cfg) -> None:

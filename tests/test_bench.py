@@ -15,7 +15,9 @@ from pipelines.config import BenchConfig, SLOConfig
 from pipelines.cost import (decode_step_bound_s, estimate_cost, load_hardware, prefill_bound_s,
                             replicas_needed, usd_per_million_tokens)
 from pipelines.errors import ConfigError
-from pipelines.records import BenchResult, Percentiles
+from pipelines.records import BenchResult
+
+from conftest import load_level
 
 LLAMA3_8B = {"hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
              "intermediate_size": 14336, "num_hidden_layers": 32, "vocab_size": 128256,
@@ -34,13 +36,8 @@ REPEATS = [
 
 
 def level(batch_size: int, meets: bool, tokens_per_s: float = 100.0, e2e_mean_ms: float = 500.0, itl_mean_ms=10.0):
-    from pipelines.records import LoadLevel
-
-    flat = Percentiles(1.0, 1.0, 1.0)
-    return LoadLevel(batch_size=batch_size, requests=8, repeats=3, output_tokens_per_s=tokens_per_s,
-                     output_tokens_per_s_std=0.0, requests_per_s=1.0, ttft_ms=flat, itl_ms=flat, e2e_ms=flat,
-                     goodput_rps=1.0, meets_slo=meets, itl_mean_ms=itl_mean_ms, e2e_mean_ms=e2e_mean_ms,
-                     peak_memory_bytes=1)
+    return load_level(batch_size=batch_size, output_tokens_per_s=tokens_per_s, meets_slo=meets,
+                      itl_mean_ms=itl_mean_ms, e2e_mean_ms=e2e_mean_ms, peak_memory_bytes=1)
 
 
 def bench_result(levels) -> BenchResult:
@@ -167,6 +164,7 @@ def tiny_llama(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_model_shape_counts_the_same_parameters_as_torch(tiny_llama):
     from transformers import AutoModelForCausalLM
 
@@ -193,6 +191,7 @@ def test_scenario_prompts_are_unique_ordinary_tokens_in_whole_batches(tiny_llama
     assert [plan.requests_per_repeat for plan in plans] == [4, 6]
 
 
+@pytest.mark.slow
 def test_hf_engine_yields_exactly_output_tokens_with_monotonic_timestamps(tiny_llama):
     from pipelines.bench.engines.hf import HFEngine
     from pipelines.config import ModelConfig
@@ -207,6 +206,7 @@ def test_hf_engine_yields_exactly_output_tokens_with_monotonic_timestamps(tiny_l
         assert np.all(np.diff([t.submit_s, *t.token_times_s]) > 0)
 
 
+@pytest.mark.slow
 def test_run_benchmark_measures_every_level_and_reuses_its_cache(tiny_llama, tmp_path):
     from pipelines.bench import run_benchmark
     from pipelines.config import HardwareConfig, ModelConfig, PriceConfig, RunConfig
@@ -245,7 +245,10 @@ def test_cpu_peak_memory_sees_a_freed_allocation(meter):
     rss.reset()
     baseline = psutil.Process().memory_info().rss
     block = np.ones(64 * 2**20, dtype=np.uint8)  # 64 MiB, every page touched
-    time.sleep(0.05)  # several sampling periods for the sampled meter
+    if meter == "SampledRssPeak":  # hold the block until the sampler thread has seen it, however busy the CPU
+        deadline = time.monotonic() + 600  # a hang guard only
+        while rss._peak < baseline + 60 * 2**20 and time.monotonic() < deadline:
+            time.sleep(0.01)
     del block
     assert psutil.Process().memory_info().rss < baseline + 32 * 2**20  # freed: only the peak remembers it
     # Kernel RSS counters are batched per thread (a few pages of slack): 60 of the 64 MiB must show.

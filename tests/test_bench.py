@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,43 +142,22 @@ def test_every_hardware_yaml_loads_and_unknown_name_is_a_config_error():
         load_hardware("h10")
 
 
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory) -> Path:
-    """A random LlamaForCausalLM (hidden 128, 2 layers) and a word-level tokenizer, saved to disk."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    path = tmp_path_factory.mktemp("tiny-llama")
-    vocab = {"<s>": 0, "</s>": 1, "<unk>": 2, **{f"w{i}": i for i in range(3, 512)}}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
-                            unk_token="<unk>").save_pretrained(path)
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=128, num_hidden_layers=2, intermediate_size=256, num_attention_heads=2,
-                         num_key_value_heads=2, head_dim=64, vocab_size=512, bos_token_id=0, eos_token_id=1,
-                         dtype="float32")
-    LlamaForCausalLM(config).save_pretrained(path, safe_serialization=True)
-    return path
-
-
 @pytest.mark.slow
-def test_model_shape_counts_the_same_parameters_as_torch(tiny_llama):
+def test_model_shape_counts_the_same_parameters_as_torch(tiny_llama_dir):
     from transformers import AutoModelForCausalLM
 
-    shape = read_model_shape(tiny_llama)
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    shape = read_model_shape(tiny_llama_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     assert shape.params == sum(p.numel() for p in model.parameters())
     assert (shape.layers, shape.kv_heads, shape.head_dim, shape.dtype) == (2, 2, 64, "float32")
     assert shape.kv_bytes_per_token == 2 * 2 * 2 * 64 * 4
 
 
-def test_scenario_prompts_are_unique_ordinary_tokens_in_whole_batches(tiny_llama):
+def test_scenario_prompts_are_unique_ordinary_tokens_in_whole_batches(tiny_llama_dir):
     from pipelines.bench.scenarios import ordinary_token_ids, plan_levels
     from pipelines.models import load_tokenizer
 
-    ids = ordinary_token_ids(load_tokenizer(tiny_llama))
+    ids = ordinary_token_ids(load_tokenizer(tiny_llama_dir))
     bench = BenchConfig(name="t", input_tokens=8, batch_sizes=[1, 3], requests_per_level=4, warmup_requests=1,
                         repeats=2)
     plans = plan_levels(bench, ids)
@@ -192,11 +170,11 @@ def test_scenario_prompts_are_unique_ordinary_tokens_in_whole_batches(tiny_llama
 
 
 @pytest.mark.slow
-def test_hf_engine_yields_exactly_output_tokens_with_monotonic_timestamps(tiny_llama):
+def test_hf_engine_yields_exactly_output_tokens_with_monotonic_timestamps(tiny_llama_dir):
     from pipelines.bench.engines.hf import HFEngine
     from pipelines.config import ModelConfig
 
-    engine = HFEngine(tiny_llama, ModelConfig(name="tiny", source=str(tiny_llama), dtype="float32"))
+    engine = HFEngine(tiny_llama_dir, ModelConfig(name="tiny", source=str(tiny_llama_dir), dtype="float32"))
     engine.reset_peak_memory()
     timings = engine.run_batch([[5, 6, 7, 8], [9, 10, 11, 12]], output_tokens=6)
     assert engine.peak_memory() > 0
@@ -207,12 +185,12 @@ def test_hf_engine_yields_exactly_output_tokens_with_monotonic_timestamps(tiny_l
 
 
 @pytest.mark.slow
-def test_run_benchmark_measures_every_level_and_reuses_its_cache(tiny_llama, tmp_path):
+def test_run_benchmark_measures_every_level_and_reuses_its_cache(tiny_llama_dir, tmp_path):
     from pipelines.bench import run_benchmark
     from pipelines.config import HardwareConfig, ModelConfig, PriceConfig, RunConfig
     from pipelines.records import Variant
 
-    cfg = RunConfig(model=ModelConfig(name="tiny", source=str(tiny_llama), dtype="float32"),
+    cfg = RunConfig(model=ModelConfig(name="tiny", source=str(tiny_llama_dir), dtype="float32"),
                     bench=BenchConfig(name="t", input_tokens=8, output_tokens=4, batch_sizes=[1, 2],
                                       requests_per_level=2, warmup_requests=1, repeats=2,
                                       slo=SLOConfig(ttft_p95_ms=1e6, itl_p95_ms=1e6)),
@@ -220,7 +198,7 @@ def test_run_benchmark_measures_every_level_and_reuses_its_cache(tiny_llama, tmp
                                             memory_bandwidth_gb_s=20, memory_gb=24),
                     cache_dir=str(tmp_path))
     variant = Variant(name="none", base="tiny", backend="none", method="none", scheme=None,
-                      checkpoint_dir=str(tiny_llama), size_bytes=123, content_hash="abc", cache_key="k",
+                      checkpoint_dir=str(tiny_llama_dir), size_bytes=123, content_hash="abc", cache_key="k",
                       quantize_seconds=0.0, from_cache=False)
     first = run_benchmark(cfg, variant)
     assert [lv.batch_size for lv in first.levels] == [1, 2]

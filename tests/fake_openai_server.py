@@ -2,7 +2,8 @@
 
 Run as `<python> fake_openai_server.py -m vllm.entrypoints.openai.api_server --port P ...`: it
 writes its pid and a child's pid to $FAKE_PIDFILE, then serves /v1/models and /version. With
-FAKE_DIE=1 it prints an error and exits; with FAKE_HANG=1 every other request hangs (a busy server).
+FAKE_DIE=1 it prints an error and exits; with FAKE_HANG=1 every other request hangs (a busy server),
+after printing `hanging on <method> <path>`.
 """
 
 import json
@@ -34,6 +35,7 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/version":
             return self._send(200, {"version": "0.0-fake"})
         if os.environ.get("FAKE_HANG"):
+            print(f"hanging on {self.command} {self.path}", flush=True)  # tests wait for this line
             time.sleep(3600)
         return self._send(404, {})
 

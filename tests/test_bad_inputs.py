@@ -6,13 +6,15 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import socket
 import sys
 from pathlib import Path
 
 import pytest
 
 from pipelines import run
+from pipelines.serve.process import free_port
+
+pytestmark = pytest.mark.usefixtures("builtin_task_index_once")
 
 SUITE_TEMPLATE = """task: {task}
 dataset_path: json
@@ -30,12 +32,6 @@ metadata:
   version: 1.0
 """
 GOOD_ROW = {"question": "Is 3 more than 2?", "choices": [" yes", " no"], "answer": 0}
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def write_suite(root: Path, rows: list[dict] | None, yaml_text: str | None = None) -> Path:
@@ -83,7 +79,7 @@ def world(tmp_path_factory, tiny_llama_dir):
         "missing_data": write_suite(root / "suite-missing", None),
         "missing_field": write_suite(root / "suite-field", [GOOD_ROW, {"question": "q", "answer": 0}]),
         "empty_suite": write_suite(root / "suite-empty", []),
-        "port": closed_port(),
+        "port": free_port(),  # nothing listens there
     }
 
 

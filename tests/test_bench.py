@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +13,10 @@ from pipelines.config import BenchConfig, SLOConfig
 from pipelines.cost import (decode_step_bound_s, estimate_cost, load_hardware, prefill_bound_s,
                             replicas_needed, usd_per_million_tokens)
 from pipelines.errors import ConfigError
-from pipelines.records import BenchResult, Percentiles
+from pipelines.records import BenchResult
 from pipelines.sizing import ModelShape, llama_parameter_count, read_model_shape
+
+from conftest import load_level
 
 LLAMA3_8B = {"hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
              "intermediate_size": 14336, "num_hidden_layers": 32, "vocab_size": 128256,
@@ -34,13 +35,8 @@ REPEATS = [
 
 
 def level(batch_size: int, meets: bool, tokens_per_s: float = 100.0, e2e_mean_ms: float = 500.0, itl_mean_ms=10.0):
-    from pipelines.records import LoadLevel
-
-    flat = Percentiles(1.0, 1.0, 1.0)
-    return LoadLevel(batch_size=batch_size, requests=8, repeats=3, output_tokens_per_s=tokens_per_s,
-                     output_tokens_per_s_std=0.0, requests_per_s=1.0, ttft_ms=flat, itl_ms=flat, e2e_ms=flat,
-                     goodput_rps=1.0, meets_slo=meets, itl_mean_ms=itl_mean_ms, e2e_mean_ms=e2e_mean_ms,
-                     peak_memory_bytes=1)
+    return load_level(batch_size=batch_size, output_tokens_per_s=tokens_per_s, meets_slo=meets,
+                      itl_mean_ms=itl_mean_ms, e2e_mean_ms=e2e_mean_ms, peak_memory_bytes=1)
 
 
 def bench_result(levels) -> BenchResult:
@@ -146,42 +142,22 @@ def test_every_hardware_yaml_loads_and_unknown_name_is_a_config_error():
         load_hardware("h10")
 
 
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory) -> Path:
-    """A random LlamaForCausalLM (hidden 128, 2 layers) and a word-level tokenizer, saved to disk."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    path = tmp_path_factory.mktemp("tiny-llama")
-    vocab = {"<s>": 0, "</s>": 1, "<unk>": 2, **{f"w{i}": i for i in range(3, 512)}}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
-                            unk_token="<unk>").save_pretrained(path)
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=128, num_hidden_layers=2, intermediate_size=256, num_attention_heads=2,
-                         num_key_value_heads=2, head_dim=64, vocab_size=512, bos_token_id=0, eos_token_id=1,
-                         dtype="float32")
-    LlamaForCausalLM(config).save_pretrained(path, safe_serialization=True)
-    return path
-
-
-def test_model_shape_counts_the_same_parameters_as_torch(tiny_llama):
+@pytest.mark.slow
+def test_model_shape_counts_the_same_parameters_as_torch(tiny_llama_dir):
     from transformers import AutoModelForCausalLM
 
-    shape = read_model_shape(tiny_llama)
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    shape = read_model_shape(tiny_llama_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     assert shape.params == sum(p.numel() for p in model.parameters())
     assert (shape.layers, shape.kv_heads, shape.head_dim, shape.dtype) == (2, 2, 64, "float32")
     assert shape.kv_bytes_per_token == 2 * 2 * 2 * 64 * 4
 
 
-def test_scenario_prompts_are_unique_ordinary_tokens_in_whole_batches(tiny_llama):
+def test_scenario_prompts_are_unique_ordinary_tokens_in_whole_batches(tiny_llama_dir):
     from pipelines.bench.scenarios import ordinary_token_ids, plan_levels
     from pipelines.models import load_tokenizer
 
-    ids = ordinary_token_ids(load_tokenizer(tiny_llama))
+    ids = ordinary_token_ids(load_tokenizer(tiny_llama_dir))
     bench = BenchConfig(name="t", input_tokens=8, batch_sizes=[1, 3], requests_per_level=4, warmup_requests=1,
                         repeats=2)
     plans = plan_levels(bench, ids)
@@ -193,11 +169,12 @@ def test_scenario_prompts_are_unique_ordinary_tokens_in_whole_batches(tiny_llama
     assert [plan.requests_per_repeat for plan in plans] == [4, 6]
 
 
-def test_hf_engine_yields_exactly_output_tokens_with_monotonic_timestamps(tiny_llama):
+@pytest.mark.slow
+def test_hf_engine_yields_exactly_output_tokens_with_monotonic_timestamps(tiny_llama_dir):
     from pipelines.bench.engines.hf import HFEngine
     from pipelines.config import ModelConfig
 
-    engine = HFEngine(tiny_llama, ModelConfig(name="tiny", source=str(tiny_llama), dtype="float32"))
+    engine = HFEngine(tiny_llama_dir, ModelConfig(name="tiny", source=str(tiny_llama_dir), dtype="float32"))
     engine.reset_peak_memory()
     timings = engine.run_batch([[5, 6, 7, 8], [9, 10, 11, 12]], output_tokens=6)
     assert engine.peak_memory() > 0
@@ -207,12 +184,13 @@ def test_hf_engine_yields_exactly_output_tokens_with_monotonic_timestamps(tiny_l
         assert np.all(np.diff([t.submit_s, *t.token_times_s]) > 0)
 
 
-def test_run_benchmark_measures_every_level_and_reuses_its_cache(tiny_llama, tmp_path):
+@pytest.mark.slow
+def test_run_benchmark_measures_every_level_and_reuses_its_cache(tiny_llama_dir, tmp_path):
     from pipelines.bench import run_benchmark
     from pipelines.config import HardwareConfig, ModelConfig, PriceConfig, RunConfig
     from pipelines.records import Variant
 
-    cfg = RunConfig(model=ModelConfig(name="tiny", source=str(tiny_llama), dtype="float32"),
+    cfg = RunConfig(model=ModelConfig(name="tiny", source=str(tiny_llama_dir), dtype="float32"),
                     bench=BenchConfig(name="t", input_tokens=8, output_tokens=4, batch_sizes=[1, 2],
                                       requests_per_level=2, warmup_requests=1, repeats=2,
                                       slo=SLOConfig(ttft_p95_ms=1e6, itl_p95_ms=1e6)),
@@ -220,7 +198,7 @@ def test_run_benchmark_measures_every_level_and_reuses_its_cache(tiny_llama, tmp
                                             memory_bandwidth_gb_s=20, memory_gb=24),
                     cache_dir=str(tmp_path))
     variant = Variant(name="none", base="tiny", backend="none", method="none", scheme=None,
-                      checkpoint_dir=str(tiny_llama), size_bytes=123, content_hash="abc", cache_key="k",
+                      checkpoint_dir=str(tiny_llama_dir), size_bytes=123, content_hash="abc", cache_key="k",
                       quantize_seconds=0.0, from_cache=False)
     first = run_benchmark(cfg, variant)
     assert [lv.batch_size for lv in first.levels] == [1, 2]
@@ -245,7 +223,10 @@ def test_cpu_peak_memory_sees_a_freed_allocation(meter):
     rss.reset()
     baseline = psutil.Process().memory_info().rss
     block = np.ones(64 * 2**20, dtype=np.uint8)  # 64 MiB, every page touched
-    time.sleep(0.05)  # several sampling periods for the sampled meter
+    if meter == "SampledRssPeak":  # hold the block until the sampler thread has seen it, however busy the CPU
+        deadline = time.monotonic() + 600  # a hang guard only
+        while rss._peak < baseline + 60 * 2**20 and time.monotonic() < deadline:
+            time.sleep(0.01)
     del block
     assert psutil.Process().memory_info().rss < baseline + 32 * 2**20  # freed: only the peak remembers it
     # Kernel RSS counters are batched per thread (a few pages of slack): 60 of the 64 MiB must show.

@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.server
 import math
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -25,7 +24,10 @@ from pipelines.bench.engines import MeasuredLevel, RequestTiming, StreamTiming
 from pipelines.bench.measure import LevelFailed, knee_level, summarize_level, summarize_served_level
 from pipelines.config import SLOConfig
 from pipelines.errors import ConfigError
-from pipelines.records import BenchResult, LoadLevel, Percentiles, ServedModel, Variant
+from pipelines.records import BenchResult, LoadLevel, ServedModel, Variant
+from pipelines.serve.process import free_port
+
+from conftest import load_level
 
 REPO = Path(__file__).resolve().parents[1]
 EMBEDDED = REPO / "pipelines" / "embedded" / "tiny-llama"
@@ -88,10 +90,8 @@ def test_errors_are_counted_next_to_the_successful_requests():
 
 
 def _level(load: str, batch_size: int, meets: bool, rps: float = 1.0, tokens_per_s: float = 10.0) -> LoadLevel:
-    p = Percentiles(1.0, 1.0, 1.0)
-    return LoadLevel(batch_size=batch_size, requests=8, repeats=1, output_tokens_per_s=tokens_per_s,
-                     output_tokens_per_s_std=0.0, requests_per_s=rps, ttft_ms=p, itl_ms=p, e2e_ms=p, goodput_rps=rps,
-                     meets_slo=meets, e2e_mean_ms=1000.0, load=load)
+    return load_level(batch_size=batch_size, repeats=1, output_tokens_per_s=tokens_per_s, requests_per_s=rps,
+                      goodput_rps=rps, meets_slo=meets, e2e_mean_ms=1000.0, load=load)
 
 
 def test_the_knee_is_the_highest_load_meeting_the_slo():
@@ -170,12 +170,6 @@ def test_cache_key_follows_the_serving_engine_not_its_port():
 
 
 # --- against servers --------------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest.fixture
 def mock_server():

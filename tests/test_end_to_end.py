@@ -21,13 +21,19 @@ FAST_BENCH = ["bench.batch_sizes=[1,2]", "bench.requests_per_level=2", "bench.re
 SECRET = "hf_QuantgateTestSecret0123456789abcd"
 
 
-def cli(args: list[str], tmp: Path, timeout: int = 900, **popen) -> subprocess.CompletedProcess:
+def cli_command(args: list[str], tmp: Path) -> tuple[list[str], dict[str, str]]:
+    """The CLI with every output under tmp, and its environment (no MLFLOW_TRACKING_URI from outside)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     command = [sys.executable, "-m", "pipelines.run", *args, f"cache_dir={tmp / 'cache'}",
                f"tracking.uri=sqlite:///{tmp / 'mlruns' / 'mlflow.db'}",
                f"tracking.artifact_location={tmp / 'mlruns' / 'artifacts'}",
                f"hydra.run.dir={tmp / 'outputs'}", f"hydra.sweep.dir={tmp / 'multirun'}"]
+    return command, env
+
+
+def cli(args: list[str], tmp: Path, timeout: int = 900, **popen) -> subprocess.CompletedProcess:
+    command, env = cli_command(args, tmp)
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp, **popen)
 
 
@@ -80,6 +86,26 @@ def manifests(tmp: Path) -> dict[str, float]:
     return {str(p): p.stat().st_mtime for p in (tmp / "cache").glob("*/*/*/quantgate-manifest.json")}
 
 
+def stage_manifests(tmp: Path, variant: str) -> dict[str, bool]:
+    """Which of a variant's cached stages are complete (a cache directory is complete once its manifest is written)."""
+    cache = tmp / "cache"
+    evals = [json.loads(p.read_text()).get("model") for p in cache.glob("evals/*/*/quantgate-manifest.json")]
+    return {"quantize": any(cache.glob(f"variants/*/{variant}-*/quantgate-manifest.json")),
+            "evaluate": variant in evals}
+
+
+def sweep_outcomes(tmp: Path, sweep: str) -> dict[str, dict]:
+    """The sweep's outcome records by variant name, as the finished jobs wrote them."""
+    folder = tmp / "cache" / "sweeps" / sweep / "outcomes"
+    records = [json.loads(path.read_text()) for path in folder.glob("*.json")]
+    return {record["variant_name"]: record for record in records}
+
+
+def reused(outcome: dict) -> dict[str, bool]:
+    """Which of the outcome's cacheable records were read from the cache rather than computed."""
+    return {name: outcome[name]["from_cache"] for name in ("variant", "base_eval", "variant_eval")}
+
+
 def test_killed_sweep_resumes_without_redoing_finished_work(tmp_path, tiny_llama_dir):
     args = ["-m", "quant=fp8,canary-w2", "sweep=resume", *tiny_args(tiny_llama_dir)]
     reference = tmp_path / "uninterrupted"
@@ -88,23 +114,32 @@ def test_killed_sweep_resumes_without_redoing_finished_work(tmp_path, tiny_llama
 
     killed = tmp_path / "killed"
     killed.mkdir()
-    first_done = killed / "cache" / "sweeps" / "resume" / "outcomes"
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    process = subprocess.Popen([sys.executable, "-m", "pipelines.run", *args, f"cache_dir={killed / 'cache'}",
-                                f"tracking.uri=sqlite:///{killed / 'mlruns' / 'mlflow.db'}",
-                                f"hydra.sweep.dir={killed / 'multirun'}"],
-                               cwd=killed, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
-    deadline = time.monotonic() + 600
-    while not any(first_done.glob("*fp8.json")) and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    command, env = cli_command(args, killed)
+    with (killed / "stderr.txt").open("w") as stderr:
+        process = subprocess.Popen(command, cwd=killed, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+                                   start_new_session=True)
+        # The kill lands on an observable event, not after a delay: the second job has written its
+        # quantized checkpoint and is now evaluating it.
+        deadline = time.monotonic() + 900  # a hang guard only
+        while not stage_manifests(killed, "canary-w2")["quantize"] and process.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process.poll() is None, f"the sweep ended before the kill: {(killed / 'stderr.txt').read_text()[-3000:]}"
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    # Mid-work: the first job finished, the second had quantized but not evaluated its variant.
+    assert set(sweep_outcomes(killed, "resume")) == {"fp8"}
+    assert stage_manifests(killed, "fp8") == {"quantize": True, "evaluate": True}
+    assert stage_manifests(killed, "canary-w2") == {"quantize": True, "evaluate": False}
     finished = manifests(killed)
-    assert finished, "nothing was finished before the kill"
 
     resumed = cli(args, killed)
     assert resumed.returncode in (0, 1), resumed.stderr[-3000:]
+    # The rerun redid exactly the interrupted evaluation and reused everything finished before the kill.
+    outcomes = sweep_outcomes(killed, "resume")
+    assert reused(outcomes["fp8"]) == {"variant": True, "base_eval": True, "variant_eval": True}
+    assert reused(outcomes["canary-w2"]) == {"variant": True, "base_eval": True, "variant_eval": False}
+    assert stage_manifests(killed, "canary-w2") == {"quantize": True, "evaluate": True}
     assert all(manifests(killed)[path] == mtime for path, mtime in finished.items())
     assert fidelity_files(killed) == fidelity_files(reference)
 

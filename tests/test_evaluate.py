@@ -19,6 +19,8 @@ from pipelines.evaluate.items import FIELDS, OPTIONAL_FIELDS, read_items
 from pipelines.fidelity import compare
 from pipelines.records import Variant
 
+pytestmark = pytest.mark.slow  # every test reads the one real lm-eval run of the `setup` fixture
+
 COLORS = ["red", "blue", "green"]
 MC_YAML = """task: tiny_mc
 dataset_path: json

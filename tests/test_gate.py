@@ -8,15 +8,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 from scipy import stats
 from scipy.stats import norm
 
 from pipelines.config import GateConfig, SuiteTolerance
 from pipelines.errors import InputError
 from pipelines.gate import decide, drop_interval, exit_code, items_to_settle
-from pipelines.records import (BenchResult, CostEstimate, CostResult, Divergence, Fidelity, LoadLevel,
-                               Percentiles, TaskFidelity)
+from pipelines.records import BenchResult, CostEstimate, CostResult, Divergence, Fidelity, Percentiles, TaskFidelity
+
+from conftest import load_config_file, load_level
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "gate"
 
@@ -49,8 +49,7 @@ def status(verdict, rule, scope=None):
 
 def bench(tps_bs1: float, knee: int | None) -> BenchResult:
     pct = Percentiles(p50=10.0, p95=12.0, p99=13.0)
-    level = LoadLevel(batch_size=1, requests=8, repeats=3, output_tokens_per_s=tps_bs1, output_tokens_per_s_std=0.1,
-                      requests_per_s=1.0, ttft_ms=pct, itl_ms=pct, e2e_ms=pct, goodput_rps=1.0, meets_slo=True)
+    level = load_level(output_tokens_per_s=tps_bs1, output_tokens_per_s_std=0.1, ttft_ms=pct, itl_ms=pct, e2e_ms=pct)
     return BenchResult(variant="v", engine="hf", device="cpu", levels=[level], knee_batch_size=knee,
                        peak_memory_bytes=1, memory_kind="rss", checkpoint_bytes=1)
 
@@ -172,9 +171,7 @@ def test_no_tasks_is_invalid_input():
 
 @pytest.mark.parametrize("path", sorted(CONF.glob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_policies_pass_the_base_against_itself_on_fidelity(path):
-    raw = OmegaConf.load(path)
-    raw.pop("defaults", None)
-    gate = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(GateConfig), raw))
+    gate = load_config_file(path, GateConfig)
     verdict = decide(gate, fidelity(task(), kl=0.0))
     assert verdict.policy == gate.name
     assert all(r.status == "PASS" for r in verdict.rules if r.rule in {"accuracy", "flip_rate", "kl"})

@@ -16,7 +16,7 @@ from safetensors.torch import load_file as load_torch
 
 from pipelines.config import CalibrationConfig, QuantConfig
 from pipelines.errors import ConfigError
-from pipelines.models import BaseModel, fingerprint_directory, load_causal_lm
+from pipelines.models import load_causal_lm
 from pipelines.quantize.gptqmodel_backend import GPTQModelQuantizer, gptqmodel_settings
 
 pytest.importorskip("gptqmodel")
@@ -31,12 +31,6 @@ def quant(method: str, **overrides) -> QuantConfig:
     return QuantConfig(name=f"{method}-gptqmodel", backend="gptqmodel", method=method, scheme="W4A16",
                        group_size=128, needs_calibration=True,
                        calibration=CalibrationConfig(max_seq_length=64), **overrides)
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tiny_llama_dir) -> BaseModel:
-    config = json.loads((tiny_llama_dir / "config.json").read_text())
-    return BaseModel("tiny", tiny_llama_dir, fingerprint_directory(tiny_llama_dir), config)
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +64,7 @@ def logits(directory: Path, token_ids: list[int]) -> np.ndarray:
         return model(torch.tensor([token_ids])).logits[0].float().numpy()
 
 
+@pytest.mark.slow
 def test_checkpoint_declares_gptqmodel_format_4bit_group_128(checkpoint):
     method, directory = checkpoint
     config = quantization_config(directory)
@@ -77,6 +72,7 @@ def test_checkpoint_declares_gptqmodel_format_4bit_group_128(checkpoint):
     assert (directory / "tokenizer.json").is_file()
 
 
+@pytest.mark.slow
 def test_checkpoint_holds_only_model_files_and_the_base_generation_config(checkpoint, tiny_base):
     _, directory = checkpoint
     assert not (directory / "quant_log.csv").exists()
@@ -84,6 +80,7 @@ def test_checkpoint_holds_only_model_files_and_the_base_generation_config(checkp
     assert (directory / "generation_config.json").read_text() == (tiny_base.path / "generation_config.json").read_text()
 
 
+@pytest.mark.slow
 def test_linear_weights_are_replaced_by_packed_4bit_tensors(checkpoint):
     _, directory = checkpoint
     tensors = load_file(directory / "model.safetensors")
@@ -93,6 +90,7 @@ def test_linear_weights_are_replaced_by_packed_4bit_tensors(checkpoint):
     assert "lm_head.weight" in tensors
 
 
+@pytest.mark.slow
 def test_gptq_weights_unpack_close_to_the_base_but_changed(checkpoints, tiny_base):
     tensors = load_file(checkpoints["gptq"] / "model.safetensors")
     shifts = np.arange(8, dtype=np.uint32) * 4
@@ -108,6 +106,7 @@ def test_gptq_weights_unpack_close_to_the_base_but_changed(checkpoints, tiny_bas
     assert np.mean(np.abs(dense - base) <= 2 * step) > 0.99
 
 
+@pytest.mark.slow
 def test_checkpoint_loads_through_load_causal_lm_with_logits_near_the_base(checkpoint, tiny_base):
     _, directory = checkpoint
     token_ids = list(range(3, 35))
@@ -117,6 +116,7 @@ def test_checkpoint_loads_through_load_causal_lm_with_logits_near_the_base(check
     assert np.corrcoef(variant.ravel(), base.ravel())[0, 1] > 0.9
 
 
+@pytest.mark.slow
 def test_same_seed_gives_byte_identical_checkpoint(checkpoints, tiny_base, tmp_path):
     # The content hash keys cached evaluations: a rerun must not look like a new model.
     GPTQModelQuantizer().quantize(tiny_base, quant("gptq"), TEXTS, tmp_path / "again", seed=0)
@@ -124,6 +124,7 @@ def test_same_seed_gives_byte_identical_checkpoint(checkpoints, tiny_base, tmp_p
         assert (tmp_path / "again" / name).read_bytes() == (checkpoints["gptq"] / name).read_bytes()
 
 
+@pytest.mark.slow
 def test_logs_stay_out_of_the_working_directory(checkpoint):
     _, directory = checkpoint
     assert not (Path.cwd() / "logs").exists() or not any((Path.cwd() / "logs").glob("*_log_*.log"))

@@ -149,11 +149,11 @@ def test_interrupt_is_one_line_and_leaves_no_finished_looking_output(user, tmp_p
 
 def test_bad_input_after_loading_suites_is_one_line_without_library_chatter(user, tmp_path):
     """The tracking store is checked after the embedded suites load (lm-eval warns while loading them)."""
-    from test_bad_inputs import closed_port
+    from pipelines.serve.process import free_port
 
     result = subprocess.run(
         [sys.executable, "-m", "pipelines.run", f"model.source={user['model']}", "bench=off",
-         f"cache_dir={tmp_path / 'cache'}", f"tracking.uri=http://127.0.0.1:{closed_port()}"],
+         f"cache_dir={tmp_path / 'cache'}", f"tracking.uri=http://127.0.0.1:{free_port()}"],
         capture_output=True, text=True, timeout=600, env=environment(), cwd=tmp_path)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr[-3000:]

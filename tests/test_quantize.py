@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from pipelines.config import CalibrationConfig, QuantConfig, RunConfig
 from pipelines.errors import ConfigError, InputError
-from pipelines.models import BaseModel, fingerprint_directory, load_causal_lm
+from pipelines.models import BaseModel, load_causal_lm
 from pipelines.quantize import run_quantize, variant_key
 from pipelines.quantize.calibration import load_calibration
 from pipelines.quantize.compat import check_backend, check_quant_compatible
@@ -27,7 +25,8 @@ from pipelines.quantize.llmcompressor_backend import PRESET_GROUP_SIZES
 from pipelines.registry import QUANTIZERS, resolve
 from pipelines.storage import read_manifest
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "quant"
+from conftest import load_config_file
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SCHEMES = ["fp8", "w8a8", "awq", "gptq", "canary-w2"]
 Q_PROJ = "model.layers.0.self_attn.q_proj"
@@ -35,16 +34,7 @@ PARAGRAPHS = [f"Invoice {i} totals {i * 7} dollars; refunds follow policy {i % 5
 
 
 def quant_config(preset: str, **overrides) -> QuantConfig:
-    """A conf/quant YAML validated through its schema, as Hydra would."""
-    raw = OmegaConf.load(CONF / f"{preset}.yaml")
-    raw.pop("defaults")
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(QuantConfig), raw, overrides))
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tiny_llama_dir) -> BaseModel:
-    config = json.loads((tiny_llama_dir / "config.json").read_text())
-    return BaseModel("tiny", tiny_llama_dir, fingerprint_directory(tiny_llama_dir), config)
+    return load_config_file(f"quant/{preset}", QuantConfig, **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +100,7 @@ def base_q_proj(base: BaseModel) -> np.ndarray:
     return load_file(base.path / "model.safetensors")[f"{Q_PROJ}.weight"].numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SCHEMES)
 def test_each_scheme_writes_a_compressed_tensors_checkpoint_with_tokenizer(variants, name):
     checkpoint = Path(variants[name].checkpoint_dir)
@@ -119,16 +110,19 @@ def test_each_scheme_writes_a_compressed_tensors_checkpoint_with_tokenizer(varia
     assert read_manifest(checkpoint)["content_hash"] == variants[name].content_hash
 
 
+@pytest.mark.slow
 def test_fp8_stores_float8_weights_and_leaves_lm_head_dense(variants):
     dtypes = header_dtypes(variants["fp8"])
     assert dtypes[f"{Q_PROJ}.weight"] == "F8_E4M3"
     assert dtypes["lm_head.weight"] == "F32" and dtypes["model.embed_tokens.weight"] == "F32"
 
 
+@pytest.mark.slow
 def test_w8a8_stores_int8_weights(variants):
     assert header_dtypes(variants["w8a8"])[f"{Q_PROJ}.weight"] == "I8"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "num_bits"), [("gptq", 4), ("awq", 4), ("canary-w2", 2)])
 def test_low_bit_weights_are_packed_int32_in_groups_of_128(variants, name, num_bits):
     found = tensors(variants[name])
@@ -140,6 +134,7 @@ def test_low_bit_weights_are_packed_int32_in_groups_of_128(variants, name, num_b
     assert (weights["num_bits"], weights["group_size"]) == (num_bits, 128)
 
 
+@pytest.mark.slow
 def test_round_to_nearest_2bit_is_within_half_a_step_of_the_base(variants, tiny_base):
     dense, scale = dequantized_q_proj(variants["canary-w2"], num_bits=2)
     error = np.abs(dense - base_q_proj(tiny_base))
@@ -147,6 +142,7 @@ def test_round_to_nearest_2bit_is_within_half_a_step_of_the_base(variants, tiny_
     assert error.mean() > 0.05 * scale.mean()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "num_bits"), [("fp8", None), ("w8a8", None), ("gptq", 4), ("awq", 4)])
 def test_quantized_weights_differ_from_base_but_stay_close(variants, tiny_base, name, num_bits):
     norm = "model.layers.0.input_layernorm.weight"
@@ -159,6 +155,7 @@ def test_quantized_weights_differ_from_base_but_stay_close(variants, tiny_base, 
     assert 0 < relative < 0.2
 
 
+@pytest.mark.slow
 def test_fp8_variant_loads_back_and_tracks_base_logits(variants, tiny_base):
     tokens = torch.randint(3, 512, (2, 16), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -168,6 +165,7 @@ def test_fp8_variant_loads_back_and_tracks_base_logits(variants, tiny_base):
     assert (torch.linalg.norm(variant_logits - base_logits) / torch.linalg.norm(base_logits)) < 0.1
 
 
+@pytest.mark.slow
 def test_fp8_kernel_path_of_the_gpu_benchmark_serves_the_same_quantization(variants, tiny_base):
     """benchmarks/fp8_kernels.py runs FP8 variants on torch._scaled_mm (which also runs on the CPU)."""
     spec = importlib.util.spec_from_file_location("fp8_kernels", BENCHMARKS / "fp8_kernels.py")
@@ -184,29 +182,34 @@ def test_fp8_kernel_path_of_the_gpu_benchmark_serves_the_same_quantization(varia
     torch.testing.assert_close(kernel, emulated, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_awq_params_reach_the_awq_modifier(variants):
     recipe = (Path(variants["awq"].checkpoint_dir) / "recipe.yaml").read_text()
     assert "n_grid: 4" in recipe
 
 
+@pytest.mark.slow
 def test_group_size_override_replaces_the_presets_128(tiny_base, calibration_file, cache_dir):
     cfg = config_for("canary-w2", calibration_file, cache_dir, name="w4-g64", scheme="W4A16", group_size=64)
     found = tensors(run_quantize(cfg, tiny_base))
     assert tuple(found[f"{Q_PROJ}.weight_scale"].shape) == (128, 128 // 64)
 
 
+@pytest.mark.slow
 def test_second_run_reuses_the_cached_checkpoint(variants, tiny_base, calibration_file, cache_dir):
     again = run_quantize(config_for("gptq", calibration_file, cache_dir), tiny_base)
     assert again.from_cache and not variants["gptq"].from_cache
     assert (again.checkpoint_dir, again.content_hash) == (variants["gptq"].checkpoint_dir, variants["gptq"].content_hash)
 
 
+@pytest.mark.slow
 def test_overwrite_redoes_the_checkpoint_deterministically(variants, tiny_base, calibration_file, cache_dir):
-    before = read_manifest(Path(variants["canary-w2"].checkpoint_dir))["created_at"]
-    time.sleep(1)
+    # A stray file in the cached checkpoint: gone afterwards only if the directory was rebuilt.
+    stray = Path(variants["canary-w2"].checkpoint_dir) / "stray-from-before.txt"
+    stray.write_text("left by the first build\n")
     redone = run_quantize(config_for("canary-w2", calibration_file, cache_dir, overwrite=True), tiny_base)
     assert not redone.from_cache and redone.checkpoint_dir == variants["canary-w2"].checkpoint_dir
-    assert read_manifest(Path(redone.checkpoint_dir))["created_at"] > before
+    assert not stray.exists() and read_manifest(Path(redone.checkpoint_dir))
     assert redone.content_hash == variants["canary-w2"].content_hash
 
 

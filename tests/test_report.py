@@ -12,7 +12,7 @@ import pytest
 from pipelines.records import Outcome
 from pipelines.report import markdown_table, pareto_front, text_table, write_sweep_report
 
-from test_track import make_outcome
+from conftest import make_outcome
 
 
 @pytest.mark.parametrize("costs, qualities, expected", [

@@ -19,7 +19,7 @@ import pytest
 
 from pipelines.errors import ConfigError, InputError
 from pipelines.records import Fidelity, TaskAgreement, TaskFidelity, Variant
-from pipelines.serve.process import ServerDied
+from pipelines.serve.process import ServerDied, free_port
 
 FAKE_SERVER = Path(__file__).with_name("fake_openai_server.py")
 
@@ -48,6 +48,10 @@ def pids(pidfile: Path) -> list[int]:
     return [int(p) for p in pidfile.read_text().split()]
 
 
+def read_or_empty(path: Path) -> str:
+    return path.read_text() if path.is_file() else ""
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -63,6 +67,7 @@ def fake_env(tmp_path, monkeypatch):
     return pidfile
 
 
+@pytest.mark.slow
 def test_vllm_server_lifecycle_stops_the_whole_group_even_on_error(tmp_path, fake_env):
     from pipelines.serve import make_server
 
@@ -83,6 +88,7 @@ def test_vllm_server_lifecycle_stops_the_whole_group_even_on_error(tmp_path, fak
     assert temp_dir.name.startswith("qg-vllm-variant-") and not temp_dir.exists()
 
 
+@pytest.mark.slow
 def test_server_that_dies_gives_one_line_with_the_log_tail(tmp_path, fake_env, monkeypatch):
     from pipelines.serve import make_server
 
@@ -96,6 +102,7 @@ def test_server_that_dies_gives_one_line_with_the_log_tail(tmp_path, fake_env, m
     assert not any(alive(pid) for pid in pids(fake_env))
 
 
+@pytest.mark.slow
 def test_startup_timeout_stops_the_server(tmp_path, fake_env, monkeypatch):
     from pipelines.serve import make_server
 
@@ -107,6 +114,7 @@ def test_startup_timeout_stops_the_server(tmp_path, fake_env, monkeypatch):
     assert not any(alive(pid) for pid in pids(fake_env))
 
 
+@pytest.mark.slow
 def test_sigterm_to_a_serving_process_leaves_no_server(tmp_path, fake_env):
     """A process inside `with serve(...)` (as the pipeline is) killed with SIGTERM stops its server."""
     script = tmp_path / "hold.py"
@@ -138,6 +146,7 @@ def test_vllm_check_names_the_setup_command_and_the_w4a16_dtype(tmp_path):
                        "serve.dtype=bfloat16"))
 
 
+@pytest.mark.slow
 def test_endpoint_checks_urls_and_key_and_never_exposes_the_key(tmp_path, fake_env, monkeypatch):
     from pipelines.serve import check_serve, make_server
 
@@ -149,7 +158,7 @@ def test_endpoint_checks_urls_and_key_and_never_exposes_the_key(tmp_path, fake_e
                            "serve.api_key_env=QG_TEST_KEY"))
     secret = "sk-quantgate-test-secret"
     monkeypatch.setenv("FAKE_API_KEY", secret)
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, str(FAKE_SERVER), "--port", str(port), "--served-model-name", "m"])
     try:
         _wait_for(f"http://127.0.0.1:{port}/v1", secret)
@@ -207,12 +216,6 @@ def test_agreement_gate_rule_warns_or_blocks_as_configured(tmp_path):
     assert not [r for r in decide(policy, dataclasses.replace(fidelity, agreement=[])).rules if r.rule == "agreement"]
 
 
-def _free_port() -> int:
-    from pipelines.serve.process import free_port
-
-    return free_port()
-
-
 def _wait_for(base_url: str, key: str) -> None:
     from pipelines.serve.process import http_json
 
@@ -260,8 +263,12 @@ def test_killing_the_pipeline_mid_run_leaves_no_server(tmp_path, sig):
         time.sleep(0.5)
     assert pidfile.exists(), pipeline.stderr.read()[-3000:] if pipeline.poll() is not None else "no server started"
     server_log = tmp_path / "outputs" / "serve" / "base.log"
-    time.sleep(10)  # past the health wait: scoring requests are in flight (and hang)
-    assert all(alive(pid) for pid in pids(pidfile)) and server_log.is_file()
+    # Past the health wait: wait until a scoring request is in flight (the fake server says so, then hangs).
+    while "hanging on POST" not in read_or_empty(server_log) and time.monotonic() < deadline \
+            and pipeline.poll() is None:
+        time.sleep(0.5)
+    assert "hanging on POST" in read_or_empty(server_log), "no scoring request reached the server"
+    assert all(alive(pid) for pid in pids(pidfile))
     pipeline.send_signal(sig)
     pipeline.wait(timeout=120)
     assert pipeline.returncode != 0

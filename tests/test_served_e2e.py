@@ -97,7 +97,9 @@ def test_fp8_scored_through_vllm_agrees_with_in_process_and_is_gated_and_logged(
 
 
 def test_endpoint_backend_scores_a_server_started_outside_the_pipeline(tmp_path):
-    port = _free_port()
+    from pipelines.serve.process import free_port
+
+    port = free_port()
     # vLLM's IPC sockets live in TMPDIR and a Unix socket path has at most 107 bytes: not under tmp_path.
     temp = Path(tempfile.mkdtemp(prefix="qg-endpoint-"))
     env = {**os.environ, "TMPDIR": str(temp), "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CACHE_ROOT": str(tmp_path / "vc")}
@@ -124,12 +126,6 @@ def test_endpoint_backend_scores_a_server_started_outside_the_pipeline(tmp_path)
         server.wait()
         log.close()
         shutil.rmtree(temp, ignore_errors=True)
-
-
-def _free_port() -> int:
-    from pipelines.serve.process import free_port
-
-    return free_port()
 
 
 def _wait_ready(base_url: str, server: subprocess.Popen, log: Path) -> None:

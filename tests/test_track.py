@@ -10,7 +10,6 @@ import json
 import multiprocessing
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,11 +21,12 @@ import yaml
 
 from pipelines.config import TrackingConfig
 from pipelines.errors import InputError
-from pipelines.records import (BenchResult, CostEstimate, CostResult, Divergence, EvalResult, Fidelity, LoadLevel,
-                               Outcome, Percentiles, RuleResult, StageTime, TaskFidelity, TaskResult, Variant,
-                               Verdict)
+from pipelines.serve.process import free_port
+from pipelines.records import Percentiles
 from pipelines.track import make_tracker
 from pipelines.track.mlflow_tracker import MLflowTracker, check_reachable
+
+from conftest import T0, make_outcome
 
 CONFIG = {"model": {"name": "tiny-llama", "source": "hf_abcdefghijklmnopqrstuvwxyz0123"},
           "quant": {"name": "gptq", "scheme": "W4A16", "method": "gptq", "params": {},
@@ -36,49 +36,6 @@ CONFIG = {"model": {"name": "tiny-llama", "source": "hf_abcdefghijklmnopqrstuvwx
           "serve": {"name": "inprocess"},
           "hub": {"hf_token": "secret-value", "api_key": "k", "password": None},
           "bench": {"input_tokens": 64, "batch_sizes": [1, 4]}, "sweep": "nightly"}
-
-
-T0 = 1_700_000_000.0  # the stages' start, Unix seconds: long before the test logs them
-
-
-def make_outcome(tmp: Path, name: str = "gptq", decision: str | None = "PROMOTE", error: str | None = None) -> Outcome:
-    checkpoint = tmp / f"ckpt-{name}"
-    checkpoint.mkdir(exist_ok=True)
-    (checkpoint / "model.safetensors").write_bytes(b"weights")
-    items = tmp / f"items-{name}.jsonl"
-    items.write_text('{"doc_id": 0, "correct": 1}\n')
-    variant = Variant(name=name, base="tiny-llama", backend="llmcompressor", method="gptq", scheme="W4A16",
-                      checkpoint_dir=str(checkpoint), size_bytes=7, content_hash=f"hash-{name}", cache_key="k",
-                      quantize_seconds=8.0, from_cache=False, versions={"llmcompressor": "0.14.0.1"})
-    task_result = TaskResult(task="qg_invoice", version="1.0", output_type="multiple_choice", metric="acc",
-                             value=0.79, stderr=0.02, n=200, items_path=str(items))
-    evaluation = EvalResult(model=name, model_hash="h", settings={"reference_text_hash": "ref0123"}, settings_hash="s",
-                            suite_hashes={"qg_invoice": "abc"}, tasks=[task_result],
-                            reference_logprobs_path=None, seconds=1.0)
-    fidelity = Fidelity(variant=name, reference="base", variant_hash="v", reference_hash="b", settings_hash="s",
-                        tasks=[TaskFidelity(task="qg_invoice", metric="acc", n=200, base_score=0.8, variant_score=0.79,
-                                            delta=-0.01, ci_low=-0.018, ci_high=-0.002, confidence=0.95,
-                                            mcnemar_p=0.25, right_to_wrong=3, wrong_to_right=1, flip_rate=0.02,
-                                            choice_kl_mean=0.004)],
-                        divergence=Divergence(tokens=4096, kl_mean=0.01, kl_p95=0.03, top1_agreement=0.97,
-                                              base_perplexity=9.0, variant_perplexity=9.3, perplexity_ratio=1.033))
-    pct = Percentiles(p50=100.0, p95=150.0, p99=180.0)
-    level = LoadLevel(batch_size=4, requests=8, repeats=3, output_tokens_per_s=120.0, output_tokens_per_s_std=2.0,
-                      requests_per_s=3.0, ttft_ms=pct, itl_ms=pct, e2e_ms=pct, goodput_rps=3.0, meets_slo=True)
-    bench = BenchResult(variant=name, engine="hf", device="cpu", levels=[level], knee_batch_size=4,
-                        peak_memory_bytes=10**8, memory_kind="rss", checkpoint_bytes=7)
-    cost = CostResult(variant=name, target_qps=1.0, headroom=0.25, projected=[], decode_roofline_fraction=0.4,
-                      measured=CostEstimate(hardware="cpu-2core", basis="measured", price_per_hour=0.1,
-                                            output_tokens_per_s=120.0, usd_per_million_output_tokens=0.23,
-                                            replicas_for_target=1, monthly_usd=73.0))
-    verdict = None if decision is None else Verdict(
-        variant=name, decision=decision, policy="default", reasons=["qg_invoice: drop within tolerance"],
-        rules=[RuleResult(rule="accuracy", scope="qg_invoice", blocking=True, status="PASS", observed=0.01,
-                          bound=0.018, threshold=0.02, message="non-inferior")])
-    return Outcome(variant_name=name, model="tiny-llama", variant=variant, base_eval=evaluation,
-                   variant_eval=evaluation, fidelity=fidelity, bench=bench, cost=cost, verdict=verdict, error=error,
-                   stages=[StageTime("quantize", T0, T0 + 300.0, from_cache=True),
-                           StageTime("evaluate", T0 + 300.0, T0 + 420.5), StageTime("gate", T0 + 420.5, T0 + 421.0)])
 
 
 @pytest.fixture(scope="module")
@@ -292,12 +249,6 @@ def test_unwritable_sqlite_directory(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{blocker}/sub/mlflow.db")
     with pytest.raises(InputError, match="is not writable"):
         check_reachable(TrackingConfig(name="t", uri="sqlite:///ignored.db"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _write(path: Path, text: str) -> Path:

@@ -27,6 +27,9 @@ def preflight(cfg: RunConfig) -> None:
     model_config = base_model_config(cfg.model)
     _check_quant(cfg, model_config)
     check_suites(cfg.eval)
+    from pipelines.evaluate.sequential import check as check_sequential
+
+    check_sequential(cfg)
     if cfg.bench.enabled:
         from pipelines.bench import check_bench
 

@@ -6,10 +6,11 @@ lm-eval's own `simple_evaluate(samples={task: doc ids})` on the model it loads o
 appends their records to the cache. A sweep thus scores each base item once however many variants
 look at it, and a later run over more items reuses the earlier ones. Layout, under
 `<cache_dir>/evals/<model content hash>/per-item-<key>/` (key: the eval settings that can change
-a result, as in pipelines/evaluate/__init__.py, but not eval.limit, and the suite's content hash):
+a result, as in pipelines/evaluate/__init__.py, but not eval.limit or the chunk size, and the
+suite's content hash):
     items/<task>.jsonl      item records (pipelines/evaluate/items.py format) plus lm-eval's
                             doc/prompt/target hashes, appended as chunks are scored
-    tasks.json              per task: version, output_type, metric, filter, cluster_key
+    tasks.json              per task: version, output_type, metric, cluster_key
     reference_logprobs.safetensors   the reference-text pass (written once, when first needed)
 
 Exercised by: pytest tests/test_sequential.py
@@ -39,7 +40,10 @@ class ItemScorer:
 
     def __init__(self, cfg: RunConfig, variant: Variant, settings: dict[str, Any], suite: str,
                  include: Path | None) -> None:
-        key = stable_hash({"settings": {k: v for k, v in settings.items() if k != "limit"}, "suite": suite})
+        # An item's result does not depend on how many items or looks there are: limit and the
+        # sequential settings stay out of the key (batch-mates, which vary, are accepted noise).
+        key = stable_hash({"settings": {k: v for k, v in settings.items() if k not in ("limit", "sequential")},
+                           "suite": suite})
         self.directory = Path(cfg.cache_dir) / "evals" / variant.content_hash / f"per-item-{key}"
         self.cfg, self.variant, self.settings, self.include = cfg, variant, settings, include
         self._lm = self._runner = self._manager = None

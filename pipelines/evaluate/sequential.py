@@ -206,7 +206,8 @@ def plan_tasks(cfg: RunConfig, manager) -> dict[str, TaskPlan]:
         for doc_id, doc in enumerate(docs):
             groups.setdefault(document_cluster(doc, key, task) if key else str(doc_id), []).append(doc_id)
         units = list(groups.values())
-        order = np.random.default_rng(int(stable_hash({"seed": cfg.eval.seed, "task": task}), 16)).permutation(len(units))
+        rng = np.random.default_rng(int(stable_hash({"seed": cfg.eval.seed, "task": task}), 16))
+        order = rng.permutation(len(units))
         plans[task] = TaskPlan(task, [units[i] for i in order], clustered=bool(key))
     if not plans:
         raise InputError(f"eval.tasks={list(cfg.eval.tasks)} has no leaf task with documents")

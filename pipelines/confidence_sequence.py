@@ -86,11 +86,11 @@ class BettingConfidenceSequence:
     def _refresh(self) -> None:
         """Intersect the running bounds with this look's set (kept unless it is empty)."""
         retained = self.retained()
-        for s in range(retained.shape[0]):
-            kept = np.flatnonzero(retained[s])
-            if kept.size == 0:
-                continue  # only a miss (probability <= alpha) empties it: keep the last bounds
-            self.low[s], self.high[s] = max(self.low[s], self.grid[kept[0]]), min(self.high[s], self.grid[kept[-1]])
+        nonempty = retained.any(axis=1)  # only a miss (probability <= alpha) empties it: keep the last bounds
+        first = self.grid[np.argmax(retained, axis=1)]
+        last = self.grid[self.grid.size - 1 - np.argmax(retained[:, ::-1], axis=1)]
+        self.low = np.where(nonempty, np.maximum(self.low, first), self.low)
+        self.high = np.where(nonempty, np.minimum(self.high, last), self.high)
 
     def retained(self) -> np.ndarray:
         """(streams, grid) mask of the candidate means this look keeps: K_t(m) < 1 / alpha."""

@@ -135,3 +135,31 @@ def test_sequential_run_records_its_stop_and_reuses_items(tmp_path, tiny_llama_d
     for path in per_item:
         ids = [json.loads(line)["doc_id"] for line in path.read_text().splitlines()]
         assert len(ids) == len(set(ids)) and set(first_ids) <= set(ids)
+
+
+def test_a_finished_fixed_n_evaluation_is_read_not_rescored(tmp_path, sequential_cfg):
+    """ItemScorer takes items of the model's full-suite evaluation and never builds a model for them."""
+    import dataclasses
+
+    from pipelines.evaluate.item_cache import ItemScorer
+    from pipelines.evaluate.items import write_items
+    from pipelines.records import EvalResult, TaskResult, Variant, save_record
+    from pipelines.storage import write_manifest
+
+    full = tmp_path / "evals" / "hash" / "full"
+    records = [{"doc_id": d, "item_id": str(d), "target": "1", "prediction": "1", "score": 1.0, "correct": True,
+                "choice_loglikelihoods": None} for d in range(10)]
+    write_items(records, full / "items" / "t.jsonl")
+    save_record(EvalResult(model="m", model_hash="hash", settings={}, settings_hash="s", suite_hashes={},
+                           tasks=[TaskResult("t", "1", "generate_until", "exact_match", 1.0, None, 10,
+                                             str(full / "items" / "t.jsonl"))],
+                           reference_logprobs_path=None, seconds=0.0), full / "eval_result.json")
+    write_manifest(full, {"stage": "evaluate"})
+    variant = Variant(name="m", base="b", backend="none", method="none", scheme=None, checkpoint_dir="/nowhere",
+                      size_bytes=0, content_hash="hash", cache_key="k", quantize_seconds=0.0, from_cache=True)
+    cfg = dataclasses.replace(sequential_cfg, cache_dir=str(tmp_path))
+    scorer = ItemScorer(cfg, variant, {"tasks": ["t"]}, "suite", None, full)
+    got = scorer.score({"t": [3, 7]})
+    assert [got["t"][d]["doc_id"] for d in (3, 7)] == [3, 7]
+    assert scorer.scored == 0 and scorer._runner is None
+    assert scorer.task_meta()["t"]["metric"] == "exact_match"

@@ -32,7 +32,7 @@ import numpy as np
 from pipelines.config import RunConfig
 from pipelines.confidence_sequence import METHOD, BettingConfidenceSequence, paired_to_unit, unit_to_drop
 from pipelines.errors import ConfigError, InputError
-from pipelines.evaluate.item_cache import HASH_FIELDS, ItemScorer
+from pipelines.evaluate.item_cache import ItemScorer
 from pipelines.records import EvalResult, SequentialTask, TaskResult, Variant, save_record
 from pipelines.storage import stable_hash, write_manifest
 
@@ -164,7 +164,9 @@ def evaluate_sequential(cfg: RunConfig, base: Variant, variant: Variant) -> tupl
     suite = suite_hash(include)
     settings = {role: _settings(cfg, model, requested_settings(cfg, text)) for role, model in
                 (("base", base), ("variant", variant))}
-    scorers = {role: ItemScorer(cfg, model, settings[role], suite, include)
+    full = stable_hash({"settings": {**requested_settings(cfg, text), "limit": None}, "suite": suite})
+    scorers = {role: ItemScorer(cfg, model, settings[role], suite, include,
+                                Path(cfg.cache_dir) / "evals" / model.content_hash / full)
                for role, model in (("base", base), ("variant", variant))}
     plans = plan_tasks(cfg, scorers["base"].manager())
     monitors: dict[str, TaskMonitor] = {}
@@ -269,8 +271,8 @@ def _result(cfg: RunConfig, scorer: ItemScorer, settings: dict[str, Any], suite:
         tasks.append(TaskResult(task=task, version=info["version"], output_type=info["output_type"],
                                 metric=info["metric"], value=float(np.mean([i["score"] for i in items])), stderr=None,
                                 n=len(items), items_path=str(path), cluster_key=info["cluster_key"]))
-        asked = [tuple(item[f] for f in HASH_FIELDS) for item in items]
-        suite_hashes[task] = stable_hash({"suite": suite, "version": info["version"], "items": asked})
+        # The suite's content hash, its version and the documents used: equal means the same items.
+        suite_hashes[task] = stable_hash({"suite": suite, "version": info["version"], "doc_ids": ids})
     result = EvalResult(model=scorer.variant.name, model_hash=scorer.variant.content_hash, settings=settings,
                         settings_hash=stable_hash(settings), suite_hashes=suite_hashes, tasks=tasks,
                         reference_logprobs_path=reference, seconds=seconds, from_cache=scorer.scored == 0,

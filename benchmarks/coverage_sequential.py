@@ -5,7 +5,7 @@
 Each replicate is one sequential evaluation (pipelines/evaluate/sequential.py): items arrive in
 chunks, the betting confidence sequence (pipelines/confidence_sequence.py) is updated after every
 chunk, and the replicate stops at its first decision (PASS or FAIL), or at the end of its suite.
-The grid, fixed before any result was seen: suite sizes 100, 300, 1,000, 2,000; chunks of 10 and
+The grid, fixed before any result was seen: suite sizes 100, 300, 1,000; chunks of 10 and
 50 items; for accuracy, discordance 2, 5, 10, 20 % with a true drop of 0, the tolerance (2 points)
 and twice it; for the flip rate, true rates 2, 5, 10, 20 % with the ceiling at the true rate; for
 mean KL, lognormal (sigma 1) values clipped at 1 nat with the ceiling at their clipped mean.
@@ -27,7 +27,7 @@ from pipelines.confidence_sequence import BettingConfidenceSequence
 
 CONFIDENCE, TOLERANCE, KL_CLIP = 0.95, 0.02, 1.0
 ALPHA = 1 - CONFIDENCE
-SUITES = (100, 300, 1000, 2000)
+SUITES = (100, 300, 1000)
 CHUNKS = (10, 50)
 DISCORDANCE = (0.02, 0.05, 0.10, 0.20)
 FLIP_RATES = (0.02, 0.05, 0.10, 0.20)

@@ -2,6 +2,7 @@
 
     python benchmarks/coverage.py                      # the grid below, ~3-6 min on 2 cores
     python benchmarks/coverage.py --reps 20000 --out benchmarks/results/coverage.md
+    python benchmarks/coverage.py --sequential         # coverage under optional stopping (coverage_sequential.py)
 
 Paired base/variant items are simulated over a grid fixed before looking at any result (the
 issue's): n 20..2,000; base accuracy 0.5..0.98; discordance (share of items that flip) 0..20 %;
@@ -213,7 +214,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resamples", type=int, default=999, help="bootstrap resamples per replicate")
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--out", type=Path, help="also write the markdown table here")
+    parser.add_argument("--sequential", action="store_true",
+                        help="instead: the sequential rules stopped after every chunk (benchmarks/coverage_sequential.py)")
     args = parser.parse_args(argv)
+    if args.sequential:
+        from benchmarks.coverage_sequential import main as sequential_main
+
+        text = sequential_main(min(args.reps, 2000), args.seed)
+        print(text)
+        if args.out:
+            args.out.write_text(text)
+        return
     rng = np.random.default_rng(args.seed)
     start = time.perf_counter()
     binary = binary_grid(rng, args.reps)

@@ -121,6 +121,10 @@ class EvalConfig:
     # Cluster key per task (a field of its documents, dotted for nested ones, e.g. meta.vendor);
     # overrides the task's own `metadata.cluster_key`. Intervals then resample by cluster.
     cluster_keys: dict[str, str] = field(default_factory=dict)
+    # Sequential evaluation (pipelines/evaluate/sequential.py): items in a seeded random order, a
+    # look after every chunk_size items, the variant stops once every blocking rule is decided.
+    sequential: bool = False
+    chunk_size: int = 50
     params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -128,7 +132,7 @@ class EvalConfig:
             raise ConfigError(f"eval.tasks is empty in eval={self.name}: name at least one lm-eval task")
         _positive("eval", batch_size=self.batch_size, limit=self.limit, max_length=self.max_length,
                   reference_max_tokens=self.reference_max_tokens, reference_window=self.reference_window,
-                  bootstrap_samples=self.bootstrap_samples)
+                  bootstrap_samples=self.bootstrap_samples, chunk_size=self.chunk_size)
         if self.num_fewshot is not None and self.num_fewshot < 0:
             raise ConfigError(f"eval.num_fewshot={self.num_fewshot} must be >= 0")
 

@@ -47,6 +47,12 @@ def compare(reference: EvalResult, variant: EvalResult, confidence: float, boots
     variant_tasks = {task.task: task for task in variant.tasks}
     tasks = [compare_task(task, variant_tasks[task.task], confidence, bootstrap_samples, seed)
              for task in reference.tasks]
+    if variant.sequential:  # a sequential run: only bounds valid under its optional stopping may decide
+        from pipelines.evaluate.sequential import apply_to_fidelity
+
+        stops = {record.task: record for record in variant.sequential}
+        for task in tasks:
+            apply_to_fidelity(task, stops[task.task])
     divergence = None
     if reference.reference_logprobs_path and variant.reference_logprobs_path:
         divergence = reference_divergence(reference.reference_logprobs_path, variant.reference_logprobs_path,

@@ -143,6 +143,11 @@ def _quantize(cfg: RunConfig, base_cfg: RunConfig, base, outcome: Outcome) -> No
 def _evaluate(cfg: RunConfig, outcome: Outcome) -> None:
     from pipelines.evaluate import run_evaluate
 
+    if cfg.eval.sequential:  # both scored look by look until the verdict is settled
+        from pipelines.evaluate.sequential import evaluate_sequential
+
+        outcome.base_eval, outcome.variant_eval = evaluate_sequential(cfg, outcome.base_variant, outcome.variant)
+        return
     outcome.base_eval = run_evaluate(cfg, outcome.base_variant)
     outcome.variant_eval = run_evaluate(cfg, outcome.variant)
 

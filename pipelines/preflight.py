@@ -25,8 +25,10 @@ def preflight(cfg: RunConfig) -> None:
     model_config = base_model_config(cfg.model)
     _check_quant(cfg, model_config)
     from pipelines.evaluate import check_evaluate
+    from pipelines.evaluate.sequential import check as check_sequential
 
     check_evaluate(cfg.eval)  # eval.params, and every suite (pipelines/evaluate/suites.py)
+    check_sequential(cfg)
     if cfg.bench.enabled:
         from pipelines.bench import check_bench
 

@@ -83,6 +83,29 @@ class TaskAgreement:
 
 
 @dataclass
+class SequentialTask:
+    """How a sequential evaluation (eval.sequential=true) went for one task: pipelines/evaluate/sequential.py."""
+
+    task: str
+    items_used: int
+    items_available: int
+    looks: int
+    # "decided" (every blocking rule PASSed or FAILed), "verdict settled" (a blocking rule of some
+    # task FAILed: REJECT whatever the rest say) or "suite exhausted".
+    stop_reason: str
+    # Anytime-valid bounds at the stop (pipelines/confidence_sequence.py), in the metric's units;
+    # kl is the mean of choice KL clipped at kl_clip nats (None for tasks without choices).
+    method: str
+    drop_low: float
+    drop_high: float
+    flip_low: float
+    flip_high: float
+    kl_low: float | None = None
+    kl_high: float | None = None
+    kl_clip: float | None = None
+
+
+@dataclass
 class EvalResult:
     model: str
     model_hash: str
@@ -96,6 +119,8 @@ class EvalResult:
     from_cache: bool = False
     # Served runs: per-task agreement with in-process scoring on serve.agreement_items items.
     agreement: list[TaskAgreement] = field(default_factory=list)
+    # Sequential runs (the variant's record): items used and why each task stopped.
+    sequential: list[SequentialTask] = field(default_factory=list)
 
 
 @dataclass
@@ -130,6 +155,10 @@ class TaskFidelity:
     choice_kl_ci_low: float | None = None
     choice_kl_ci_high: float | None = None
     choice_kl_ci_method: str = ""
+    # Sequential runs: items scored of those available and why the task stopped (else None).
+    items_used: int | None = None
+    items_available: int | None = None
+    stop_reason: str | None = None
 
 
 @dataclass

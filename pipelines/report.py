@@ -116,7 +116,20 @@ def summary_rows(outcomes: list[Outcome]) -> tuple[list[str], list[list[str]]]:
     tasks = sorted({t.task for o in outcomes if o.fidelity for t in o.fidelity.tasks})
     header = ["variant", "verdict", *[f"{task} delta [CI]" for task in tasks], "flips r>w/w>r (all tasks)", "ref KL",
               "tok/s", "$/1M tok", "size MB"]
-    return header, [_row(o, tasks) for o in outcomes]
+    rows = [_row(o, tasks) for o in outcomes]
+    if any(o.variant_eval and o.variant_eval.sequential for o in outcomes):  # eval.sequential=true
+        header.insert(2, "items used (sequential)")
+        for row, outcome in zip(rows, outcomes):
+            row.insert(2, _items_used(outcome))
+    return header, rows
+
+
+def _items_used(outcome: Outcome) -> str:
+    records = outcome.variant_eval.sequential if outcome.variant_eval else []
+    if not records:
+        return "-"
+    used, available = sum(r.items_used for r in records), sum(r.items_available for r in records)
+    return f"{used}/{available} ({used / available:.0%})"
 
 
 def _row(outcome: Outcome, tasks: list[str]) -> list[str]:

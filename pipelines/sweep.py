@@ -97,6 +97,9 @@ def _print_verdict(outcome: Outcome) -> None:
     print(f"{outcome.variant_name}: {outcome.verdict.decision}")
     for reason in outcome.verdict.reasons:
         print(f"  - {reason}")
+    for record in outcome.variant_eval.sequential if outcome.variant_eval else []:  # eval.sequential=true
+        print(f"  sequential {record.task}: {record.items_used} of {record.items_available} items, "
+              f"{record.looks} look{'s' if record.looks != 1 else ''}, stopped: {record.stop_reason}")
 
 
 def _load_outcomes() -> list[Outcome]:

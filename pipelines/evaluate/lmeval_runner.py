@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 # simple_evaluate arguments the config sets through its own fields; eval.params may not repeat them.
 OWNED_ARGUMENTS = {
-    "model", "model_args", "tasks", "num_fewshot", "batch_size", "device", "limit", "log_samples",
+    "model", "model_args", "tasks", "num_fewshot", "batch_size", "device", "limit", "samples", "log_samples",
     "apply_chat_template", "task_manager", "random_seed", "numpy_random_seed", "torch_random_seed",
     "fewshot_random_seed",
 }
@@ -85,16 +85,19 @@ class LMEvalRunner:
         with library_output_to_log("lm_eval"):  # a compressed checkpoint imports compressed-tensors
             return get_model(self.eval_cfg.runner).create_from_arg_obj(args, extra)
 
-    def evaluate(self, lm, manager) -> dict[str, Any]:
-        """Run the configured tasks with per-sample logging; returns lm-eval's results dict."""
+    def evaluate(self, lm, manager, samples: dict[str, list[int]] | None = None) -> dict[str, Any]:
+        """Run the configured tasks with per-sample logging; returns lm-eval's results dict.
+
+        `samples` ({leaf task: doc ids}, sequential runs) scores just those documents of those
+        tasks instead (lm-eval takes either samples or limit, never both)."""
         import lm_eval
 
         seed = self.eval_cfg.seed
-        log.info("evaluating tasks %s (limit=%s, fewshot=%s)", self.eval_cfg.tasks, self.eval_cfg.limit,
-                 self.eval_cfg.num_fewshot)
+        tasks, limit = (list(samples), None) if samples is not None else (list(self.eval_cfg.tasks), self.eval_cfg.limit)
+        log.info("evaluating tasks %s (limit=%s, fewshot=%s)", tasks, limit, self.eval_cfg.num_fewshot)
         return lm_eval.simple_evaluate(
-            model=lm, tasks=list(self.eval_cfg.tasks), num_fewshot=self.eval_cfg.num_fewshot,
-            batch_size=self.eval_cfg.batch_size, device=self.device, limit=self.eval_cfg.limit,
+            model=lm, tasks=tasks, num_fewshot=self.eval_cfg.num_fewshot,
+            batch_size=self.eval_cfg.batch_size, device=self.device, limit=limit, samples=samples,
             log_samples=True, apply_chat_template=self.eval_cfg.apply_chat_template, task_manager=manager,
             random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
             **self.eval_cfg.params,

@@ -124,7 +124,15 @@ def outcome_summary(outcome: Outcome, metrics: dict[str, float]) -> dict[str, An
     verdict = dataclasses.asdict(outcome.verdict) if outcome.verdict else None
     return {"variant": outcome.variant_name, "model": outcome.model, "error": outcome.error,
             "decision": verdict["decision"] if verdict else None, "exit_code": outcome.exit_code,
-            "verdict": verdict, "metrics": metrics, "serve": _serve_settings(outcome)}
+            "verdict": verdict, "metrics": metrics, "serve": _serve_settings(outcome),
+            "sequential": sequential_summary(outcome)}
+
+
+def sequential_summary(outcome: Outcome) -> list[dict[str, Any]] | None:
+    """Sequential runs: per task, items used of those available and why it stopped; else None."""
+    records = outcome.variant_eval.sequential if outcome.variant_eval else []
+    return [{"task": r.task, "items_used": r.items_used, "items_available": r.items_available,
+             "looks": r.looks, "stop_reason": r.stop_reason} for r in records] or None
 
 
 def _serve_settings(outcome: Outcome) -> dict[str, Any]:
@@ -174,7 +182,7 @@ def fidelity_metrics(fidelity: Fidelity) -> dict[str, float | None]:
         for name in ("n", "base_score", "variant_score", "delta", "ci_low", "ci_high", "confidence", "mcnemar_p",
                      "right_to_wrong", "wrong_to_right", "flip_rate", "choice_kl_mean", "choice_kl_p95",
                      "choice_top1_agreement", "design_effect", "clusters", "flip_ci_low", "flip_ci_high",
-                     "choice_kl_ci_low", "choice_kl_ci_high"):
+                     "choice_kl_ci_low", "choice_kl_ci_high", "items_used", "items_available"):
             metrics[f"{prefix}/{name}"] = getattr(t, name)
         metrics[f"{prefix}/flips"] = t.right_to_wrong + t.wrong_to_right
     for name in ("base_score", "variant_score", "delta"):
@@ -259,6 +267,9 @@ def outcome_tags(outcome: Outcome, config: dict[str, Any], role: str) -> dict[st
                          serve["engine_version"], "quantgate.serve.engine_args": json.dumps(serve["engine_args"])})
     if outcome.verdict:
         tags.update({"quantgate.verdict": outcome.verdict.decision, "quantgate.policy": outcome.verdict.policy})
+    for record in sequential_summary(outcome) or []:  # metrics hold the counts; the reason is words
+        tags[f"quantgate.sequential.{_key(record['task'])}"] = (
+            f"{record['items_used']}/{record['items_available']} items: {record['stop_reason']}")
     tags["quantgate.exit_code"] = outcome.exit_code
     tags["quantgate.engine"] = engine_name(outcome, config)
     if outcome.stages:

@@ -1,0 +1,159 @@
+"""Per-item scoring for sequential runs: each (model, settings, suite, task, document) is scored once.
+
+`ItemScorer(cfg, variant).score({task: [doc ids]})` scores only the documents not cached yet, with
+lm-eval's own `simple_evaluate(samples={task: doc ids})` on the model it loads once (lm-eval
+0.4.13: `samples` excludes `limit` and must name leaf tasks, which is what it is given), and
+appends their records to the cache. A sweep thus scores each base item once however many variants
+look at it, and a later run over more items reuses the earlier ones; a finished fixed-n evaluation
+of the same model and settings (pipelines/evaluate/__init__.py's cache) is read instead of
+rescoring its items. Layout, under
+`<cache_dir>/evals/<model content hash>/per-item-<key>/` (key: the eval settings that can change
+a result, as in pipelines/evaluate/__init__.py, but not eval.limit or the chunk size, and the
+suite's content hash):
+    items/<task>.jsonl      item records (pipelines/evaluate/items.py format), appended as
+                            chunks are scored
+    tasks.json              per task: version, output_type, metric, cluster_key
+    reference_logprobs.safetensors   the reference-text pass (written once, when first needed)
+
+Exercised by: pytest tests/test_sequential.py
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from pipelines.config import RunConfig
+from pipelines.evaluate.items import cluster_key_for, items_from_samples, primary_metric
+from pipelines.records import Variant
+from pipelines.storage import atomic_write_text, read_manifest, stable_hash
+
+log = logging.getLogger(__name__)
+
+
+class ItemScorer:
+    """Cached per-item results of one model; the model is loaded the first time an item is missing."""
+
+    def __init__(self, cfg: RunConfig, variant: Variant, settings: dict[str, Any], suite: str,
+                 include: Path | None, full_run: Path | None = None) -> None:
+        # An item's result does not depend on how many items or looks there are: limit and the
+        # sequential settings stay out of the key (batch-mates, which vary, are accepted noise).
+        key = stable_hash({"settings": {k: v for k, v in settings.items() if k not in ("limit", "sequential")},
+                           "suite": suite})
+        self.directory = Path(cfg.cache_dir) / "evals" / variant.content_hash / f"per-item-{key}"
+        self.cfg, self.variant, self.settings, self.include = cfg, variant, settings, include
+        # A finished fixed-n evaluation of the whole suite with the same settings (run_evaluate's
+        # cache directory): its items are this model's results too, and are read, not rescored.
+        self.full_run = full_run if full_run is not None and read_manifest(full_run) is not None else None
+        self._lm = self._runner = self._manager = None
+        self.scored = 0  # items this process scored (not read from the cache)
+
+    def cached(self, task: str) -> dict[int, dict]:
+        path = self.directory / "items" / f"{task}.jsonl"
+        items = self._full_run_items(task)
+        if not path.is_file():
+            return items
+        with path.open() as handle:
+            for line in handle:
+                try:
+                    item = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by a crash: that item is scored again
+                    continue
+                items[item["doc_id"]] = item
+        return items
+
+    def task_meta(self) -> dict[str, dict]:
+        path = self.directory / "tasks.json"
+        meta = {t.task: {"version": t.version, "output_type": t.output_type, "metric": t.metric,
+                         "cluster_key": t.cluster_key} for t in self._full_run_tasks()}
+        return {**meta, **(json.loads(path.read_text()) if path.is_file() else {})}
+
+    def _full_run_tasks(self) -> list:
+        from pipelines.evaluate import RECORD_FILE
+        from pipelines.records import EvalResult, load_record
+
+        return load_record(EvalResult, self.full_run / RECORD_FILE).tasks if self.full_run else []
+
+    def _full_run_items(self, task: str) -> dict[int, dict]:
+        from pipelines.evaluate.items import read_items
+
+        path = self.full_run / "items" / f"{task}.jsonl" if self.full_run else None
+        return {item["doc_id"]: item for item in read_items(path)} if path and path.is_file() else {}
+
+    def score(self, wanted: dict[str, list[int]]) -> dict[str, dict[int, dict]]:
+        """Records of every wanted document per task, scoring the missing ones in one lm-eval call."""
+        with FileLock(f"{self.directory}.lock"):  # parallel sweep jobs share the base's cache
+            have = {task: self.cached(task) for task in wanted}
+            missing = {task: sorted(set(ids) - set(have[task])) for task, ids in wanted.items()}
+            missing = {task: ids for task, ids in missing.items() if ids}
+            if missing:
+                self._score_missing(missing, have)
+        return {task: {doc: have[task][doc] for doc in ids} for task, ids in wanted.items()}
+
+    def _score_missing(self, missing: dict[str, list[int]], have: dict[str, dict[int, dict]]) -> None:
+        results = self.runner().evaluate(self.lm(), self.manager(), samples=missing)
+        meta = self.task_meta()
+        for task, samples in results["samples"].items():
+            metric, filter_name = primary_metric(results, task)
+            output_type = results["configs"][task]["output_type"]
+            cluster_key = cluster_key_for(results, task, dict(self.cfg.eval.cluster_keys))
+            items = items_from_samples(samples, metric, filter_name, output_type, task, cluster_key)
+            lines = [json.dumps(item, ensure_ascii=False) for item in items]
+            path = self.directory / "items" / f"{task}.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as handle:  # whole lines under the lock: a crash loses at most this chunk
+                handle.write("".join(line + "\n" for line in lines))
+            have[task].update({item["doc_id"]: item for item in items})
+            meta[task] = {"version": str(results["versions"][task]), "output_type": output_type, "metric": metric,
+                          "cluster_key": cluster_key}
+            self.scored += len(items)
+        atomic_write_text(self.directory / "tasks.json", json.dumps(meta, indent=2, sort_keys=True))
+        log.info("%s: scored %d new items (%s)", self.variant.name, sum(map(len, missing.values())),
+                 ", ".join(f"{task} {len(ids)}" for task, ids in missing.items()))
+
+    def runner(self):
+        from pipelines.evaluate import _runner
+
+        if self._runner is None:
+            self._runner = _runner(self.cfg, None)
+        return self._runner
+
+    def manager(self):
+        if self._manager is None:
+            self._manager = self.runner().task_manager(self.include)
+        return self._manager
+
+    def lm(self):
+        if self._lm is None:
+            self._lm = self.runner().build_lm(Path(self.variant.checkpoint_dir), self.cfg.eval.add_bos_token)
+        return self._lm
+
+    def reference_logprobs(self, text: str | None) -> str | None:
+        """The reference-text log-probs of this model, computed on first use and then reused."""
+        from pipelines.evaluate import REFERENCE_FILE, _reference_model
+        from pipelines.evaluate.reference import compute_reference_logprobs
+
+        if text is None:
+            return None
+        if self.full_run is not None and (self.full_run / REFERENCE_FILE).is_file():
+            return str(self.full_run / REFERENCE_FILE)
+        path = self.directory / REFERENCE_FILE
+        with FileLock(f"{self.directory}.lock"):
+            if not path.is_file():
+                model, tokenizer = _reference_model(self.lm(), self.cfg, Path(self.variant.checkpoint_dir))
+                path.parent.mkdir(parents=True, exist_ok=True)
+                scratch = path.with_name(f"partial-{path.name}")
+                compute_reference_logprobs(model, tokenizer, text, window=self.cfg.eval.reference_window,
+                                           max_tokens=self.cfg.eval.reference_max_tokens,
+                                           batch_size=self.cfg.eval.batch_size,
+                                           add_bos_token=self.settings["add_bos_token"], out_path=scratch)
+                scratch.replace(path)
+        return str(path)
+
+    def release(self) -> None:
+        """Drop the loaded model (its memory) once this side has nothing more to score."""
+        self._lm = None

@@ -66,11 +66,10 @@ def test_undecided_task_runs_to_the_end_of_its_items(sequential_cfg):
 def test_order_is_seeded_and_clusters_stay_whole(sequential_cfg):
     import dataclasses
 
-    from pipelines.evaluate.lmeval_runner import LMEvalRunner, resolve_include_path
     from pipelines.evaluate.sequential import plan_tasks
+    from pipelines.evaluate.suites import resolve_include_path, task_manager
 
-    manager = LMEvalRunner(sequential_cfg.eval, sequential_cfg.model, "cpu").task_manager(
-        resolve_include_path("embedded"))
+    manager = task_manager(sequential_cfg.eval.tasks, resolve_include_path("embedded"))
     first, again = plan_tasks(sequential_cfg, manager), plan_tasks(sequential_cfg, manager)
     other = plan_tasks(dataclasses.replace(sequential_cfg, eval=dataclasses.replace(sequential_cfg.eval, seed=7)),
                        manager)

@@ -61,6 +61,10 @@ NOT_IN_KEY = {
     "include_path",       # where the suite lives; its content is keyed as `suite` (suite_hash)
     "reference_text",     # a path or `embedded`; its content is keyed as reference_text_hash
     "bootstrap_samples",  # used by the fidelity comparison, after evaluation
+    # Sequential runs key their records by the doc ids they scored; an item's score does not depend
+    # on the order or chunking, so a fixed-n evaluation's items serve a sequential run and back.
+    "sequential",
+    "chunk_size",
 }
 # Fields added after caches existed: keyed only when set, so caches made before them stay valid.
 KEYED_ONLY_WHEN_SET = {"cluster_keys"}

@@ -40,9 +40,9 @@ class ItemScorer:
 
     def __init__(self, cfg: RunConfig, variant: Variant, settings: dict[str, Any], suite: str,
                  include: Path | None, full_run: Path | None = None) -> None:
-        # An item's result does not depend on how many items or looks there are: limit and the
-        # sequential settings stay out of the key (batch-mates, which vary, are accepted noise).
-        key = stable_hash({"settings": {k: v for k, v in settings.items() if k not in ("limit", "sequential")},
+        # An item's result does not depend on how many items or looks there are: limit stays out of
+        # the key, as the sequential settings do of every eval key (batch-mates, which vary, are accepted noise).
+        key = stable_hash({"settings": {k: v for k, v in settings.items() if k != "limit"},
                            "suite": suite})
         self.directory = Path(cfg.cache_dir) / "evals" / variant.content_hash / f"per-item-{key}"
         self.cfg, self.variant, self.settings, self.include = cfg, variant, settings, include
@@ -124,7 +124,9 @@ class ItemScorer:
 
     def manager(self):
         if self._manager is None:
-            self._manager = self.runner().task_manager(self.include)
+            from pipelines.evaluate.suites import task_manager
+
+            self._manager = task_manager(self.cfg.eval.tasks, self.include)
         return self._manager
 
     def lm(self):

@@ -156,7 +156,7 @@ def _unit_score(item: dict) -> float:
 def evaluate_sequential(cfg: RunConfig, base: Variant, variant: Variant) -> tuple[EvalResult, EvalResult]:
     """Score base and variant look by look until every task stopped; returns both EvalResults."""
     from pipelines.evaluate import requested_settings, suite_hash
-    from pipelines.evaluate.lmeval_runner import resolve_include_path
+    from pipelines.evaluate.suites import resolve_include_path
     from pipelines.evaluate.reference import reference_text
 
     start = time.perf_counter()

@@ -6,11 +6,13 @@
 - `load_level`, `make_outcome`: hand-made records for the tests of the gate, cost, tracker and report
   (import them: `from conftest import make_outcome`).
 - `load_config_file`: a conf/<group>/<name>.yaml validated through its schema, as Hydra would.
+- `cli_command`: the CLI as a user runs it, with every output under one folder.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,6 +82,17 @@ def tiny_base(tiny_llama_dir):
 
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def cli_command(args: list[str], tmp: Path) -> tuple[list[str], dict[str, str]]:
+    """The CLI with every output under tmp, and its environment (no MLFLOW_TRACKING_URI from outside)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    command = [sys.executable, "-m", "pipelines.run", *args, f"cache_dir={tmp / 'cache'}",
+               f"tracking.uri=sqlite:///{tmp / 'mlruns' / 'mlflow.db'}",
+               f"tracking.artifact_location={tmp / 'mlruns' / 'artifacts'}",
+               f"hydra.run.dir={tmp / 'outputs'}", f"hydra.sweep.dir={tmp / 'multirun'}"]
+    return command, env
 
 
 def load_config_file(path: Path | str, schema: type, **overrides):

@@ -7,11 +7,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from conftest import cli_command
 
 pytestmark = pytest.mark.slow
 
@@ -19,17 +20,6 @@ pytestmark = pytest.mark.slow
 FAST_BENCH = ["bench.batch_sizes=[1,2]", "bench.requests_per_level=2", "bench.repeats=1",
               "bench.warmup_requests=1", "bench.output_tokens=8", "bench.input_tokens=16"]
 SECRET = "hf_QuantgateTestSecret0123456789abcd"
-
-
-def cli_command(args: list[str], tmp: Path) -> tuple[list[str], dict[str, str]]:
-    """The CLI with every output under tmp, and its environment (no MLFLOW_TRACKING_URI from outside)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    command = [sys.executable, "-m", "pipelines.run", *args, f"cache_dir={tmp / 'cache'}",
-               f"tracking.uri=sqlite:///{tmp / 'mlruns' / 'mlflow.db'}",
-               f"tracking.artifact_location={tmp / 'mlruns' / 'artifacts'}",
-               f"hydra.run.dir={tmp / 'outputs'}", f"hydra.sweep.dir={tmp / 'multirun'}"]
-    return command, env
 
 
 def cli(args: list[str], tmp: Path, timeout: int = 900, **popen) -> subprocess.CompletedProcess:

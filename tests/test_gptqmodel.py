@@ -7,6 +7,7 @@ layout: 8 nibbles per word along the input dim, little end first) and compared w
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from pipelines.errors import ConfigError
 from pipelines.models import load_causal_lm
 from pipelines.quantize.gptqmodel_backend import GPTQModelQuantizer, gptqmodel_settings
 
-pytest.importorskip("gptqmodel")
+# find_spec, not importorskip: importing GPTQModel costs ~5-15 s of CPU, which only the slow tests need.
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("gptqmodel") is None, reason="gptqmodel is not installed")
 
 METHODS = ["gptq", "awq"]
 Q_PROJ = "model.layers.0.self_attn.q_proj"
@@ -158,6 +160,7 @@ def test_missing_package_names_the_extra_to_install(tiny_base, tmp_path, monkeyp
         GPTQModelQuantizer().quantize(tiny_base, quant("gptq"), TEXTS, tmp_path / "out", seed=0)
 
 
+@pytest.mark.slow  # checking params against GPTQConfig imports GPTQModel
 def test_unknown_param_is_a_config_error(tiny_base, tmp_path):
     config = quant("gptq", params={"no_such_knob": 1})
     with pytest.raises(ConfigError, match="GPTQConfig"):

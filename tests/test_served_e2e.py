@@ -14,12 +14,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
+
+from conftest import cli_command
 
 REPO = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = Path(os.environ.get("QUANTGATE_VLLM_PYTHON", REPO / ".venv-vllm" / "bin" / "python"))
@@ -35,12 +36,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(
 
 
 def cli(args: list[str], tmp: Path, timeout: int = 1500) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    command = [sys.executable, "-m", "pipelines.run", *args, f"cache_dir={tmp / 'cache'}",
-               f"tracking.uri=sqlite:///{tmp / 'mlruns' / 'mlflow.db'}",
-               f"tracking.artifact_location={tmp / 'mlruns' / 'artifacts'}", f"hydra.run.dir={tmp / 'outputs'}",
-               "eval=quick", f"eval.limit={ITEMS}", f"serve.agreement_items={ITEMS}"]
+    command, env = cli_command([*args, "eval=quick", f"eval.limit={ITEMS}", f"serve.agreement_items={ITEMS}"], tmp)
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp)
 
 

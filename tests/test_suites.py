@@ -57,9 +57,10 @@ def test_every_eval_field_keys_the_cache_unless_listed_as_unable_to_change_a_res
                "max_length": 99, "seed": 1, "apply_chat_template": True, "add_bos_token": True,
                "reference_max_tokens": 100, "reference_window": 32, "cluster_keys": {"qg_policy": "meta.x"},
                "params": {"bootstrap_iters": 0},
-               # NOT_IN_KEY: a label, content keyed elsewhere, a setting of the later fidelity stage
+               # NOT_IN_KEY: a label, content keyed elsewhere, a setting of the later fidelity stage,
+               # how a sequential run picks items (its records are keyed by the doc ids it scored)
                "name": "renamed", "include_path": "/elsewhere", "reference_text": "/other.txt",
-               "bootstrap_samples": 5}
+               "bootstrap_samples": 5, "sequential": True, "chunk_size": 20}
     assert set(changed) == {f.name for f in dataclasses.fields(EvalConfig)}, "a new EvalConfig field: add it here"
     for name, value in changed.items():
         other = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, **{name: value}))

@@ -48,19 +48,20 @@ class LMEvalRunner:
     """One lm-eval run per checkpoint, with every result-changing setting taken from the config."""
 
     def __init__(self, eval_cfg: EvalConfig, model_cfg: ModelConfig, device: str) -> None:
-        if eval_cfg.runner == "vllm" and find_spec("vllm") is None:
-            raise ConfigError("eval.runner=vllm but vllm is not installed; pip install 'quantgate[vllm]' "
-                              "or set eval.runner=hf")
         self.eval_cfg = eval_cfg
         self.model_cfg = model_cfg
         self.device = device
-        self._check_params()
 
-    def _check_params(self) -> None:
+    @staticmethod
+    def check(eval_cfg: EvalConfig) -> None:
+        """Preflight: the runner's library is installed and eval.params are simple_evaluate's arguments."""
+        if eval_cfg.runner == "vllm" and find_spec("vllm") is None:
+            raise ConfigError("eval.runner=vllm but vllm is not installed; pip install 'quantgate[vllm]' "
+                              "or set eval.runner=hf")
         import lm_eval
 
         accepted = set(inspect.signature(lm_eval.simple_evaluate).parameters) - OWNED_ARGUMENTS
-        for name in self.eval_cfg.params:
+        for name in eval_cfg.params:
             if name in OWNED_ARGUMENTS:
                 raise ConfigError(f"eval.params.{name} is set by the eval config itself; use its own field instead")
             if name not in accepted:

@@ -1,8 +1,8 @@
 """Cheap up-front checks that a quant config can work on a model, without importing torch.
 
-Called by `run_quantize` before any model is loaded, and by the CLI's preflight
-(`check_backend`) so `python -m pipelines.run quant=gptq quant.backend=autogptq` fails in
-milliseconds with one line instead of minutes into a run.
+Called once per config by preflight (`check_quant_compatible`, which runs `check_backend`), so
+`python -m pipelines.run quant=gptq quant.backend=autogptq` fails in milliseconds with one line
+instead of minutes into a run; `run_quantize` trusts a config that passed.
 """
 
 from __future__ import annotations

@@ -94,6 +94,7 @@ def test_cfg_job_composes_once(spies, monkeypatch, capsys):
     assert composes.calls == 1 and preflights.calls == 0
 
 
+@pytest.mark.slow  # a full preflight: lm-eval loads and checks every suite item
 def test_single_run_composes_once_and_preflights_once(spies, tmp_path, monkeypatch, capsys):
     composes, preflights, loads = spies
     code = cli(monkeypatch, "bench=off", "tracking=off", f"cache_dir={tmp_path / 'cache'}",
@@ -105,6 +106,7 @@ def test_single_run_composes_once_and_preflights_once(spies, tmp_path, monkeypat
     assert composes.calls == 1 and preflights.calls == 1
 
 
+@pytest.mark.slow  # a full preflight: lm-eval loads and checks every suite item
 def test_sweep_preflights_each_config_once(spies, tmp_path, monkeypatch, capsys):
     _, preflights, loads = spies
     code = cli(monkeypatch, "-m", "quant=none,fp8", "bench=off", "tracking=off", f"cache_dir={tmp_path / 'cache'}",
@@ -113,6 +115,7 @@ def test_sweep_preflights_each_config_once(spies, tmp_path, monkeypatch, capsys)
     assert preflights.calls == 2  # by the CLI, once per variant; the jobs trust it
 
 
+@pytest.mark.slow  # a full preflight: lm-eval loads and checks every suite item
 def test_python_api_preflights_exactly_once(spies, tmp_path):
     _, preflights, loads = spies
     cfg = compose_config(["bench=off", "tracking=off", f"cache_dir={tmp_path}"])

@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import logging
 import time
+from pathlib import Path
 
 from pipelines.bench import run_benchmark
 from pipelines.cost import estimate_cost
@@ -59,7 +60,7 @@ def bench_variant(cfg):
     from pipelines.serve import make_server
 
     offline_environment(cfg.model)
-    variant = run_quantize(cfg, resolve_base(cfg.model))
+    variant = run_quantize(cfg.quant, resolve_base(cfg.model), Path(cfg.cache_dir), cfg.seed)
     if cfg.bench.engine == "openai":
         with make_server(cfg).serve(variant, "variant", variant_dir(cfg)) as served:
             bench = run_benchmark(cfg, variant, served)

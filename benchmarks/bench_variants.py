@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from pathlib import Path
 
 from pipelines.bench import run_benchmark
 from pipelines.cost import estimate_cost
@@ -46,7 +47,7 @@ def bench_variant(overrides: list[str]):
 
     cfg = compose_config(overrides)
     offline_environment(cfg.model)
-    variant = run_quantize(cfg, resolve_base(cfg.model))
+    variant = run_quantize(cfg.quant, resolve_base(cfg.model), Path(cfg.cache_dir), cfg.seed)
     bench = run_benchmark(cfg, variant)
     cost = estimate_cost(bench, cfg.hardware, cfg.bench, read_model_shape(variant.checkpoint_dir))
     return bench, cost, variant

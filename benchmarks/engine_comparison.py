@@ -14,7 +14,6 @@ when it came from the cache. The Fidelity records are written next to the cache 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 from pathlib import Path
 
@@ -62,8 +61,8 @@ def quantize_and_evaluate(configs: dict[str, RunConfig]) -> tuple[dict[str, Vari
     first = configs["llmcompressor"]
     offline_environment(first.model)
     base = resolve_base(first.model)
-    variants = {"base": run_quantize(dataclasses.replace(first, quant=BASELINE), base)}
-    variants.update({engine: run_quantize(cfg, base) for engine, cfg in configs.items()})
+    variants = {"base": run_quantize(BASELINE, base, Path(first.cache_dir), first.seed)}
+    variants.update({engine: run_quantize(cfg.quant, base, Path(cfg.cache_dir), cfg.seed) for engine, cfg in configs.items()})
     # One eval config for all three (only the quant group differs), so every pair is comparable.
     evals = {name: run_evaluate(first, variant) for name, variant in variants.items()}
     return variants, evals

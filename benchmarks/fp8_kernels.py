@@ -105,7 +105,7 @@ def emulate(args: argparse.Namespace) -> None:
     cfg = compose_config(["quant=fp8", *args.overrides])
     offline_environment(cfg.model)
     base = resolve_base(cfg.model)
-    variant = run_quantize(cfg, base)
+    variant = run_quantize(cfg.quant, base, Path(cfg.cache_dir), cfg.seed)
     torch.set_num_threads(2)
     tokenizer = AutoTokenizer.from_pretrained(base.path)
     models = {"base fp32 (CPU)": base.path, "fp8 emulated (CPU, compressed-tensors)": variant.checkpoint_dir}

@@ -83,7 +83,7 @@ def time_schemes(schemes: list[str], overrides: list[str]) -> list[dict]:
         offline_environment(cfg.model)
         base = resolve_base(cfg.model)
         started = time.perf_counter()
-        variant = run_quantize(cfg, base)
+        variant = run_quantize(cfg.quant, base, Path(cfg.cache_dir), cfg.seed, overwrite=cfg.overwrite)
         rows.append({"scheme": scheme, "seconds": time.perf_counter() - started, "bytes": weight_bytes(
             Path(variant.checkpoint_dir)), "base_bytes": weight_bytes(base.path), "base": str(base.path)})
     return rows

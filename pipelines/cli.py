@@ -6,19 +6,19 @@ before Hydra starts a job, so a bad name or value costs milliseconds, not a quan
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import logging
 import os
 import sys
 import typing
-from typing import Iterator
+from typing import Callable, Iterator
 
-from hydra import compose
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from pipelines.config import GROUPS, RunConfig, register_schemas
@@ -29,6 +29,8 @@ CONFIG_MODULE = "pipelines.conf"
 # Hydra flags that only print or inspect; they must stay instant and touch nothing.
 INSPECT_FLAGS = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--resolve", "--version"}
 MULTIRUN_FLAGS = {"-m", "--multirun"}
+# The config loader of the last `compose_command`: `run_composed` hands it to Hydra's job runner.
+_loader = None
 
 
 def to_run_config(cfg: DictConfig) -> RunConfig:
@@ -48,7 +50,13 @@ def is_inspection(argv: list[str]) -> bool:
 
 
 def compose_all(argv: list[str]) -> list[RunConfig]:
-    """Every config the command would run (one per sweep combination), validated.
+    """Every config the command would run (one per sweep combination), validated."""
+    return compose_command(argv)[0]
+
+
+def compose_command(argv: list[str]) -> tuple[list[RunConfig], DictConfig | None]:
+    """Every config the command would run, validated, each composed once; for a single run also its
+    full config (Hydra's node included) for `run_composed`, so that the job does not compose it again.
 
     Searches the same config folders Hydra's own run will: the package's, `--config-dir` and
     `hydra.searchpath=[...]`, so a user's eval suite or gate policy kept outside the repo works.
@@ -64,9 +72,41 @@ def compose_all(argv: list[str]) -> list[RunConfig]:
     try:
         _check_unknown_keys(overrides)
         _check_group_choices(overrides, searchpath)
-        return [_compose(combination + searchpath) for combination in _expand_sweeps(overrides)]
+        if not is_multirun(argv):  # every override, Hydra's own included: what Hydra's run would compose
+            full = _compose(overrides, from_shell=True)
+            return [to_run_config(_without_hydra(full))], full
+        return [to_run_config(_without_hydra(_compose(combination + searchpath)))
+                for combination in _expand_sweeps(overrides)], None
     finally:
         GlobalHydra.instance().clear()
+
+
+def run_composed(task: Callable[[DictConfig], None], cfg: DictConfig) -> None:
+    """What `@hydra.main` does for a single run once it has composed `cfg` (Hydra.run): its output
+    directory, its logging and `HydraConfig`, then `task`; without composing the config again."""
+    from hydra._internal.callbacks import Callbacks
+    from hydra.core.utils import configure_log, run_job
+    from hydra.types import HydraContext, RunMode
+
+    with open_dict(cfg.hydra):
+        cfg.hydra.mode = RunMode.RUN
+    configure_log(cfg.hydra.hydra_logging, cfg.hydra.verbose)
+    callbacks = Callbacks(cfg)
+    callbacks.on_run_start(config=cfg, config_name="config")
+    context = HydraContext(config_loader=_loader, callbacks=callbacks)
+    result = run_job(hydra_context=context, task_function=task, config=cfg, job_dir_key="hydra.run.dir",
+                     job_subdir_key=None, configure_logging=True)
+    callbacks.on_run_end(config=cfg, config_name="config", job_return=result)
+    _ = result.return_value  # re-raises what the task raised, as Hydra.run does
+
+
+def _without_hydra(cfg: DictConfig) -> DictConfig:
+    if "hydra" not in cfg:
+        return cfg
+    task_cfg = copy.deepcopy(cfg)
+    with open_dict(task_cfg):
+        del task_cfg["hydra"]
+    return task_cfg
 
 
 def _initialize(config_dir: str | None) -> None:
@@ -83,6 +123,8 @@ def _initialize(config_dir: str | None) -> None:
         search_path.prepend(provider="command-line", path=f"file://{os.path.abspath(config_dir)}",
                             anchor=SearchPathQuery(provider="schema"))
     Hydra.create_main_hydra2(task_name="run", config_search_path=search_path)
+    global _loader
+    _loader = GlobalHydra.instance().config_loader()
 
 
 def _check_unknown_keys(overrides: list[str]) -> None:
@@ -137,12 +179,15 @@ def _check_group_choices(overrides: list[str], searchpath: list[str]) -> None:
                 raise ConfigError(did_you_mean(group, value, valid))
 
 
-def _compose(overrides: list[str]) -> RunConfig:
+def _compose(overrides: list[str], from_shell: bool = False) -> DictConfig:
+    """Hydra's compose (the `hydra.compose` API's call), with its node; `from_shell` as Hydra's run does."""
+    from hydra.types import RunMode
+
     try:
-        cfg = compose(config_name="config", overrides=overrides)
+        return GlobalHydra.instance().hydra.compose_config(config_name="config", overrides=overrides,
+                                                           run_mode=RunMode.RUN, from_shell=from_shell)
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(_first_line(error)) from error
-    return to_run_config(cfg)
 
 
 def _first_line(error: BaseException) -> str:

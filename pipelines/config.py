@@ -216,6 +216,8 @@ class BenchConfig:
             raise ConfigError(f"bench.batch_sizes={list(self.batch_sizes)} must be a non-empty list of sizes > 0")
         if self.warmup_requests < 0:
             raise ConfigError(f"bench.warmup_requests={self.warmup_requests} must be >= 0")
+        if self.output_tokens < 2:
+            raise ConfigError(f"bench.output_tokens={self.output_tokens} gives no inter-token latency; use >= 2")
         _fraction("bench", "headroom", self.headroom, closed_low=True)
 
 

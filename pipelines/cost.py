@@ -118,6 +118,13 @@ def replicas_needed(target_qps: float, latency_s: float, batch_size: int, headro
     return max(1, math.ceil(round(target_qps * latency_s * (1 + headroom) / batch_size, 9)))
 
 
+def check_cost(hardware: HardwareConfig) -> None:
+    """Preflight: the hardware's price at its tier, and each hardware.project_to name with its price."""
+    price_per_hour(hardware)
+    for name in hardware.project_to:
+        price_per_hour(load_hardware(name))
+
+
 def price_per_hour(hardware: HardwareConfig) -> float:
     price = getattr(hardware.price_per_hour, hardware.price_tier)
     if price is None:

@@ -11,10 +11,8 @@ it is lost, because every stage caches its result on disk.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +21,10 @@ from omegaconf import OmegaConf
 from pipelines import interrupts
 from pipelines.config import QuantConfig, RunConfig, load_group_config
 from pipelines.errors import UserError
-from pipelines.logs import adopt_library_logs
-from pipelines.records import Outcome, StageTime, save_record
+from pipelines.records import (BenchResult, CostResult, EvalResult, Fidelity, Outcome, Variant, Verdict,
+                               save_record)
 from pipelines.serve import is_served, sigterm_as_interrupt
+from pipelines.stage_log import StageLog
 from pipelines.storage import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -45,20 +44,24 @@ def compose_config(overrides: list[str] | None = None) -> RunConfig:
     return configs[0]
 
 
-def run_variant(cfg: RunConfig, output_dir: Path | None = None, parent_run_id: str | None = None) -> Outcome:
-    """Run every stage for `cfg.quant` against the base; returns what each stage produced."""
+def run_variant(cfg: RunConfig, output_dir: Path | None = None, parent_run_id: str | None = None,
+                preflighted: bool = False) -> Outcome:
+    """Run every stage for `cfg.quant` against the base; returns what each stage produced.
+
+    `preflighted=True` only from the CLI, which preflights every config of a command before its first job."""
     from pipelines.models import offline_environment
-    from pipelines.preflight import preflight
 
     offline_environment(cfg.model)
-    preflight(cfg)
+    if not preflighted:
+        from pipelines.preflight import preflight
+
+        preflight(cfg)
     output_dir = Path(output_dir or Path(cfg.cache_dir) / "runs" / f"{cfg.model.name}-{cfg.quant.name}")
-    outcome = Outcome(variant_name=cfg.quant.name, model=cfg.model.name, output_dir=str(output_dir))
     atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(resolved_config(cfg)))
     (output_dir / INTERRUPTED).unlink(missing_ok=True)
     log.info("variant %s of %s: outputs in %s", cfg.quant.name, cfg.model.name, output_dir)
     try:
-        _run_stages(cfg, outcome, output_dir)
+        outcome = _run_stages(cfg, output_dir)
         interrupts.entering("track")
         _save(cfg, outcome, output_dir)
         _track(cfg, outcome, parent_run_id)
@@ -70,28 +73,58 @@ def run_variant(cfg: RunConfig, output_dir: Path | None = None, parent_run_id: s
     return outcome
 
 
-def _run_stages(cfg: RunConfig, outcome: Outcome, output_dir: Path) -> None:
+def _run_stages(cfg: RunConfig, output_dir: Path) -> Outcome:
+    """The stages in order; a failing one ends the run with what the ones before it produced."""
     from pipelines.models import resolve_base
 
-    stage = "load base"
+    run, error = StageLog(), None
     try:
-        interrupts.entering(stage)
-        base = resolve_base(cfg.model)
+        with run.stage("load base", timed=False):
+            base = resolve_base(cfg.model)
         with sigterm_as_interrupt():  # SIGTERM unwinds like Ctrl-C: every server started here is stopped
-            for stage, step in _stages(cfg, base, output_dir):
-                interrupts.entering(stage)
-                adopt_library_logs()  # libraries imported by the stage before keep their chatter in run.log
-                started = time.time()
-                try:
-                    step(outcome)
-                finally:  # a failed stage's time belongs to the run too
-                    outcome.stages.append(StageTime(stage, started, time.time(), _reused(stage, outcome)))
-                log.info("%s done in %.1f s", stage, outcome.stages[-1].ended - started)
+            _stages(cfg, base, output_dir, run)
     except UserError:
         raise
-    except Exception as error:  # any stage's failure is this variant's failure; the sweep goes on
-        log.exception("variant %s failed in stage %s", cfg.quant.name, stage)
-        outcome.error = f"{stage}: {type(error).__name__}: {error}"
+    except Exception as failure:  # any stage's failure is this variant's failure; the sweep goes on
+        log.exception("variant %s failed in stage %s", cfg.quant.name, run.failed)
+        error = f"{run.failed}: {type(failure).__name__}: {failure}"
+    return Outcome(variant_name=cfg.quant.name, model=cfg.model.name, output_dir=str(output_dir),
+                   stages=run.times, error=error, **run.results)
+
+
+def _stages(cfg: RunConfig, base, output_dir: Path, run: StageLog) -> None:
+    """quantize -> evaluate (or serve each, one server at a time) -> fidelity -> benchmark -> cost -> gate."""
+    with run.stage("quantize", cached=("variant",)):
+        base_variant = run.keep(base_variant=_quantize(cfg, BASELINE, base))
+        variant = run.keep(variant=_quantize(cfg, cfg.quant, base))
+    base_bench = bench = base_cost = cost = None
+    if is_served(cfg):  # serve the base, score and time it, stop it; then the variant
+        with run.stage("serve base"):
+            base_eval, base_bench = _serve_and_measure(cfg, base_variant, "base", output_dir)
+            run.keep(base_eval=base_eval, base_bench=base_bench)
+        with run.stage("serve variant"):
+            variant_eval, bench = _serve_and_measure(cfg, variant, "variant", output_dir)
+            run.keep(variant_eval=variant_eval, bench=bench)
+    else:
+        with run.stage("evaluate", cached=("base_eval", "variant_eval")):
+            if cfg.eval.sequential:  # both scored look by look until every blocking rule is decided
+                base_eval, variant_eval = _evaluate_sequential(cfg, base_variant, variant)
+                run.keep(base_eval=base_eval, variant_eval=variant_eval)
+            else:
+                base_eval = run.keep(base_eval=_evaluate(cfg, base_variant))
+                variant_eval = run.keep(variant_eval=_evaluate(cfg, variant))
+    with run.stage("fidelity"):
+        fidelity = run.keep(fidelity=_fidelity(cfg, base_eval, variant_eval))
+    if cfg.bench.enabled and not is_served(cfg):
+        with run.stage("benchmark", cached=("base_bench", "bench")):
+            base_bench = run.keep(base_bench=_benchmark(cfg, base_variant))
+            bench = run.keep(bench=_benchmark(cfg, variant))
+    if cfg.bench.enabled:
+        with run.stage("cost"):
+            base_cost = run.keep(base_cost=_cost(cfg, base_bench, base_variant))
+            cost = run.keep(cost=_cost(cfg, bench, variant))
+    with run.stage("gate"):
+        run.keep(verdict=_gate(cfg, fidelity, bench, base_bench, cost, base_cost))
 
 
 def _save(cfg: RunConfig, outcome: Outcome, output_dir: Path) -> None:
@@ -105,103 +138,68 @@ def _save(cfg: RunConfig, outcome: Outcome, output_dir: Path) -> None:
     atomic_write_text(output_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True, default=float) + "\n")
 
 
-def _stages(cfg: RunConfig, base, output_dir: Path) -> list[tuple[str, Any]]:
-    base_cfg = dataclasses.replace(cfg, quant=BASELINE)
-    steps = [("quantize", lambda o: _quantize(cfg, base_cfg, base, o))]
-    if is_served(cfg):  # one server at a time: serve the base, score and time it, stop; then the variant
-        steps += [(f"serve {role}", lambda o, role=role: _serve_and_measure(cfg, o, role, output_dir))
-                  for role in ("base", "variant")]
-        steps += [("fidelity", lambda o: _fidelity(cfg, o))]
-        if cfg.bench.enabled:
-            steps += [("cost", lambda o: _cost(cfg, o))]
-        return steps + [("gate", lambda o: _gate(cfg, o))]
-    steps += [("evaluate", lambda o: _evaluate(cfg, o)),
-              ("fidelity", lambda o: _fidelity(cfg, o))]
-    if cfg.bench.enabled:
-        steps += [("benchmark", lambda o: _benchmark(cfg, o)), ("cost", lambda o: _cost(cfg, o))]
-    return steps + [("gate", lambda o: _gate(cfg, o))]
-
-
-# The records each cached stage produces; the stage is "reused" when all of them came from the cache
-# (the base's Variant is not among them: the unquantized base is never built, so never "cached").
-_CACHED_RECORDS = {"quantize": ("variant",), "evaluate": ("base_eval", "variant_eval"),
-                   "benchmark": ("base_bench", "bench")}
-
-
-def _reused(stage: str, outcome: Outcome) -> bool:
-    records = [getattr(outcome, name) for name in _CACHED_RECORDS.get(stage, ())]
-    return bool(records) and all(record is not None and record.from_cache for record in records)
-
-
-def _quantize(cfg: RunConfig, base_cfg: RunConfig, base, outcome: Outcome) -> None:
+def _quantize(cfg: RunConfig, quant: QuantConfig, base) -> Variant:
     from pipelines.quantize import run_quantize
 
-    outcome.base_variant = run_quantize(base_cfg, base)
-    outcome.variant = run_quantize(cfg, base)
+    return run_quantize(quant, base, Path(cfg.cache_dir), seed=cfg.seed, overwrite=cfg.overwrite)
 
 
-def _evaluate(cfg: RunConfig, outcome: Outcome) -> None:
+def _evaluate(cfg: RunConfig, variant: Variant) -> EvalResult:
     from pipelines.evaluate import run_evaluate
 
-    if cfg.eval.sequential:  # both scored look by look until the verdict is settled
-        from pipelines.evaluate.sequential import evaluate_sequential
-
-        outcome.base_eval, outcome.variant_eval = evaluate_sequential(cfg, outcome.base_variant, outcome.variant)
-        return
-    outcome.base_eval = run_evaluate(cfg, outcome.base_variant)
-    outcome.variant_eval = run_evaluate(cfg, outcome.variant)
+    return run_evaluate(cfg, variant)
 
 
-def _serve_and_measure(cfg: RunConfig, outcome: Outcome, role: str, output_dir: Path) -> None:
+def _evaluate_sequential(cfg: RunConfig, base_variant: Variant, variant: Variant) -> tuple[EvalResult, EvalResult]:
+    from pipelines.evaluate.sequential import evaluate_sequential
+
+    return evaluate_sequential(cfg, base_variant, variant)
+
+
+def _serve_and_measure(cfg: RunConfig, variant: Variant, role: str,
+                       output_dir: Path) -> tuple[EvalResult, BenchResult | None]:
     """Serve one checkpoint, score (and benchmark) it through the endpoint, stop it, check agreement."""
     from pipelines.bench import run_benchmark
     from pipelines.evaluate import run_evaluate
     from pipelines.evaluate.agreement import served_agreement
     from pipelines.serve import make_server
 
-    variant = outcome.base_variant if role == "base" else outcome.variant
     with make_server(cfg).serve(variant, role, output_dir) as served:
         result = run_evaluate(cfg, variant, served)
         bench = run_benchmark(cfg, variant, served) if cfg.bench.enabled else None
     # In-process scoring of the agreement items runs after the server is gone (memory).
     result.agreement = served_agreement(cfg, variant, result, "base" if role == "base" else cfg.quant.name)
-    if role == "base":
-        outcome.base_eval, outcome.base_bench = result, bench
-    else:
-        outcome.variant_eval, outcome.bench = result, bench
+    return result, bench
 
 
-def _fidelity(cfg: RunConfig, outcome: Outcome) -> None:
+def _fidelity(cfg: RunConfig, base_eval: EvalResult, variant_eval: EvalResult) -> Fidelity:
     from pipelines.fidelity import compare
 
-    outcome.fidelity = compare(outcome.base_eval, outcome.variant_eval, confidence=cfg.gate.confidence,
-                               bootstrap_samples=cfg.eval.bootstrap_samples, seed=cfg.seed,
-                               reference_name="base", variant_name=cfg.quant.name)
-    outcome.fidelity.agreement = [*outcome.base_eval.agreement, *outcome.variant_eval.agreement]
+    fidelity = compare(base_eval, variant_eval, confidence=cfg.gate.confidence,
+                       bootstrap_samples=cfg.eval.bootstrap_samples, seed=cfg.seed,
+                       reference_name="base", variant_name=cfg.quant.name)
+    fidelity.agreement = [*base_eval.agreement, *variant_eval.agreement]
+    return fidelity
 
 
-def _benchmark(cfg: RunConfig, outcome: Outcome) -> None:
+def _benchmark(cfg: RunConfig, variant: Variant) -> BenchResult:
     from pipelines.bench import run_benchmark
 
-    outcome.base_bench = run_benchmark(cfg, outcome.base_variant)
-    outcome.bench = run_benchmark(cfg, outcome.variant)
+    return run_benchmark(cfg, variant)
 
 
-def _cost(cfg: RunConfig, outcome: Outcome) -> None:
+def _cost(cfg: RunConfig, bench: BenchResult, variant: Variant) -> CostResult:
     from pipelines.sizing import read_model_shape
     from pipelines.cost import estimate_cost
 
-    for bench, variant, field in ((outcome.base_bench, outcome.base_variant, "base_cost"),
-                                  (outcome.bench, outcome.variant, "cost")):
-        shape = read_model_shape(variant.checkpoint_dir)
-        setattr(outcome, field, estimate_cost(bench, cfg.hardware, cfg.bench, shape))
+    return estimate_cost(bench, cfg.hardware, cfg.bench, read_model_shape(variant.checkpoint_dir))
 
 
-def _gate(cfg: RunConfig, outcome: Outcome) -> None:
+def _gate(cfg: RunConfig, fidelity: Fidelity, bench: BenchResult | None, base_bench: BenchResult | None,
+          cost: CostResult | None, base_cost: CostResult | None) -> Verdict:
     from pipelines.gate import decide
 
-    outcome.verdict = decide(cfg.gate, outcome.fidelity, cost=outcome.cost, base_cost=outcome.base_cost,
-                             bench=outcome.bench, base_bench=outcome.base_bench)
+    return decide(cfg.gate, fidelity, cost=cost, base_cost=base_cost, bench=bench, base_bench=base_bench)
 
 
 def resolved_config(cfg: RunConfig) -> dict[str, Any]:

@@ -1,6 +1,8 @@
 """Checks that run before any expensive work: every input a run needs is there and usable.
 
-Called by the CLI for every config of a command (each sweep combination) and by `run_variant`.
+Called once per config of a command: by the CLI for each sweep combination before any job starts,
+or by `run_variant` from the Python API. Cheap checks run first (names, bounds, prices, paths,
+reachability), then the ones that import heavy libraries; stages trust a config that passed.
 Each failure is a `UserError` with one line naming the bad value and the fix.
 """
 
@@ -12,44 +14,76 @@ from functools import lru_cache
 from pathlib import Path
 
 from pipelines.config import ModelConfig, RunConfig
+from pipelines.registry import BENCH_ENGINES, EVAL_RUNNERS, check_name
 from pipelines.storage import check_writable
 
 log = logging.getLogger(__name__)
 
 
 def preflight(cfg: RunConfig) -> None:
+    """Every check, cheapest first: a bad name or value fails in milliseconds, before any library loads."""
+    _check_names_and_bounds(cfg)
+    base_config = _check_paths_and_reachability(cfg)
+    _check_with_libraries(cfg, base_config)
+
+
+def _check_names_and_bounds(cfg: RunConfig) -> None:
+    """Backend names, quant scheme and group size, prices and projections: the config and config.json alone."""
+    from pipelines.cost import check_cost
+    from pipelines.evaluate.sequential import check as check_sequential
+    from pipelines.quantize.compat import check_quant_compatible
+
+    check_quant_compatible(declared_shape(cfg.model), cfg.quant)  # backend, method, scheme, group size
+    check_name(EVAL_RUNNERS, "eval runner", cfg.eval.runner)
+    check_sequential(cfg)
+    if cfg.bench.enabled:
+        check_name(BENCH_ENGINES, "bench engine", cfg.bench.engine)
+        check_cost(cfg.hardware)
+
+
+def _check_paths_and_reachability(cfg: RunConfig) -> dict | None:
+    """The plan fits, the server can start, the cache is writable, the tracker answers, the base is a
+    complete checkpoint; returns its config.json (None for a hub id: it is checked when fetched)."""
+    from pipelines.models import is_hub_id, local_model_directory, read_model_config
     from pipelines.plan import check_plan
+    from pipelines.serve import check_serve
+    from pipelines.track import check_reachable
 
     check_plan(cfg)  # fits the hardware, this machine and its disk; hub access: before anything is written
+    check_serve(cfg)
     check_writable(Path(cfg.cache_dir), "cache_dir")
-    model_config = base_model_config(cfg.model)
-    _check_quant(cfg, model_config)
-    from pipelines.evaluate import check_evaluate
-    from pipelines.evaluate.sequential import check as check_sequential
+    check_reachable(cfg.tracking)
+    return None if is_hub_id(cfg.model.source) else read_model_config(local_model_directory(cfg.model), cfg.model)
 
-    check_evaluate(cfg.eval)  # eval.params, and every suite (pipelines/evaluate/suites.py)
-    check_sequential(cfg)
+
+def _check_with_libraries(cfg: RunConfig, base_config: dict | None) -> None:
+    """Checks that import lm-eval, a bench engine or transformers: eval.params and bench.params against
+    their libraries' signatures, the base's tensors, the calibration data, and last the suites."""
+    from pipelines.evaluate import check_evaluate
+    from pipelines.models import local_model_directory
+    from pipelines.quantize.calibration import load_calibration
+
     if cfg.bench.enabled:
         from pipelines.bench import check_bench
 
         check_bench(cfg)
-    from pipelines.serve import check_serve
-    from pipelines.track import check_reachable
+    if base_config is not None:
+        _check_causal_lm_once(local_model_directory(cfg.model), json.dumps(base_config, sort_keys=True),
+                              cfg.model.trust_remote_code)
+    if cfg.quant.needs_calibration:
+        load_calibration(cfg.quant.calibration)
+    check_evaluate(cfg.eval)  # eval.params, and every suite (pipelines/evaluate/suites.py)
 
-    check_serve(cfg)
-    check_reachable(cfg.tracking)
 
+def declared_shape(model: ModelConfig) -> dict:
+    """The base's config.json as written when it is local, else `model.shape` (a hub model, until fetched)."""
+    from pipelines.models import is_hub_id, local_model_directory
 
-def base_model_config(model: ModelConfig) -> dict | None:
-    """The base's config.json when it is local (a hub id is checked when it is fetched)."""
-    from pipelines.models import is_hub_id, local_model_directory, read_model_config
-
-    if is_hub_id(model.source):
-        return None
-    path = local_model_directory(model)
-    config = read_model_config(path, model)
-    _check_causal_lm_once(path, json.dumps(config, sort_keys=True), model.trust_remote_code)
-    return config
+    path = None if is_hub_id(model.source) else local_model_directory(model) / "config.json"
+    try:
+        return json.loads(path.read_text()) if path is not None and path.is_file() else dict(model.shape)
+    except ValueError:  # malformed: the checkpoint directory check reports it
+        return dict(model.shape)
 
 
 @lru_cache(maxsize=8)
@@ -57,14 +91,3 @@ def _check_causal_lm_once(path: Path, config_json: str, trust_remote_code: bool)
     from pipelines.models import check_causal_lm
 
     check_causal_lm(path, json.loads(config_json), trust_remote_code)
-
-
-def _check_quant(cfg: RunConfig, model_config: dict | None) -> None:
-    from pipelines.quantize.calibration import load_calibration
-    from pipelines.quantize.compat import check_backend, check_quant_compatible
-
-    check_backend(cfg.quant)
-    if model_config is not None:
-        check_quant_compatible(model_config, cfg.quant)
-    if cfg.quant.needs_calibration:
-        load_calibration(cfg.quant.calibration)

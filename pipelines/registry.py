@@ -57,9 +57,14 @@ def did_you_mean(kind: str, name: str, choices: list[str] | dict[str, Any], list
     return f"unknown {kind} '{name}'{hint}; {listed}"
 
 
-def resolve(registry: dict[str, str], kind: str, name: str) -> Any:
-    """Import and return the attribute registered under `name`."""
+def check_name(registry: dict[str, str], kind: str, name: str) -> None:
+    """An unknown name's one-line error, without importing the backend (preflight's first checks)."""
     if name not in registry:
         raise ConfigError(did_you_mean(kind, name, registry))
+
+
+def resolve(registry: dict[str, str], kind: str, name: str) -> Any:
+    """Import and return the attribute registered under `name`."""
+    check_name(registry, kind, name)
     module_name, attribute = registry[name].split(":")
     return getattr(importlib.import_module(module_name), attribute)

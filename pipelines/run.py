@@ -19,8 +19,8 @@ import hydra
 from omegaconf import DictConfig
 
 from pipelines import interrupts, logs, sweep
-from pipelines.cli import compose_all, fail, is_inspection, is_multirun, to_run_config
-from pipelines.config import register_schemas
+from pipelines.cli import compose_command, fail, is_inspection, run_composed, to_run_config
+from pipelines.config import RunConfig, register_schemas
 from pipelines.errors import UserError
 
 register_schemas()
@@ -28,15 +28,21 @@ register_schemas()
 
 @hydra.main(version_base="1.3", config_path="pkg://pipelines.conf", config_name="config")
 def job(cfg: DictConfig) -> None:
-    """One Hydra job: one variant against its base."""
+    """One Hydra job of a sweep (or an inspection such as --cfg): its launcher composed `cfg`, in this
+    process or in another one, from overrides the CLI has already composed, validated and preflighted."""
+    run_job(to_run_config(cfg))
+
+
+def run_job(run_cfg: RunConfig) -> None:
+    """One variant against its base; preflight ran for every config of the command before any job."""
     from hydra.core.hydra_config import HydraConfig
 
     from pipelines.pipeline import run_variant
 
     logs.replay_early_records()
-    run_cfg = to_run_config(cfg)
     try:
-        outcome = run_variant(run_cfg, Path(HydraConfig.get().runtime.output_dir), sweep.parent_run_id())
+        outcome = run_variant(run_cfg, Path(HydraConfig.get().runtime.output_dir), sweep.parent_run_id(),
+                              preflighted=True)
     except UserError as error:
         if not sweep.active():
             fail(error, run_cfg.debug)
@@ -60,7 +66,7 @@ def main() -> None:
 def _run(argv: list[str]) -> int:
     try:
         interrupts.entering("preflight")
-        configs = compose_all(argv)
+        configs, single_run = compose_command(argv)  # each config composed once, here
         if configs[0].plan:  # plan=true: print what the run would need, then stop before any work
             from pipelines.plan import print_plans
 
@@ -68,9 +74,11 @@ def _run(argv: list[str]) -> int:
         sweep.preflight_all(configs)
     except UserError as error:
         fail(error, "debug=true" in argv)
-    if is_multirun(argv):
+    if single_run is not None:
+        run_composed(lambda _: run_job(configs[0]), single_run)
+    else:
         sweep.start(configs)
-    job()
+        job()  # Hydra's launcher runs the jobs
     interrupts.entering("report")
     return sweep.finish(configs)
 

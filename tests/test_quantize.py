@@ -58,9 +58,13 @@ def config_for(preset: str, calibration_file: Path, cache_dir: Path, overwrite: 
     return RunConfig(quant=quant_config(preset, **overrides), cache_dir=str(cache_dir), overwrite=overwrite)
 
 
+def quantize(cfg: RunConfig, base):
+    return run_quantize(cfg.quant, base, Path(cfg.cache_dir), seed=cfg.seed, overwrite=cfg.overwrite)
+
+
 @pytest.fixture(scope="module")
 def variants(tiny_base, calibration_file, cache_dir) -> dict:
-    return {name: run_quantize(config_for(name, calibration_file, cache_dir), tiny_base) for name in SCHEMES}
+    return {name: quantize(config_for(name, calibration_file, cache_dir), tiny_base) for name in SCHEMES}
 
 
 def tensors(variant) -> dict[str, torch.Tensor]:
@@ -191,13 +195,13 @@ def test_awq_params_reach_the_awq_modifier(variants):
 @pytest.mark.slow
 def test_group_size_override_replaces_the_presets_128(tiny_base, calibration_file, cache_dir):
     cfg = config_for("canary-w2", calibration_file, cache_dir, name="w4-g64", scheme="W4A16", group_size=64)
-    found = tensors(run_quantize(cfg, tiny_base))
+    found = tensors(quantize(cfg, tiny_base))
     assert tuple(found[f"{Q_PROJ}.weight_scale"].shape) == (128, 128 // 64)
 
 
 @pytest.mark.slow
 def test_second_run_reuses_the_cached_checkpoint(variants, tiny_base, calibration_file, cache_dir):
-    again = run_quantize(config_for("gptq", calibration_file, cache_dir), tiny_base)
+    again = quantize(config_for("gptq", calibration_file, cache_dir), tiny_base)
     assert again.from_cache and not variants["gptq"].from_cache
     assert (again.checkpoint_dir, again.content_hash) == (variants["gptq"].checkpoint_dir, variants["gptq"].content_hash)
 
@@ -206,8 +210,9 @@ def test_second_run_reuses_the_cached_checkpoint(variants, tiny_base, calibratio
 def test_overwrite_redoes_the_checkpoint_deterministically(variants, tiny_base, calibration_file, cache_dir):
     # A stray file in the cached checkpoint: gone afterwards only if the directory was rebuilt.
     stray = Path(variants["canary-w2"].checkpoint_dir) / "stray-from-before.txt"
-    stray.write_text("left by the first build\n")
-    redone = run_quantize(config_for("canary-w2", calibration_file, cache_dir, overwrite=True), tiny_base)
+    stray.write_text("left by the first build
+")
+    redone = quantize(config_for("canary-w2", calibration_file, cache_dir, overwrite=True), tiny_base)
     assert not redone.from_cache and redone.checkpoint_dir == variants["canary-w2"].checkpoint_dir
     assert not stray.exists() and read_manifest(Path(redone.checkpoint_dir))
     assert redone.content_hash == variants["canary-w2"].content_hash
@@ -231,12 +236,12 @@ def test_killed_build_leaves_no_checkpoint(tiny_base, calibration_file, tmp_path
 
     monkeypatch.setattr(LLMCompressorQuantizer, "quantize", crash)
     with pytest.raises(KeyboardInterrupt):
-        run_quantize(config_for("fp8", calibration_file, tmp_path), tiny_base)
+        quantize(config_for("fp8", calibration_file, tmp_path), tiny_base)
     assert not any(p.is_file() for p in tmp_path.rglob("*"))
 
 
 def test_quant_none_is_the_base_itself(tiny_base, tmp_path):
-    variant = run_quantize(RunConfig(quant=quant_config("none"), cache_dir=str(tmp_path)), tiny_base)
+    variant = quantize(RunConfig(quant=quant_config("none"), cache_dir=str(tmp_path)), tiny_base)
     assert (variant.checkpoint_dir, variant.content_hash) == (str(tiny_base.path), tiny_base.fingerprint)
     assert variant.size_bytes == sum(p.stat().st_size for p in tiny_base.path.iterdir())
     assert not any(tmp_path.iterdir())

@@ -35,7 +35,6 @@ class LMEvalRunner:
     libraries = ("lm_eval", "transformers", "torch")
 
     def __init__(self, eval_cfg: EvalConfig, model_cfg: ModelConfig, device: str) -> None:
-        self.check(eval_cfg)
         self.eval_cfg = eval_cfg
         self.model_cfg = model_cfg
         self.device = device

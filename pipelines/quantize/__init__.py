@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from pipelines import storage
-from pipelines.config import QuantConfig, RunConfig
+from pipelines.config import QuantConfig
 from pipelines.models import BaseModel
 from pipelines.quantize.calibration import load_calibration
-from pipelines.quantize.compat import CALIBRATED_METHODS, check_quant_compatible
+from pipelines.quantize.compat import CALIBRATED_METHODS
 from pipelines.records import Variant
 from pipelines.registry import QUANTIZERS, resolve
 
@@ -45,21 +45,22 @@ class Quantizer(Protocol):
         """Write a complete checkpoint of `base` quantized per `quant`, tokenizer included, into out_dir."""
 
 
-def run_quantize(cfg: RunConfig, base: BaseModel) -> Variant:
-    """The variant `cfg.quant` of `base`: the base itself for quant=none, else a (cached) checkpoint."""
-    quant = cfg.quant
-    check_quant_compatible(base.config, quant)
+def run_quantize(quant: QuantConfig, base: BaseModel, cache_dir: Path, seed: int = 0,
+                 overwrite: bool = False) -> Variant:
+    """The variant `quant` of `base`: the base itself for quant=none, else a (cached) checkpoint.
+
+    Trusts a preflighted config (pipelines/preflight.py checked the backend, scheme and group size)."""
     if quant.backend == "none":
         return _baseline(quant, base)
     calibration = load_calibration(quant.calibration, base.path) if uses_calibration(quant) else []
     versions = storage.library_versions(*resolve(QUANTIZERS, "quantization backend", quant.backend).libraries)
-    key = variant_key(base, quant, calibration, versions, cfg.seed)
-    out_dir = Path(cfg.cache_dir) / "variants" / base.name / f"{quant.name}-{key}"
+    key = variant_key(base, quant, calibration, versions, seed)
+    out_dir = Path(cache_dir) / "variants" / base.name / f"{quant.name}-{key}"
     manifest = storage.read_manifest(out_dir)
-    if manifest and not cfg.overwrite:
+    if manifest and not overwrite:
         log.info("reusing cached variant at %s", out_dir)
         return _variant(quant, base, out_dir, key, manifest, from_cache=True)
-    manifest = _build(cfg, base, calibration, versions, key, out_dir)
+    manifest = _build(quant, base, calibration, versions, key, out_dir, seed)
     return _variant(quant, base, out_dir, key, manifest, from_cache=False)
 
 
@@ -78,15 +79,14 @@ def variant_key(base: BaseModel, quant: QuantConfig, calibration: list[str], ver
                                 "versions": versions})
 
 
-def _build(cfg: RunConfig, base: BaseModel, calibration: list[str], versions: dict[str, str], key: str,
-           out_dir: Path) -> dict[str, Any]:
-    quant = cfg.quant
+def _build(quant: QuantConfig, base: BaseModel, calibration: list[str], versions: dict[str, str], key: str,
+           out_dir: Path, seed: int) -> dict[str, Any]:
     quantizer: Quantizer = resolve(QUANTIZERS, "quantization backend", quant.backend)()
     log.info("quantizing %s with %s/%s (%s, %d calibration texts) -> %s",
              base.name, quant.backend, quant.method, quant.scheme, len(calibration), out_dir)
     started = time.perf_counter()
     with storage.atomic_directory(out_dir) as scratch:
-        quantizer.quantize(base, quant, calibration, scratch, cfg.seed)
+        quantizer.quantize(base, quant, calibration, scratch, seed)
         log.info("hashing the checkpoint")
         manifest = {
             "what": f"{base.name} quantized with {quant.name}", "cache_key": key,
@@ -94,7 +94,7 @@ def _build(cfg: RunConfig, base: BaseModel, calibration: list[str], versions: di
             "engine": quant.backend, "method": quant.method, "scheme": quant.scheme,
             "quant": dataclasses.asdict(quant), "calibration_texts": len(calibration),
             "versions": versions, "size_bytes": storage.directory_size(scratch),
-            "content_hash": storage.hash_directory(scratch), "seed": cfg.seed,
+            "content_hash": storage.hash_directory(scratch), "seed": seed,
             "seconds": round(time.perf_counter() - started, 3),
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }

@@ -1,10 +1,10 @@
 """Cheap up-front checks that a quant config can work on a model, without importing torch.
 
-Called by `run_quantize` before any model is loaded, and by the CLI's preflight
-(`check_backend`) so `python -m pipelines.run quant=gptq quant.backend=autogptq` fails in
-milliseconds with one line instead of minutes into a run. What a backend can write (e.g. the
-compressed-tensors presets) is its own knowledge: the `Quantizer` protocol's `check(quant)` and
-`check_compatible(model_config, quant)`, which these functions call.
+Called once per config by preflight (`check_quant_compatible`, which runs `check_backend`), so
+`python -m pipelines.run quant=gptq quant.backend=autogptq` fails in milliseconds with one line
+instead of minutes into a run; `run_quantize` trusts a config that passed. What a backend can write
+(e.g. the compressed-tensors presets) is its own knowledge: the `Quantizer` protocol's `check(quant)`
+and `check_compatible(model_config, quant)`, which these functions call.
 """
 
 from __future__ import annotations

@@ -210,8 +210,7 @@ def test_second_run_reuses_the_cached_checkpoint(variants, tiny_base, calibratio
 def test_overwrite_redoes_the_checkpoint_deterministically(variants, tiny_base, calibration_file, cache_dir):
     # A stray file in the cached checkpoint: gone afterwards only if the directory was rebuilt.
     stray = Path(variants["canary-w2"].checkpoint_dir) / "stray-from-before.txt"
-    stray.write_text("left by the first build
-")
+    stray.write_text("left by the first build\n")
     redone = quantize(config_for("canary-w2", calibration_file, cache_dir, overwrite=True), tiny_base)
     assert not redone.from_cache and redone.checkpoint_dir == variants["canary-w2"].checkpoint_dir
     assert not stray.exists() and read_manifest(Path(redone.checkpoint_dir))

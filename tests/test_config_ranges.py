@@ -21,6 +21,7 @@ OUT_OF_RANGE = {
     "quant.group_size": [0], "quant.calibration.num_samples": [0], "quant.calibration.max_seq_length": [-1],
     "eval.num_fewshot": [-1], "eval.limit": [0], "eval.batch_size": [0], "eval.max_length": [0],
     "eval.reference_max_tokens": [0], "eval.reference_window": [0], "eval.bootstrap_samples": [0],
+    "eval.chunk_size": [0, -5],
     "serve.max_model_len": [0], "serve.tensor_parallel_size": [0], "serve.pipeline_parallel_size": [0],
     "serve.gpu_memory_utilization": [0, 1.5], "serve.startup_timeout_s": [0], "serve.agreement_items": [-1],
     "serve.eval_concurrency": [0],

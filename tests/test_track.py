@@ -318,16 +318,6 @@ def test_real_server_logs_reads_back_and_aliases_promote_only(mlflow_server, tmp
     assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"qg_invoice", "calibration.txt", "reference.txt"}
 
 
-def test_a_stage_is_reused_only_when_all_its_records_came_from_the_cache(tmp_path):
-    from pipelines.pipeline import _reused
-
-    outcome = make_outcome(tmp_path)
-    assert not _reused("quantize", outcome) and not _reused("evaluate", outcome)
-    outcome.variant.from_cache = outcome.base_eval.from_cache = True  # base_eval is variant_eval here
-    assert _reused("quantize", outcome) and _reused("evaluate", outcome)
-    assert not _reused("gate", outcome) and not _reused("benchmark", outcome)  # gate is never cached; no base_bench
-
-
 def test_served_levels_are_keyed_by_load_and_guidellm_reports_are_artifacts(tracker, tmp_path):
     outcome = make_outcome(tmp_path)
     report = _write(tmp_path / "guidellm-r0.html", "<html>GuideLLM report</html>")

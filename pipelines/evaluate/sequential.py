@@ -315,10 +315,11 @@ def apply_to_fidelity(task_fidelity, record: SequentialTask) -> None:
     task_fidelity.stop_reason = record.stop_reason
     if record.stop_reason == EXHAUSTED:
         return
+    method = f"{METHOD} at {1 - looks_alpha(task_fidelity.confidence):.1%} (interim looks)"
     task_fidelity.ci_low, task_fidelity.ci_high = -record.drop_high, -record.drop_low
-    task_fidelity.ci_method, task_fidelity.design_effect = METHOD, 1.0
+    task_fidelity.ci_method, task_fidelity.design_effect = method, 1.0
     task_fidelity.flip_ci_low, task_fidelity.flip_ci_high, task_fidelity.flip_ci_method = \
-        record.flip_low, record.flip_high, METHOD
+        record.flip_low, record.flip_high, method
     if record.kl_low is not None and task_fidelity.choice_kl_mean is not None:
         task_fidelity.choice_kl_ci_low, task_fidelity.choice_kl_ci_high = record.kl_low, record.kl_high
-        task_fidelity.choice_kl_ci_method = f"{METHOD}, of KL clipped at {record.kl_clip:g} nats"
+        task_fidelity.choice_kl_ci_method = f"{method}, of KL clipped at {record.kl_clip:g} nats"

@@ -48,11 +48,7 @@ def compare(reference: EvalResult, variant: EvalResult, confidence: float, boots
     tasks = [compare_task(task, variant_tasks[task.task], confidence, bootstrap_samples, seed)
              for task in reference.tasks]
     if variant.sequential:  # a sequential run: only bounds valid under its optional stopping may decide
-        from pipelines.evaluate.sequential import apply_to_fidelity
-
-        stops = {record.task: record for record in variant.sequential}
-        for task in tasks:
-            apply_to_fidelity(task, stops[task.task])
+        tasks = _sequential_tasks(tasks, reference, variant_tasks, variant, confidence, bootstrap_samples, seed)
     divergence = None
     if reference.reference_logprobs_path and variant.reference_logprobs_path:
         divergence = reference_divergence(reference.reference_logprobs_path, variant.reference_logprobs_path,
@@ -60,6 +56,27 @@ def compare(reference: EvalResult, variant: EvalResult, confidence: float, boots
     return Fidelity(variant=variant_name, reference=reference_name, variant_hash=variant.model_hash,
                     reference_hash=reference.model_hash, settings_hash=reference.settings_hash,
                     tasks=tasks, divergence=divergence)
+
+
+def _sequential_tasks(tasks: list[TaskFidelity], reference: EvalResult, variant_tasks: dict[str, TaskResult],
+                      variant: EvalResult, confidence: float, bootstrap_samples: int, seed: int) -> list[TaskFidelity]:
+    """Early stops take the confidence sequences' bounds; a task that used its whole suite is decided by
+    the fixed-n intervals at the final look's level (the alpha split of pipelines/evaluate/sequential.py)."""
+    from pipelines.evaluate.sequential import EXHAUSTED, apply_to_fidelity, final_confidence
+
+    stops, final = {record.task: record for record in variant.sequential}, final_confidence(confidence)
+    references = {task.task: task for task in reference.tasks}
+    result = []
+    for task in tasks:
+        if stops[task.task].stop_reason == EXHAUSTED:
+            task = compare_task(references[task.task], variant_tasks[task.task], final, bootstrap_samples, seed)
+            task.confidence = confidence  # the whole run's level: its looks spent the rest of alpha
+            for field in ("ci_method", "flip_ci_method", "choice_kl_ci_method"):
+                if getattr(task, field):
+                    setattr(task, field, f"{getattr(task, field)} at {final:.1%} (final look)")
+        apply_to_fidelity(task, stops[task.task])
+        result.append(task)
+    return result
 
 
 def check_comparable(reference: EvalResult, variant: EvalResult, reference_name: str, variant_name: str) -> None:

@@ -90,8 +90,10 @@ class SequentialTask:
     items_used: int
     items_available: int
     looks: int
-    # "decided" (every blocking rule PASSed or FAILed), "verdict settled" (a blocking rule of some
-    # task FAILed: REJECT whatever the rest say) or "suite exhausted".
+    # "decided by the confidence sequence" (every blocking rule PASSed or FAILed at an interim look),
+    # "verdict settled" (a blocking rule of some
+    # task FAILed: REJECT whatever the rest say) or "suite exhausted, ..." (the final look: the
+    # fixed-n intervals decide, pipelines/fidelity.py).
     stop_reason: str
     # Anytime-valid bounds at the stop (pipelines/confidence_sequence.py), in the metric's units;
     # kl is the mean of choice KL clipped at kl_clip nats (None for tasks without choices).

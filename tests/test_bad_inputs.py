@@ -180,6 +180,7 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(case, make_overrides, 
     assert snapshot(cache, store) == before
 
 
+@pytest.mark.slow  # indexes lm-eval's ~15k built-in tasks
 def test_builtin_task_typo_suggests_at_most_five_on_one_short_line(world, populated_state, monkeypatch, capsys):
     cache, store = populated_state
     monkeypatch.setattr(sys, "argv", ["pipelines.run", f"model.source={world['model']}", f"cache_dir={cache}",

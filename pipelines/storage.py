@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import shutil
-import signal
+import secrets
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,29 +56,19 @@ def atomic_write_text(path: Path, text: str) -> Path:
 def atomic_directory(final: Path) -> Iterator[Path]:
     """Yield a scratch directory that becomes `final` only if the block finishes."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    scratch = None
+    # 64 random bits: a name no other writer picks, so the cleanup below only ever removes our own.
+    scratch = final.parent / f".{final.name}.{secrets.token_hex(8)}.partial"
     try:
-        with _interrupts_deferred():  # Ctrl-C right after mkdtemp would otherwise leak the scratch
-            scratch = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial"))
-        shareable(scratch, directory=True)
+        # Named before it is made, so a Ctrl-C landing anywhere after the mkdir still finds and
+        # removes it (mkdtemp returns the name only after creating it: an interrupt in between leaks).
+        scratch.mkdir()
         yield scratch
         if final.exists():
             shutil.rmtree(final)
         os.replace(scratch, final)
     finally:
-        if scratch is not None and scratch.exists():
+        if scratch.exists():
             shutil.rmtree(scratch, ignore_errors=True)
-
-
-@contextmanager
-def _interrupts_deferred() -> Iterator[None]:
-    """SIGINT and SIGTERM wait until the block is done (then raise as usual)."""
-    signals = {signal.SIGINT, signal.SIGTERM}
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def check_writable(directory: Path, option: str) -> None:

@@ -6,24 +6,22 @@ pytest tests/test_storage.py
 from __future__ import annotations
 
 import os
-import signal
 
 import pytest
 
 from pipelines import storage
 
 
-def test_interrupt_while_the_scratch_is_created_leaves_nothing(tmp_path, monkeypatch):
-    # Ctrl-C landing just after mkdtemp (tests/test_new_user.py's interrupt does, on a busy machine)
-    # is raised once the scratch is guarded, so it is removed.
-    create = storage.tempfile.mkdtemp
+def test_interrupt_right_after_the_scratch_is_made_leaves_nothing(tmp_path, monkeypatch):
+    # Ctrl-C landing just after the mkdir (tests/test_new_user.py's interrupt can, on a busy machine).
+    make = os.mkdir
 
-    def create_then_interrupt(**kwargs):
-        made = create(**kwargs)
-        os.kill(os.getpid(), signal.SIGINT)
-        return made
+    def make_then_interrupt(path, *args, **kwargs):
+        make(path, *args, **kwargs)
+        if str(path).endswith(".partial"):
+            raise KeyboardInterrupt
 
-    monkeypatch.setattr(storage.tempfile, "mkdtemp", create_then_interrupt)
+    monkeypatch.setattr(os, "mkdir", make_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         with storage.atomic_directory(tmp_path / "result"):
             pytest.fail("the interrupt is raised before the body runs")

@@ -89,6 +89,14 @@ def test_errors_are_counted_next_to_the_successful_requests():
     assert (level.errored_requests, level.incomplete_requests, level.requests) == (3, 1, 2)
 
 
+def test_a_level_guidellm_kept_fewer_requests_of_is_named():
+    from pipelines.bench.engines.openai import short_levels
+
+    full = served_level(errored=3, incomplete=1)  # 2 successful + 3 errored + 1 incomplete: all 6 asked
+    short = MeasuredLevel(load="c4", streams=4, rate_rps=None, repeats=[full.repeats[0][:1]])
+    assert short_levels([full, short], asked=6) == [("c4", 1, 6)]
+
+
 def _level(load: str, batch_size: int, meets: bool, rps: float = 1.0, tokens_per_s: float = 10.0) -> LoadLevel:
     return load_level(batch_size=batch_size, repeats=1, output_tokens_per_s=tokens_per_s, requests_per_s=rps,
                       goodput_rps=rps, meets_slo=meets, e2e_mean_ms=1000.0, load=load)

@@ -99,6 +99,9 @@ class GuideLLMEngine:
                 kept.errored += measured.errored
                 kept.incomplete += measured.incomplete
                 kept.first_error = kept.first_error or measured.first_error
+        for load, measured, asked in short_levels(list(levels.values()), self.bench.requests_per_level * self.bench.repeats):
+            log.warning("GuideLLM measured %d of the %d requests asked at %s (the rest were never started); "
+                        "its numbers rest on fewer samples: see %s", measured, asked, load, reports[-1])
         return LevelRun(levels=list(levels.values()), reports=reports)
 
     def device_name(self) -> str:
@@ -181,6 +184,12 @@ def measured_level(benchmark, warmup_requests: int) -> MeasuredLevel:
         repeats=[[stream_timing(stats) for status, stats in measured if status == "successful"]],
         errored=len(errored), incomplete=sum(status == "incomplete" for status, _ in measured),
         first_error=next((str(stats.info.error).splitlines()[0] for stats in errored if stats.info.error), None))
+
+
+def short_levels(levels: list[MeasuredLevel], asked: int) -> list[tuple[str, int, int]]:
+    """(load, measured, asked) for each level where GuideLLM kept fewer requests than asked."""
+    measured = {level.load: sum(map(len, level.repeats)) + level.errored + level.incomplete for level in levels}
+    return [(load, count, asked) for load, count in measured.items() if count < asked]
 
 
 def _started(stats) -> float:

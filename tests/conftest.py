@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -93,6 +94,12 @@ def cli_command(args: list[str], tmp: Path) -> tuple[list[str], dict[str, str]]:
                f"tracking.artifact_location={tmp / 'mlruns' / 'artifacts'}",
                f"hydra.run.dir={tmp / 'outputs'}", f"hydra.sweep.dir={tmp / 'multirun'}"]
     return command, env
+
+
+def interruptible() -> None:
+    """preexec_fn for a child that a test sends SIGINT: pytest started as `cmd &` from a script (no
+    job control) runs with SIGINT ignored, children inherit that, and Python keeps it ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def load_config_file(path: Path | str, schema: type, **overrides):

@@ -18,6 +18,7 @@ import sys
 
 import pytest
 
+from conftest import interruptible
 from test_bad_inputs import GOOD_ROW, write_suite
 
 pytestmark = pytest.mark.slow
@@ -132,7 +133,7 @@ def test_interrupt_is_one_line_and_leaves_no_finished_looking_output(user, tmp_p
     args = command(user, name, "--config-dir", str(user["configs"]), "quant=none", "eval=probe")
     args = [a if not a.startswith("cache_dir=") else f"cache_dir={tmp_path / 'cache'}" for a in args]
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=environment(), cwd=user["root"])
+                               env=environment(), cwd=user["root"], preexec_fn=interruptible)
     for line in process.stdout:  # interrupt once the evaluation has started, not before
         if "evaluating none" in line:
             process.send_signal(signum)

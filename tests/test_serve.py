@@ -21,6 +21,8 @@ from pipelines.errors import ConfigError, InputError
 from pipelines.records import Fidelity, TaskAgreement, TaskFidelity, Variant
 from pipelines.serve.process import ServerDied, free_port
 
+from conftest import interruptible
+
 FAKE_SERVER = Path(__file__).with_name("fake_openai_server.py")
 
 
@@ -257,19 +259,26 @@ def test_killing_the_pipeline_mid_run_leaves_no_server(tmp_path, sig):
         [sys.executable, "-m", "pipelines.run", "serve=vllm", f"serve.python={fake_python(tmp_path)}", "quant=none",
          "eval=quick", "eval.limit=2", "bench=off", "tracking=off", f"cache_dir={tmp_path / 'cache'}",
          f"hydra.run.dir={tmp_path / 'outputs'}"], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 600
-    while not pidfile.exists() and time.monotonic() < deadline and pipeline.poll() is None:
-        time.sleep(0.5)
-    assert pidfile.exists(), pipeline.stderr.read()[-3000:] if pipeline.poll() is not None else "no server started"
-    server_log = tmp_path / "outputs" / "serve" / "base.log"
-    # Past the health wait: wait until a scoring request is in flight (the fake server says so, then hangs).
-    while "hanging on POST" not in read_or_empty(server_log) and time.monotonic() < deadline \
-            and pipeline.poll() is None:
-        time.sleep(0.5)
-    assert "hanging on POST" in read_or_empty(server_log), "no scoring request reached the server"
-    assert all(alive(pid) for pid in pids(pidfile))
-    pipeline.send_signal(sig)
-    pipeline.wait(timeout=120)
-    assert pipeline.returncode != 0
-    assert not any(alive(pid) for pid in pids(pidfile)), "the server outlived the killed pipeline"
+        stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
+    try:
+        deadline = time.monotonic() + 600
+        while not pidfile.exists() and time.monotonic() < deadline and pipeline.poll() is None:
+            time.sleep(0.5)
+        assert pidfile.exists(), pipeline.stderr.read()[-3000:] if pipeline.poll() is not None else "no server started"
+        server_log = tmp_path / "outputs" / "serve" / "base.log"
+        # Past the health wait: wait until a scoring request is in flight (the fake server says so, then hangs).
+        while "hanging on POST" not in read_or_empty(server_log) and time.monotonic() < deadline \
+                and pipeline.poll() is None:
+            time.sleep(0.5)
+        assert "hanging on POST" in read_or_empty(server_log), "no scoring request reached the server"
+        assert all(alive(pid) for pid in pids(pidfile))
+        pipeline.send_signal(sig)
+        pipeline.wait(timeout=120)
+        assert pipeline.returncode != 0
+        assert not any(alive(pid) for pid in pids(pidfile)), "the server outlived the killed pipeline"
+    finally:  # a failed run must not leave a server for later tests to find
+        pipeline.kill()
+        pipeline.wait()
+        for pid in pids(pidfile) if pidfile.exists() else []:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)

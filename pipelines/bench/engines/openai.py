@@ -99,9 +99,10 @@ class GuideLLMEngine:
                 kept.errored += measured.errored
                 kept.incomplete += measured.incomplete
                 kept.first_error = kept.first_error or measured.first_error
-        for load, measured, asked in short_levels(list(levels.values()), self.bench.requests_per_level * self.bench.repeats):
+        requested = self.bench.requests_per_level * self.bench.repeats
+        for load, count, asked in short_levels(list(levels.values()), requested):
             log.warning("GuideLLM measured %d of the %d requests asked at %s (the rest were never started); "
-                        "its numbers rest on fewer samples: see %s", measured, asked, load, reports[-1])
+                        "its numbers rest on fewer samples: see %s", count, asked, load, reports[-1])
         return LevelRun(levels=list(levels.values()), reports=reports)
 
     def device_name(self) -> str:

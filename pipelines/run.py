@@ -1,6 +1,6 @@
 """quantgate's command line: can this variant replace the base model?
 
-    python -m pipelines.run                                  # embedded model, baseline
+    python -m pipelines.run                                  # embedded model, its FP8 variant
     python -m pipelines.run model=llama3-70b quant=awq       # one variant
     python -m pipelines.run -m quant=fp8,w8a8,awq,gptq       # a sweep: one MLflow parent run
     python -m pipelines.run model=llama3-70b quant=awq plan=true   # sizes, GPUs, disk, time, cost; runs nothing

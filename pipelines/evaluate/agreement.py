@@ -6,7 +6,7 @@ handling, tokenization, dtype and kernels can all change answers silently (lm-ev
 task in-process (cached like any evaluation) and compares them with the served items, by doc_id:
 an item agrees when prediction and score are the same (log-likelihoods within LOGLIKELIHOOD_TOL).
 
-Exercised by: pytest tests/test_served_eval.py
+Exercised by: pytest tests/test_served_e2e.py tests/test_serve.py
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Generation tasks go through /v1/completions; loglikelihood and multiple-choice t
 tokenizer. BOS is explicit: `add_bos_token` is always passed, resolved from the tokenizer when the
 config leaves it unset (without it local-completions drops BOS and answers change).
 
-Exercised by: pytest tests/test_served_eval.py
+Exercised by: pytest tests/test_served_e2e.py tests/test_serve.py
 """
 
 from __future__ import annotations

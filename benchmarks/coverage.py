@@ -71,7 +71,7 @@ def design_effects(totals, sizes_sq_sum, n: int):
     if totals is None:
         return 1.0
     groups = totals.shape[1]
-    factor = few_clusters_factor(np.arange(groups), CONFIDENCE)
+    factor = few_clusters_factor(groups, CONFIDENCE)
     mean = totals.sum(1) / n
     naive = (sizes_sq_sum - n * mean ** 2) / (n * (n - 1))
     robust = groups / (groups - 1) * np.sum((totals - CLUSTER_SIZE * mean[:, None]) ** 2, 1) / n ** 2

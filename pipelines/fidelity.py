@@ -128,7 +128,8 @@ def compare_task(reference: TaskResult, variant: TaskResult, confidence: float, 
         right_to_wrong=worse, wrong_to_right=better, flip_rate=(worse + better) / len(ref_items),
         ci_method=accuracy.method, cluster_key=reference.cluster_key if clusters is not None else None,
         clusters=accuracy.units if clusters is not None else None, design_effect=accuracy.design_effect,
-        flip_ci_low=_finite(flips.low), flip_ci_high=_finite(flips.high), flip_ci_method=flips.method)
+        flip_ci_low=_finite(flips.low), flip_ci_high=_finite(flips.high), flip_ci_method=flips.method,
+        delta_variance_ratio=accuracy.variance_ratio if binary else None, flip_variance_ratio=flips.variance_ratio)
     if reference.output_type == "multiple_choice":
         kl, agreement = choice_divergence([i["choice_loglikelihoods"] for i in ref_items],
                                           [i["choice_loglikelihoods"] for i in var_items])

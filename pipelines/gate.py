@@ -7,20 +7,25 @@ Rules (each yields a `RuleResult` with observed value, bound, threshold and a me
   absolute (points) or relative (x base score), per-task overrides. PASS when the upper bound of
   the drop (-ci_low) < tolerance, FAIL when the lower bound (-ci_high) > tolerance, otherwise
   INCONCLUSIVE. Both comparisons are strict: a bound exactly at the tolerance (within 1e-12) does
-  not decide. The pipeline computes Fidelity at policy.confidence; for a record made at another
-  level (an older run, an engine comparison) the interval is rescaled around its midpoint by z(policy)/z(fidelity) (normal approximation: exact for Wald
-  intervals, approximate for bootstrap ones) and the message says so.
+  not decide. The pipeline computes Fidelity at policy.confidence. A record made at another level
+  (an older run, an engine comparison) is never rescaled: Tango and Clopper-Pearson intervals are
+  recomputed exactly from its counts (clustered ones with its stored design effect) and the message
+  says so; a bootstrap interval (graded metrics, KL) or a sequential run's bounds cannot be, so that
+  rule is INCONCLUSIVE and says to rerun the fidelity stage at the gate's level.
 - flip_rate (per task): a Clopper-Pearson interval of the rate (clustered when the task has
   clusters) against max_flip_rate: PASS when its upper bound <= the ceiling, FAIL when its lower
   bound > it, otherwise INCONCLUSIVE with the items that would settle it if the rate held.
 - kl: reference-text mean KL (bootstrap over token blocks) and each multiple-choice task's mean
   choice KL (studentized bootstrap over items or clusters) against max_kl, the same three ways;
   a mean with too few units for its bootstrap has no interval and is INCONCLUSIVE.
-  Every interval is two-sided at the fidelity record's confidence, so each one-sided decision
+  Every interval is two-sided at gate.confidence, so each one-sided decision
   errs at most (1 - confidence) / 2 (benchmarks/coverage.py measures it).
 - cost: 1 - variant $/1M / base $/1M (both at their knee) >= min_cost_saving.
 - agreement (served runs, per model and task): served vs in-process per-item agreement on
-  serve.agreement_items items >= min_agreement; evaluated only when the fidelity record has them.
+  serve.agreement_items items, a proportion with a Clopper-Pearson interval, against min_agreement:
+  PASS when its lower bound >= the minimum, FAIL when its upper bound < it, otherwise INCONCLUSIVE
+  with the items that would settle it if the rate held (20 of 20 agreeing bounds it at 0.83 at 95 %:
+  72 of 72 clear 0.95); evaluated only when the fidelity record has them.
 - throughput: variant / base output tokens/s - 1 >= min_throughput_gain at the smallest load level
   both ran (batch 1 by default): single-stream decode speed, which weight-only schemes are meant
   to raise; capacity at the knee is what the cost rule already judges.
@@ -35,13 +40,13 @@ from __future__ import annotations
 
 import math
 
-from scipy.stats import norm
-
 from pipelines.config import GateConfig, SuiteTolerance
 from pipelines.cost import cost_saving
 from pipelines.errors import InputError
-from pipelines.intervals import TANGO, items_to_settle_paired, items_to_settle_rate, rate_interval
-from pipelines.records import BenchResult, CostResult, Fidelity, RuleResult, TaskFidelity, Verdict
+from pipelines.intervals import (CLOPPER_PEARSON, TANGO, Interval, items_to_settle_paired, items_to_settle_rate,
+                                 paired_counts_interval, rate_counts_interval)
+from pipelines.records import (BenchResult, CostResult, Fidelity, RuleResult, TaskAgreement, TaskFidelity,
+                               Verdict)
 
 PASS, FAIL, INCONCLUSIVE, SKIPPED = "PASS", "FAIL", "INCONCLUSIVE", "SKIPPED"
 PROMOTE, REJECT = "PROMOTE", "REJECT"
@@ -66,9 +71,7 @@ def decide(policy: GateConfig, fidelity: Fidelity, cost: CostResult | None = Non
     if policy.min_throughput_gain is not None:
         rules.append(throughput_rule(policy, bench, base_bench))
     if policy.min_agreement is not None:
-        rules += [_limit("agreement", f"{a.model}/{a.task}", a.agreement, policy.min_agreement, at_most=False,
-                         what=f"served vs in-process per-item agreement ({a.agreeing} of {a.n})")
-                  for a in fidelity.agreement]
+        rules += [agreement_rule(policy, agreement) for agreement in fidelity.agreement]
     for rule in rules:
         rule.blocking = rule.rule in policy.blocking
     return Verdict(variant=fidelity.variant, decision=_combine(rules), rules=rules,
@@ -90,23 +93,52 @@ def tolerance_for(policy: GateConfig, task: TaskFidelity) -> float:
     return tol.max_drop * task.base_score if tol.kind == "relative" else tol.max_drop
 
 
-def drop_interval(task: TaskFidelity, confidence: float) -> tuple[float, float, float]:
-    """(point, low, high) of the accuracy drop at `confidence`, rescaled if Fidelity used another."""
-    point, low, high = -task.delta, -task.ci_high, -task.ci_low
-    if math.isclose(confidence, task.confidence):
-        return point, low, high
-    middle, half = (low + high) / 2, (high - low) / 2
-    half *= norm.ppf(0.5 + confidence / 2) / norm.ppf(0.5 + task.confidence / 2)
-    return point, middle - half, middle + half
+def drop_interval(task: TaskFidelity, confidence: float) -> Interval | None:
+    """The accuracy drop's interval at `confidence`; None when the record cannot give it.
+
+    A record made at another level is recomputed from its counts, never rescaled: Tango's interval
+    from (right->wrong, wrong->right, n) and, with clusters, their stored design effect. A bootstrap
+    interval needs the per-item records and a sequential one its looks, so those give None."""
+    if math.isclose(confidence, task.confidence) or _no_interval_at_any_level(task.ci_method):
+        return Interval(-task.ci_high, -task.ci_low, task.ci_method or "interval")
+    if not _counts_recompute(task, task.ci_method, TANGO, task.delta_variance_ratio):
+        return None
+    delta = paired_counts_interval(task.right_to_wrong, task.wrong_to_right, task.n, confidence,
+                                   task.delta_variance_ratio or 1.0, task.clusters if task.cluster_key else None)
+    return Interval(-delta.high, -delta.low, delta.method)
+
+
+def _no_interval_at_any_level(method: str | None) -> bool:
+    return bool(method) and "fewer than" in method  # too few units or clusters for the method
+
+
+def _counts_recompute(task: TaskFidelity, method: str | None, family: str, variance_ratio: float | None) -> bool:
+    """Whether an interval of `family` can be recomputed exactly from the record's counts."""
+    sequential = task.stop_reason is not None  # its bounds come from confidence sequences, not the counts
+    clustered_unknown = task.cluster_key is not None and variance_ratio is None  # an older record
+    return bool(method) and method.startswith(family) and not sequential and not clustered_unknown
+
+
+def _level(policy: GateConfig, made_at: float) -> str:
+    same = math.isclose(policy.confidence, made_at)
+    return f"{policy.confidence:.0%}" + ("" if same else f" (recomputed from the counts; the record is at {made_at:.0%})")
+
+
+def _foreign_level(made_at: float, method: str | None, policy: GateConfig) -> str:
+    return (f"the record's {method or 'interval'} is at {made_at:.0%} and the gate asks {policy.confidence:.0%}: "
+            "it is recomputed from the per-item records, never rescaled; rerun the fidelity stage at "
+            f"gate.confidence={policy.confidence:g}")
 
 
 def accuracy_rule(policy: GateConfig, task: TaskFidelity) -> RuleResult:
     tolerance = tolerance_for(policy, task)
-    point, low, high = drop_interval(task, policy.confidence)
-    level = f"{policy.confidence:.0%}" + ("" if math.isclose(policy.confidence, task.confidence)
-                                         else f" (rescaled from {task.confidence:.0%})")
-    method = task.ci_method or "interval"
-    interval = (f"drop {point:+.4f}, {level} {method} CI [{low:+.4f}, {high:+.4f}] vs tolerance {tolerance:.4f}"
+    point, drop = -task.delta, drop_interval(task, policy.confidence)
+    if drop is None:
+        return _rule("accuracy", task.task, INCONCLUSIVE, point, None, tolerance,
+                     _foreign_level(task.confidence, task.ci_method, policy), method=task.ci_method)
+    low, high, method = drop.low, drop.high, drop.method
+    interval = (f"drop {point:+.4f}, {_level(policy, task.confidence)} {method} CI [{low:+.4f}, {high:+.4f}] "
+                f"vs tolerance {tolerance:.4f}"
                 + (f"; {task.clusters} clusters by {task.cluster_key}, design effect {task.design_effect:.2f}"
                    if task.cluster_key else ""))
     bounds = {"low": low, "high": high, "method": method}
@@ -147,12 +179,17 @@ def flip_rate_rule(policy: GateConfig, task: TaskFidelity) -> RuleResult:
     flips = task.right_to_wrong + task.wrong_to_right
     what = f"flip rate ({task.right_to_wrong} right->wrong, {task.wrong_to_right} wrong->right of {task.n})"
     low, high, method = task.flip_ci_low, task.flip_ci_high, task.flip_ci_method
-    if task.flip_ci_method and "fewer than" in task.flip_ci_method:
-        pass  # too few clusters: no interval, whatever the level
-    elif low is None or high is None or not math.isclose(policy.confidence, task.confidence):
-        # An older record, or another level: recompute from the counts (exact; clusters not kept).
-        interval = rate_interval(flips, task.n, policy.confidence)
+    same_level = math.isclose(policy.confidence, task.confidence)
+    if _no_interval_at_any_level(method) or (same_level and low is not None and high is not None):
+        pass  # the record's own interval (or none, whatever the level)
+    elif _counts_recompute(task, method or CLOPPER_PEARSON, CLOPPER_PEARSON, task.flip_variance_ratio):
+        # Another level, or an older record without the interval: exact from the counts.
+        interval = rate_counts_interval(flips, task.n, policy.confidence, task.flip_variance_ratio or 1.0,
+                                        task.clusters if task.cluster_key else None)
         low, high, method = interval.low, interval.high, interval.method
+    else:
+        low = high = None
+        method = _foreign_level(task.confidence, method, policy)
     more = items_to_settle_rate(flips, task.n, policy.max_flip_rate, policy.confidence)
     return _bounded_limit("flip_rate", task.task, task.flip_rate, low, high, method, policy.max_flip_rate,
                           policy.confidence, what, more)
@@ -163,21 +200,30 @@ def kl_rules(policy: GateConfig, fidelity: Fidelity) -> list[RuleResult]:
     for t in fidelity.tasks:
         if t.choice_kl_mean is None:
             continue
-        more = items_to_settle(t.n, t.choice_kl_mean, t.choice_kl_ci_low, t.choice_kl_ci_high, policy.max_kl) \
-            if t.choice_kl_ci_low is not None and t.choice_kl_ci_high is not None else None
-        rules.append(_bounded_limit("kl", f"{t.task}/choices", t.choice_kl_mean, t.choice_kl_ci_low,
-                                    t.choice_kl_ci_high, t.choice_kl_ci_method, policy.max_kl, t.confidence,
-                                    "mean KL between choice distributions", more))
+        low, high, method = _bootstrap_at(policy, t.confidence, t.choice_kl_ci_low, t.choice_kl_ci_high,
+                                          t.choice_kl_ci_method)
+        more = items_to_settle(t.n, t.choice_kl_mean, low, high, policy.max_kl) \
+            if low is not None and high is not None else None
+        rules.append(_bounded_limit("kl", f"{t.task}/choices", t.choice_kl_mean, low, high, method, policy.max_kl,
+                                    policy.confidence, "mean KL between choice distributions", more))
     d = fidelity.divergence
     if d is not None:
-        more = items_to_settle(d.kl_blocks or 0, d.kl_mean, d.kl_ci_low, d.kl_ci_high, policy.max_kl) \
-            if d.kl_ci_low is not None and d.kl_ci_high is not None else None
-        confidence = fidelity.tasks[0].confidence
-        rules.append(_bounded_limit("kl", "reference", d.kl_mean, d.kl_ci_low, d.kl_ci_high, d.kl_ci_method,
-                                    policy.max_kl, confidence,
-                                    f"mean token KL on the reference text ({d.tokens} tokens)", more,
-                                    unit="token blocks"))
+        low, high, method = _bootstrap_at(policy, fidelity.tasks[0].confidence, d.kl_ci_low, d.kl_ci_high,
+                                          d.kl_ci_method)
+        more = items_to_settle(d.kl_blocks or 0, d.kl_mean, low, high, policy.max_kl) \
+            if low is not None and high is not None else None
+        rules.append(_bounded_limit("kl", "reference", d.kl_mean, low, high, method, policy.max_kl,
+                                    policy.confidence, f"mean token KL on the reference text ({d.tokens} tokens)",
+                                    more, unit="token blocks"))
     return rules or [_skipped("kl", "all", "no reference-text or choice KL in the fidelity record")]
+
+
+def _bootstrap_at(policy: GateConfig, made_at: float, low: float | None, high: float | None,
+                  method: str) -> tuple[float | None, float | None, str]:
+    """A bootstrap interval decides only at the level it was made at (rescaling it would be a guess)."""
+    if math.isclose(policy.confidence, made_at) or low is None or high is None:
+        return low, high, method
+    return None, None, _foreign_level(made_at, method, policy)
 
 
 def _bounded_limit(rule: str, scope: str, observed: float, low: float | None, high: float | None, method: str,
@@ -197,6 +243,29 @@ def _bounded_limit(rule: str, scope: str, observed: float, low: float | None, hi
     hint = f"~{more} more {unit} would settle it" if more is not None else "the estimate sits at the ceiling"
     return _rule(rule, scope, INCONCLUSIVE, observed, high, ceiling,
                  f"{interval} straddles ceiling {ceiling:.4g}; {hint}", items_to_settle=more, **bounds)
+
+
+def agreement_rule(policy: GateConfig, agreement: TaskAgreement) -> RuleResult:
+    """Served vs in-process agreement, a proportion: its Clopper-Pearson interval against min_agreement."""
+    scope, floor = f"{agreement.model}/{agreement.task}", policy.min_agreement
+    if agreement.n <= 0:
+        return _skipped("agreement", scope, "no items were scored both served and in-process")
+    interval = rate_counts_interval(agreement.agreeing, agreement.n, policy.confidence)
+    low, high = interval.low, interval.high
+    bounds = {"low": low, "high": high, "method": interval.method}
+    what = (f"served vs in-process per-item agreement: {agreement.agreeing} of {agreement.n}, "
+            f"{policy.confidence:.0%} {interval.method} [{low:.4g}, {high:.4g}]")
+    if low >= floor - _TIE:
+        return _rule("agreement", scope, PASS, agreement.agreement, low, floor, f"{what} >= minimum {floor:.4g}",
+                     **bounds)
+    if high < floor - _TIE:
+        return _rule("agreement", scope, FAIL, agreement.agreement, high, floor,
+                     f"{what} all below minimum {floor:.4g}", **bounds)
+    more = items_to_settle_rate(agreement.agreeing, agreement.n, floor, policy.confidence)
+    hint = f"~{more} more items would settle it" if more is not None else "the estimate sits at the minimum"
+    return _rule("agreement", scope, INCONCLUSIVE, agreement.agreement, low, floor,
+                 f"{what} straddles minimum {floor:.4g}; {hint} (serve.agreement_items)", items_to_settle=more,
+                 **bounds)
 
 
 def cost_rule(policy: GateConfig, cost: CostResult | None, base_cost: CostResult | None,

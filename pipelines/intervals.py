@@ -51,6 +51,8 @@ class Interval:
     # Clustered width / naive width (1.0 without clusters); units = items, clusters or blocks.
     design_effect: float = 1.0
     units: int = 0
+    # Count intervals: the level-free Rao-Scott design effect they were computed with (1.0 without clusters).
+    variance_ratio: float = 1.0
 
     @property
     def decided(self) -> bool:
@@ -105,29 +107,40 @@ def design_effect(values: np.ndarray, clusters: np.ndarray | None) -> float:
     return max(1.0, robust / naive)
 
 
-def few_clusters_factor(clusters: np.ndarray | None, confidence: float) -> float:
+def few_clusters_factor(groups: int | None, confidence: float) -> float:
     """(t_{G-1} / z)^2 for G clusters, 1 without clusters: the variance itself is estimated."""
     from scipy.stats import t
 
-    if clusters is None:
+    if groups is None:
         return 1.0
-    groups = int(np.unique(clusters).size)
     return (float(t.ppf(0.5 + confidence / 2, groups - 1)) / z_value(confidence)) ** 2 if groups > 1 else math.inf
+
+
+def _groups(clusters: np.ndarray | None) -> int | None:
+    return None if clusters is None else int(np.unique(clusters).size)
 
 
 def paired_binary_interval(base_correct: np.ndarray, variant_correct: np.ndarray, confidence: float,
                            clusters: np.ndarray | None = None) -> Interval:
     """Interval of variant accuracy - base accuracy on paired right/wrong items (Tango)."""
     base, variant = np.asarray(base_correct, bool), np.asarray(variant_correct, bool)
-    n = base.size
     if _too_few_clusters(clusters):
         return _no_interval(TANGO, clusters)
-    lost, gained = float(np.sum(base & ~variant)), float(np.sum(~base & variant))
-    differences = variant.astype(float) - base.astype(float)
-    deff = design_effect(differences, clusters) * few_clusters_factor(clusters, confidence)
+    lost, gained = int(np.sum(base & ~variant)), int(np.sum(~base & variant))
+    variance_ratio = design_effect(variant.astype(float) - base.astype(float), clusters)
+    return paired_counts_interval(lost, gained, base.size, confidence, variance_ratio, _groups(clusters))
+
+
+def paired_counts_interval(lost: int, gained: int, n: int, confidence: float, variance_ratio: float = 1.0,
+                           groups: int | None = None) -> Interval:
+    """Tango's interval of the accuracy difference from what a Fidelity record keeps: the discordant
+    counts, n and, for G clustered items, their design effect (`variance_ratio`, level-free). The
+    counts are divided by variance_ratio x (t_{G-1} / z)^2, so any level is recomputed exactly."""
+    deff = variance_ratio * few_clusters_factor(groups, confidence)
     low, high = tango_interval(lost / deff, gained / deff, n / deff, confidence)
-    interval = Interval(low=-float(high), high=-float(low), method=TANGO, units=_units(n, clusters))
-    if clusters is not None:
+    interval = Interval(low=-float(high), high=-float(low), method=TANGO, units=groups or int(n),
+                        variance_ratio=variance_ratio)
+    if groups is not None:
         naive_low, naive_high = tango_interval(lost, gained, n, confidence)
         interval.design_effect = (interval.high - interval.low) / float(naive_high - naive_low)
         interval.method = f"{TANGO}, clustered (design effect {deff:.2f})"
@@ -137,15 +150,23 @@ def paired_binary_interval(base_correct: np.ndarray, variant_correct: np.ndarray
 def rate_interval(count: float, n: float, confidence: float, indicator: np.ndarray | None = None,
                   clusters: np.ndarray | None = None) -> Interval:
     """Clopper-Pearson interval of count / n; with clusters, on counts divided by the design effect."""
-    from statsmodels.stats.proportion import proportion_confint
-
     if indicator is not None and _too_few_clusters(clusters):
         return _no_interval(CLOPPER_PEARSON, clusters)
-    deff = design_effect(indicator, clusters) * few_clusters_factor(clusters, confidence) \
-        if indicator is not None else 1.0
+    if indicator is None or clusters is None:
+        return rate_counts_interval(count, n, confidence)
+    return rate_counts_interval(count, n, confidence, design_effect(indicator, clusters), _groups(clusters))
+
+
+def rate_counts_interval(count: float, n: float, confidence: float, variance_ratio: float = 1.0,
+                         groups: int | None = None) -> Interval:
+    """Clopper-Pearson from the count, n and (clustered) the level-free design effect: exact at any level."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    deff = variance_ratio * few_clusters_factor(groups, confidence)
     low, high = proportion_confint(count / deff, n / deff, alpha=1 - confidence, method="beta")
-    interval = Interval(low=float(low), high=float(high), method=CLOPPER_PEARSON, units=_units(int(n), clusters))
-    if indicator is not None and clusters is not None:
+    interval = Interval(low=float(low), high=float(high), method=CLOPPER_PEARSON, units=groups or int(n),
+                        variance_ratio=variance_ratio)
+    if groups is not None:
         naive_low, naive_high = proportion_confint(count, n, alpha=1 - confidence, method="beta")
         interval.design_effect = (interval.high - interval.low) / float(naive_high - naive_low)
         interval.method = f"{CLOPPER_PEARSON}, clustered (design effect {deff:.2f})"
@@ -249,5 +270,3 @@ def _no_interval(method: str, clusters: np.ndarray) -> Interval:
     return Interval(-math.inf, math.inf, f"{method}: {groups} clusters, fewer than {MIN_CLUSTERS}", units=groups)
 
 
-def _units(n: int, clusters: np.ndarray | None) -> int:
-    return int(n) if clusters is None else int(np.unique(clusters).size)

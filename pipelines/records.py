@@ -157,6 +157,10 @@ class TaskFidelity:
     choice_kl_ci_low: float | None = None
     choice_kl_ci_high: float | None = None
     choice_kl_ci_method: str = ""
+    # Count intervals (Tango, Clopper-Pearson) with clusters: the level-free design effect (Rao-Scott
+    # variance ratio) they divided the counts by, so the gate recomputes them exactly at another level.
+    delta_variance_ratio: float | None = None
+    flip_variance_ratio: float | None = None
     # Sequential runs: items scored of those available and why the task stopped (else None).
     items_used: int | None = None
     items_available: int | None = None

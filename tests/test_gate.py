@@ -121,16 +121,72 @@ def test_items_to_settle_hand_worked():
     assert items_to_settle(100, 0.02, 0.0, 0.04, 0.02) is None
 
 
-def test_interval_rescaled_when_policy_confidence_differs():
-    # Drop CI [0.005, 0.019] at 95 % passes a 0.02 tolerance; at 99 % its half-width grows by
-    # z(0.995)/z(0.975) = 2.5758/1.9600 to 0.0092 around 0.012, so the upper bound is 0.0212.
-    evidence = fidelity(task(delta=-0.012, ci=(-0.019, -0.005)))
-    assert decide(policy(confidence=0.95), evidence).decision == "PROMOTE"
-    strict = decide(policy(confidence=0.99), evidence)
-    assert strict.decision == "INCONCLUSIVE" and "rescaled from 95%" in strict.rules[0].message
-    _, low, high = drop_interval(evidence.tasks[0], 0.99)
-    half = 0.007 * norm.ppf(0.995) / norm.ppf(0.975)
-    assert (low, high) == pytest.approx((0.012 - half, 0.012 + half)) and high == pytest.approx(0.0212, abs=1e-4)
+def _records(tmp_path, lost: int, gained: int, n: int = 200, clusters: int | None = None):
+    """Base and variant evaluations (per-item files) where the variant loses `lost` items and gains `gained`."""
+    from test_fidelity import binary_items, eval_result
+
+    base = [i >= gained for i in range(n)]
+    variant = [(i < gained) or (gained <= i < n - lost) for i in range(n)]
+    records = []
+    for name, correct in (("base", base), ("variant", variant)):
+        items = binary_items(correct)
+        for item in items if clusters else []:
+            item["cluster"] = f"c{item['doc_id'] % clusters}"
+        records.append(eval_result(tmp_path, name, items, cluster_key="vendor" if clusters else None))
+    return records
+
+
+def _fidelity_at(records, confidence: float) -> Fidelity:
+    from pipelines.fidelity import compare
+
+    return compare(*records, confidence=confidence, bootstrap_samples=2000, seed=7, variant_name="v")
+
+
+@pytest.mark.parametrize("clusters", [None, 40])
+def test_record_made_at_90_gated_at_95_equals_a_fresh_computation_at_95(tmp_path, clusters):
+    # 4 of 200 lost, none gained: Tango's 95 % upper bound of the drop is 0.0503 > 0.05 (INCONCLUSIVE).
+    records = _records(tmp_path, lost=4, gained=0, clusters=clusters)
+    at_95 = policy(tolerance=SuiteTolerance(0.05))
+    recomputed = decide(at_95, _fidelity_at(records, 0.90))
+    fresh = decide(at_95, _fidelity_at(records, 0.95))
+    for name in ("accuracy", "flip_rate"):
+        ours, theirs = rule(recomputed, name), rule(fresh, name)
+        assert (ours.status, ours.method) == (theirs.status, theirs.method)
+        assert (ours.low, ours.high) == pytest.approx((theirs.low, theirs.high), abs=1e-12)
+    assert "recomputed from the counts; the record is at 90%" in rule(recomputed, "accuracy").message
+    if clusters is None:
+        assert rule(fresh, "accuracy").status == "INCONCLUSIVE"
+        assert rule(fresh, "accuracy").high == pytest.approx(0.0503, abs=1e-4)
+
+
+def test_rescaling_the_90_record_as_a_wald_interval_would_have_promoted(tmp_path):
+    # The old rule: half-width x z(0.975)/z(0.95) around the midpoint gave an upper bound of
+    # 0.0474 < 0.05 (PASS); the exact 95 % bound is 0.0503 (INCONCLUSIVE).
+    task_90 = _fidelity_at(_records(tmp_path, lost=4, gained=0), 0.90).tasks[0]
+    low, high = -task_90.ci_high, -task_90.ci_low
+    wald_high = (low + high) / 2 + (high - low) / 2 * norm.ppf(0.975) / norm.ppf(0.95)
+    assert wald_high == pytest.approx(0.0474, abs=1e-4)
+    assert drop_interval(task_90, 0.95).high == pytest.approx(0.0503, abs=1e-4)
+
+
+def test_bootstrap_interval_at_another_level_does_not_decide(tmp_path):
+    graded = task(delta=-0.001, ci=(-0.004, 0.002), confidence=0.90, choice_kl=0.001)
+    graded.ci_method, graded.choice_kl_ci_low, graded.choice_kl_ci_high = "studentized bootstrap", 0.0005, 0.002
+    graded.choice_kl_ci_method = "studentized bootstrap"
+    verdict = decide(policy(), fidelity(graded, kl=None))
+    assert drop_interval(graded, 0.95) is None
+    for name in ("accuracy", "kl"):
+        result = rule(verdict, name)
+        assert result.status == "INCONCLUSIVE" and result.low is None and result.high is None
+        assert "rerun the fidelity stage at gate.confidence=0.95" in (result.message + (result.method or ""))
+    assert decide(policy(confidence=0.90), fidelity(graded, kl=None)).decision == "PROMOTE"
+
+
+def test_sequential_bounds_at_another_level_are_not_recomputed_from_counts():
+    stopped = task(delta=0.0, ci=(-0.01, 0.01), flips=(1, 1), confidence=0.90)
+    stopped.ci_method, stopped.stop_reason = "Tango score at 97.5% (final look)", "suite exhausted"
+    verdict = decide(policy(), fidelity(stopped))
+    assert status(verdict, "accuracy") == "INCONCLUSIVE" and status(verdict, "flip_rate") == "INCONCLUSIVE"
 
 
 def test_cost_rule_skipped_without_a_knee():
@@ -172,7 +228,7 @@ def test_no_tasks_is_invalid_input():
 @pytest.mark.parametrize("path", sorted(CONF.glob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_policies_pass_the_base_against_itself_on_fidelity(path):
     gate = load_config_file(path, GateConfig)
-    verdict = decide(gate, fidelity(task(), kl=0.0))
+    verdict = decide(gate, fidelity(task(confidence=gate.confidence), kl=0.0))  # the pipeline's level is the gate's
     assert verdict.policy == gate.name
     assert all(r.status == "PASS" for r in verdict.rules if r.rule in {"accuracy", "flip_rate", "kl"})
 
@@ -222,3 +278,42 @@ def test_rule_bounds_become_mlflow_metrics():
     assert metrics["gate/flip_rate/qg_invoice/low"] == pytest.approx(flip.low)
     assert metrics["gate/flip_rate/qg_invoice/high"] == pytest.approx(flip.high)
     assert metrics["gate/kl/reference/high"] == pytest.approx(0.0011)
+
+
+def agreement_verdict(agreeing: int, n: int, minimum: float = 0.95, blocking: bool = True):
+    from pipelines.records import TaskAgreement
+
+    evidence = fidelity(task())
+    evidence.agreement = [TaskAgreement(model="fp8", task="t", n=n, agreeing=agreeing, agreement=agreeing / n,
+                                        max_loglikelihood_diff=None)]
+    rules = ["accuracy", "agreement"] if blocking else ["accuracy"]
+    return decide(policy(min_agreement=minimum, blocking=rules), evidence)
+
+
+@pytest.mark.parametrize("agreeing, n, expected, decision", [
+    (72, 72, "PASS", "PROMOTE"),       # CP lower bound 0.025^(1/72) = 0.9501 >= 0.95
+    (71, 71, "INCONCLUSIVE", "INCONCLUSIVE"),  # 0.025^(1/71) = 0.9494: one item short
+    (20, 20, "INCONCLUSIVE", "INCONCLUSIVE"),  # lower bound 0.832: 20 items cannot show 0.95
+    (17, 20, "INCONCLUSIVE", "INCONCLUSIVE"),  # [0.621, 0.968] straddles 0.95
+    (10, 20, "FAIL", "REJECT"),        # upper bound 0.728 < 0.95
+    (180, 200, "FAIL", "REJECT"),      # 0.90: upper bound 0.938 < 0.95
+])
+def test_agreement_rule_has_three_outcomes_from_its_clopper_pearson_interval(agreeing, n, expected, decision):
+    verdict = agreement_verdict(agreeing, n)
+    result = rule(verdict, "agreement")
+    exact = stats.binomtest(agreeing, n).proportion_ci(0.95, method="exact")
+    assert (result.status, verdict.decision) == (expected, decision)
+    assert (result.low, result.high) == pytest.approx((exact.low, exact.high), abs=1e-9)
+    assert result.method == "Clopper-Pearson" and result.scope == "fp8/t"
+
+
+def test_agreement_inconclusive_names_the_items_that_settle_it():
+    # 20 of 20 agreeing: 72 of 72 would clear 0.95 (0.025^(1/72) = 0.9501), so 52 more items.
+    result = rule(agreement_verdict(20, 20), "agreement")
+    assert 0.025 ** (1 / 72) >= 0.95 > 0.025 ** (1 / 71)
+    assert result.items_to_settle == 52 and "~52 more items would settle it" in result.message
+
+
+def test_non_blocking_agreement_only_warns():
+    verdict = agreement_verdict(10, 20, blocking=False)
+    assert verdict.decision == "PROMOTE" and any(r.startswith("warning agreement[fp8/t] FAIL") for r in verdict.reasons)

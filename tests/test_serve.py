@@ -207,7 +207,8 @@ def test_agreement_gate_rule_warns_or_blocks_as_configured(tmp_path):
     task = TaskFidelity(task="t", metric="acc", n=100, base_score=0.8, variant_score=0.8, delta=0.0, ci_low=-0.005,
                         ci_high=0.005, confidence=0.95, mcnemar_p=1.0, right_to_wrong=0, wrong_to_right=0,
                         flip_rate=0.0)
-    low = TaskAgreement(model="fp8", task="t", n=20, agreeing=17, agreement=0.85, max_loglikelihood_diff=0.3)
+    # 10 of 20: Clopper-Pearson [0.27, 0.73] lies below 0.95 (17 of 20 would straddle it: INCONCLUSIVE).
+    low = TaskAgreement(model="fp8", task="t", n=20, agreeing=10, agreement=0.5, max_loglikelihood_diff=0.3)
     fidelity = Fidelity(variant="fp8", reference="base", variant_hash="v", reference_hash="b", settings_hash="s",
                         tasks=[task], divergence=None, agreement=[low])
     policy = config(tmp_path).gate

@@ -121,7 +121,8 @@ def _counts_recompute(task: TaskFidelity, method: str | None, family: str, varia
 
 def _level(policy: GateConfig, made_at: float) -> str:
     same = math.isclose(policy.confidence, made_at)
-    return f"{policy.confidence:.0%}" + ("" if same else f" (recomputed from the counts; the record is at {made_at:.0%})")
+    return f"{policy.confidence:.0%}" + ("" if same else
+                                        f" (recomputed from the counts; the record is at {made_at:.0%})")
 
 
 def _foreign_level(made_at: float, method: str | None, policy: GateConfig) -> str:

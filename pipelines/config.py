@@ -97,6 +97,28 @@ class QuantConfig:
 
 
 @dataclass
+class TaskSize:
+    """What plan=true needs of a task whose data is on the hub, not here (eval.task_sizes)."""
+
+    items: int = MISSING
+    # The split lm-eval scores (its test_split, else validation_split).
+    split: str = MISSING
+    # Loglikelihood requests per item: the answer choices (multiple choice); 1 for generation.
+    requests_per_item: int = 1
+    # Prompt tokens per request, few-shot examples included: an assumption, stated in the YAML.
+    tokens_per_request: int = MISSING
+    # Generation tasks: the most tokens generated per request (lm-eval's max_gen_toks); 0 otherwise.
+    max_gen_toks: int = 0
+    # Leaf tasks of a group (a sequential run looks at each one separately).
+    subtasks: int = 1
+
+    def __post_init__(self) -> None:
+        _positive("eval.task_sizes", items=self.items, requests_per_item=self.requests_per_item,
+                  tokens_per_request=self.tokens_per_request, subtasks=self.subtasks)
+        _at_least("eval.task_sizes", 0, max_gen_toks=self.max_gen_toks)
+
+
+@dataclass
 class EvalConfig:
     name: str = MISSING
     # lm-eval model backend: hf (CPU/GPU) | vllm (where installed).
@@ -126,6 +148,8 @@ class EvalConfig:
     sequential: bool = False
     chunk_size: int = 50
     params: dict[str, Any] = field(default_factory=dict)
+    # Sizes of hub tasks, for plan=true's evaluation time and cost (conf/eval/standard.yaml).
+    task_sizes: dict[str, TaskSize] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.tasks:

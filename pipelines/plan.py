@@ -16,10 +16,12 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipelines import plan_eval
 from pipelines.config import PriceConfig, RunConfig
 from pipelines.cost import decode_step_bound_s, prefill_bound_s, projected_estimate
 from pipelines.embedded import is_embedded
 from pipelines.errors import ConfigError, InputError
+from pipelines.plan_eval import EvalEstimate
 from pipelines.sizing import (GB, ModelSize, kv_tokens, model_size, quantize_memory, read_config_json,
                               roofline_shape, serve_gb_per_gpu, smallest_tensor_parallel, uses_calibration,
                               valid_tensor_parallel, variant_bytes)
@@ -27,8 +29,9 @@ from pipelines.sizing import (GB, ModelSize, kv_tokens, model_size, quantize_mem
 log = logging.getLogger(__name__)
 
 ASSUMED_DOWNLOAD_MB_S = 100
-# Prompt tokens per scored item (lm-eval items are a question plus few-shot examples): an assumption.
-ASSUMED_TOKENS_PER_ITEM = 512
+# Quantizing reads the base's weights from disk and writes the variant's: a local NVMe SSD (assumed;
+# a network filesystem is slower).
+ASSUMED_DISK_READ_MB_S, ASSUMED_DISK_WRITE_MB_S = 2000, 1000
 # llm-compressor passes per calibration sample, per method: calibrate + propagate; AWQ adds its 20-point grid.
 CALIBRATION_PASSES = {"rtn": 0, "gptq": 2, "awq": 22, "smoothquant_gptq": 3}
 _warned: set[str] = set()
@@ -56,6 +59,8 @@ class Plan:
     needed_tp: int | None
     stages: list[Stage] = field(default_factory=list)
     suites: list[tuple[str, int | None]] = field(default_factory=list)
+    evaluation: EvalEstimate | None = None  # None while a suite's size is unknown
+    sequential: EvalEstimate | None = None  # the same with eval.sequential=true, if the variant changed nothing
     warnings: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     serving_cost: list[str] = field(default_factory=list)
@@ -71,7 +76,8 @@ def build_plan(cfg: RunConfig, count_items: bool = False) -> Plan:
                 download_bytes=size.base_bytes if is_hub_id(cfg.model.source) else 0.0, serve_gpus=0, needed_tp=None)
     plan.warnings = real_model_warnings(cfg, size)
     _size_serving(plan)
-    plan.suites = suite_items(cfg) if count_items else []
+    plan.suites = plan_eval.suite_items(cfg) if count_items else []
+    plan.evaluation, plan.sequential = plan_eval.estimates(plan)
     plan.stages = _stages(plan)
     plan.serving_cost = [] if plan.problems else _serving_cost(plan)
     return plan
@@ -165,21 +171,26 @@ def _stages(plan: Plan) -> list[Stage]:
     if cfg.quant.method != "none":
         cpu, gpu = quantize_memory(size, cfg)
         on_gpu = cfg.hardware.device.startswith("cuda")
-        note = "model in CPU RAM, " + ("one layer at a time on the GPU" if on_gpu else "quantized on the CPU")
+        note = ("model in CPU RAM, " + ("one layer at a time on the GPU" if on_gpu else "quantized on the CPU")
+                + f"; weights read at {ASSUMED_DISK_READ_MB_S:,} MB/s, written at {ASSUMED_DISK_WRITE_MB_S:,} MB/s "
+                "(assumed)")
         stages.append(Stage("quantize", cpu / GB, gpu / GB if on_gpu else None, 1 if on_gpu else 0,
                             _quantize_seconds(plan), note))
-    items = [n for _, n in plan.suites]
-    known = bool(items) and None not in items
-    eval_s = _eval_seconds(plan, sum(items) if known else 1000)
-    stages.append(Stage("evaluate", ram, per_gpu, gpus, eval_s if known else None,
-                        "base + variant" if known else f"~{duration(eval_s)} per 1,000 items (base + variant)"))
+    if plan.evaluation is not None:
+        stages.append(Stage("evaluate", ram, per_gpu, gpus, plan.evaluation.seconds,
+                            f"base + variant, each {plan.evaluation.requests()}"))
+    else:
+        per_thousand = plan_eval.estimate(plan, [("", 1000)]).seconds
+        stages.append(Stage("evaluate", ram, per_gpu, gpus, None,
+                            f"~{duration(per_thousand)} per 1,000 items (base + variant)"))
     if cfg.bench.enabled:
         stages.append(Stage("benchmark", ram, per_gpu, gpus, _bench_seconds(plan), "base + variant, every level"))
     return stages
 
 
 def _quantize_seconds(plan: Plan) -> float:
-    """Roofline lower bound on one GPU: calibration forward passes, GPTQ's Hessians, the weights onloaded once."""
+    """Roofline lower bound on one GPU: calibration forward passes, GPTQ's Hessians, the weights onloaded
+    once, plus reading the base from disk and writing the variant (FP8 has no calibration: this is its time)."""
     cfg, size = plan.cfg, plan.size
     hw = scaled_hardware(cfg, 1)
     flops = hw.peak_dense_tflops.get(size.dtype, max(hw.peak_dense_tflops.values(), default=1.0)) * 1e12
@@ -189,13 +200,8 @@ def _quantize_seconds(plan: Plan) -> float:
     if cfg.quant.method in {"gptq", "smoothquant_gptq"}:
         widths = [size.hidden] * 5 + [size.heads * size.head_dim, size.intermediate]
         seconds += size.layers * sum(2 * tokens * w * w for w in widths) / flops
-    return seconds
-
-
-def _eval_seconds(plan: Plan, items: int) -> float:
-    shape = roofline_shape(plan.size, plan.base_bytes, None)
-    hw = scaled_hardware(plan.cfg, plan.serve_gpus)
-    return 2 * prefill_bound_s(shape, hw, items, ASSUMED_TOKENS_PER_ITEM)
+    disk = plan.base_bytes / (ASSUMED_DISK_READ_MB_S * 1e6) + plan.variant_bytes / (ASSUMED_DISK_WRITE_MB_S * 1e6)
+    return seconds + disk
 
 
 def _bench_seconds(plan: Plan) -> float:
@@ -225,24 +231,6 @@ def _serving_cost(plan: Plan) -> list[str]:
                          f"{estimate.batch_size}; {estimate.replicas_for_target} replica(s) for "
                          f"{plan.cfg.bench.target_qps:g} QPS, ${estimate.monthly_usd:,.0f}/month")
     return lines
-
-
-def suite_items(cfg: RunConfig) -> list[tuple[str, int | None]]:
-    """Items per task: counted for local suites (lm-eval loads their files), None for hub datasets."""
-    from pipelines.evaluate.suites import leaf_tasks, quietly, resolve_include_path
-
-    include = resolve_include_path(cfg.eval.include_path)
-    local: dict[str, int] = {}
-    if include:
-        from lm_eval.tasks import TaskManager
-
-        logging.getLogger("lm_eval").setLevel(logging.ERROR)  # per-task notes would bury the plan
-        manager = TaskManager(include_path=include, include_defaults=False)
-        for task in [t for t in cfg.eval.tasks if t in manager.all_tasks]:
-            for name, leaf in leaf_tasks(quietly(manager.load_task_or_group, [task])):
-                local[name] = len(list(leaf.eval_docs))
-    counted = list(local.items()) + [(t, None) for t in cfg.eval.tasks if not include or t not in manager.all_tasks]
-    return [(name, min(n, cfg.eval.limit) if n is not None and cfg.eval.limit else n) for name, n in counted]
 
 
 def duration(seconds: float | None) -> str:

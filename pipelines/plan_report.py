@@ -35,7 +35,9 @@ def render(plan: Plan) -> str:
                  f"for the whole run at ${price:.2f}/hour ({hw.price_tier})")
     for line in plan.serving_cost:
         lines.append(f"  serve cost (projected) {line}")
-    counted = [f"{name} {n:,}" for name, n in plan.suites if n is not None]
+    if plan.sequential is not None and plan.evaluation is not None:
+        lines.append(f"  sequential {_sequential_line(plan, price)}")
+    counted = [f"{name} {n:,}{_split(cfg, name)}" for name, n in plan.suites if n is not None]
     unknown = [name for name, n in plan.suites if n is None]
     if counted:
         lines.append("  items      " + ", ".join(counted))
@@ -44,6 +46,31 @@ def render(plan: Plan) -> str:
     lines += [f"  warning    {warning}" for warning in plan.warnings]
     lines.append(f"  verdict    {'DOES NOT FIT: ' + plan.problems[0] if plan.problems else 'fits'}")
     return "\n".join(lines)
+
+
+def _split(cfg, task: str) -> str:
+    size = cfg.eval.task_sizes.get(task)
+    if size is None:
+        return ""
+    return f" ({size.split}" + (f", {size.subtasks} subtasks)" if size.subtasks > 1 else ")")
+
+
+def _sequential_line(plan: Plan, price: float) -> str:
+    """What eval.sequential=true would save, under its stated assumption."""
+    full, seq = plan.evaluation, plan.sequential
+    saving = 1 - seq.seconds / full.seconds if full.seconds else 0.0
+    return (f"eval.sequential=true: ~{seq.items:,} of {full.items:,} items, evaluate ~{duration(seq.seconds)} "
+            f"(${seq.seconds / 3600 * price:.2f}) instead of {duration(full.seconds)} (${full.seconds / 3600 * price:.2f}), "
+            f"{saving:.0%} less, if the "
+            f"variant changes no answer (then each task stops at the first look that decides it, "
+            f"{_stop(plan)} items at tolerance {plan.cfg.gate.tolerance.max_drop:g}; flips need more, up to every item)")
+
+
+def _stop(plan: Plan) -> str:
+    from pipelines.plan_eval import best_case_stop
+
+    stop = best_case_stop(plan.cfg.gate, plan.cfg.eval.chunk_size, multiple_choice=True)
+    return f"{stop:,}" if stop is not None else "all"
 
 
 def _serving_line(plan: Plan) -> str:

@@ -152,7 +152,9 @@ def test_plan_flag_prints_in_one_process_without_torch_and_writes_nothing(tmp_pa
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "needs 4 x h100 at tensor-parallel 4" in result.stdout and "verdict    fits" in result.stdout
-    assert "unknown offline" in result.stdout and "estimates" in result.stdout
+    assert "items      arc_challenge 1,172 (test), hellaswag 10,042 (validation)" in result.stdout
+    evaluate = next(line for line in result.stdout.splitlines() if line.lstrip().startswith("evaluate"))
+    assert "?" not in evaluate and "103,558 loglikelihood requests" in evaluate and "estimates" in result.stdout
     assert list(tmp_path.iterdir()) == []
 
 
@@ -169,8 +171,9 @@ def test_run_that_does_not_fit_is_refused_before_any_output(tmp_path, model_dirs
 
 def test_plan_counts_the_items_of_local_suites(model_dirs):
     (cfg,) = compose_all(["model=llama3-8b", f"model.source={model_dirs['llama3-8b']}",
-                          "eval.include_path=embedded", "eval.tasks=[qg_invoice_total,gsm8k]", "eval.limit=100"])
-    assert dict(build_plan(cfg, count_items=True).suites) == {"qg_invoice_total": 100, "gsm8k": None}
+                          "eval.include_path=embedded", "eval.tasks=[qg_invoice_total,gsm8k,piqa]", "eval.limit=100"])
+    # gsm8k's size ships with eval=standard (capped by the limit); piqa's is unknown offline.
+    assert dict(build_plan(cfg, count_items=True).suites) == {"qg_invoice_total": 100, "gsm8k": 100, "piqa": None}
 
 
 class _Response:
@@ -265,3 +268,107 @@ def test_quantizing_on_a_gpu_needs_one_even_against_endpoints(model_dirs, monkey
 def test_a_toy_sized_local_model_on_the_toy_suites_is_not_warned_about(tiny_llama_dir):
     (cfg,) = compose_all([f"model.source={tiny_llama_dir}", "quant=gptq"])
     assert build_plan(cfg).warnings == []  # 0.4 M parameters: the bundled suites and calibration fit it
+
+
+# Published sizes of the splits lm-eval scores (dataset cards: allenai/ai2_arc, Rowan/hellaswag,
+# allenai/winogrande winogrande_xl, openai/gsm8k main, cais/mmlu all).
+PUBLISHED_ITEMS = {"arc_challenge": ("test", 1172), "hellaswag": ("validation", 10042),
+                   "winogrande": ("validation", 1267), "gsm8k": ("test", 1319), "mmlu": ("test", 14042)}
+LM_EVAL_YAML = {"arc_challenge": "arc/arc_challenge.yaml", "hellaswag": "hellaswag/hellaswag.yaml",
+                "winogrande": "winogrande/default.yaml", "gsm8k": "gsm8k/gsm8k.yaml",
+                "mmlu": "mmlu/default/_default_template_yaml"}
+
+
+def _lm_eval_task_yaml(relative: str) -> dict:
+    """A built-in task YAML of the installed lm-eval, its `include:` merged under it, !function tags as text."""
+    import yaml
+    from lm_eval import tasks
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: suffix)
+    path = Path(tasks.__file__).parent / relative
+    config = yaml.load(path.read_text(), Loader=Loader)
+    if "include" in config:
+        config = {**_lm_eval_task_yaml(str(Path(relative).parent / config.pop("include"))), **config}
+    return config
+
+
+@pytest.mark.parametrize("task", sorted(PUBLISHED_ITEMS))
+def test_shipped_task_sizes_are_lm_evals_scored_split_at_its_published_size(task):
+    from lm_eval.tasks import __file__ as tasks_init
+
+    (cfg,) = compose_all(["model=llama3-8b"])
+    size, config = cfg.eval.task_sizes[task], _lm_eval_task_yaml(LM_EVAL_YAML[task])
+    assert (size.split, size.items) == PUBLISHED_ITEMS[task]
+    assert size.split == (config.get("test_split") or config["validation_split"])
+    if config["output_type"] == "generate_until":
+        assert "max_gen_toks" not in config["generation_kwargs"] and size.max_gen_toks == 256
+    else:
+        assert size.max_gen_toks == 0 and size.requests_per_item == {"arc_challenge": 4, "hellaswag": 4,
+                                                                    "winogrande": 2, "mmlu": 4}[task]
+    if task == "mmlu":
+        assert size.subtasks == len(list((Path(tasks_init).parent / "mmlu/default").glob("mmlu_*.yaml"))) == 57
+
+
+def test_lm_evals_default_max_gen_toks_is_256():
+    import inspect
+
+    from lm_eval.models.api_models import TemplateAPI
+
+    assert inspect.signature(TemplateAPI.__init__).parameters["max_gen_toks"].default == 256
+
+
+def test_evaluation_time_of_a_multiple_choice_task_by_hand(model_dirs):
+    # arc_challenge on one H100, base = variant (quant=none): 1172 items x 4 choices x 45 prompt
+    # tokens, 2 x params FLOPs a token at 989 TFLOP/s (bfloat16), for base and variant.
+    plan = build_plan(compose_all(["model=llama3-8b", f"model.source={model_dirs['llama3-8b']}", "quant=none",
+                                   "eval.tasks=[arc_challenge]", "serve=inprocess"])[0], count_items=True)
+    expected = 2 * (2 * PUBLISHED_PARAMS["llama3-8b"] * 1172 * 4 * 45 / 989e12)
+    assert plan.evaluation.seconds == pytest.approx(expected)
+    assert (plan.evaluation.loglikelihood_requests, plan.evaluation.generation_requests) == (4688, 0)
+    assert next(s for s in plan.stages if s.name == "evaluate").seconds == pytest.approx(expected)
+
+
+def test_generation_task_costs_its_prefill_and_max_gen_toks_decoding_steps(model_dirs):
+    # gsm8k, base = variant: prefill of 1319 x 800 tokens plus ceil(1319 / 16) = 83 batches x 256 steps,
+    # each step reading the weights and 16 sequences' KV cache (800 + 128 tokens) at 3,350 GB/s.
+    plan = build_plan(compose_all(["model=llama3-8b", f"model.source={model_dirs['llama3-8b']}", "quant=none",
+                                   "eval.tasks=[gsm8k]", "serve=inprocess"])[0], count_items=True)
+    params, kv_per_token = PUBLISHED_PARAMS["llama3-8b"], 2 * 32 * 8 * 128 * 2
+    step = max((2 * params + 16 * kv_per_token * (800 + 128)) / 3350e9, 2 * params * 16 / 989e12)
+    expected = 2 * (2 * params * 1319 * 800 / 989e12 + 83 * 256 * step)
+    assert plan.evaluation.seconds == pytest.approx(expected, rel=1e-6)
+    assert plan.evaluation.generation_requests == 1319 and plan.evaluation.max_gen_toks == 256
+
+
+def test_fp8_quantize_counts_reading_the_base_and_writing_the_variant(model_dirs):
+    # No calibration: onload once at 3,350 GB/s, read 141.1 GB at 2 GB/s, write the variant at 1 GB/s.
+    plan = plan_for(model_dirs, "llama3-70b", "quant=fp8")
+    quantize = next(stage for stage in plan.stages if stage.name == "quantize")
+    expected = plan.base_bytes / 3350e9 + plan.base_bytes / 2e9 + plan.variant_bytes / 1e9
+    assert quantize.seconds == pytest.approx(expected) and quantize.seconds > 140
+    assert "2,000 MB/s" in quantize.note and "(assumed)" in quantize.note
+
+
+def test_sequential_best_case_stop_is_where_the_pipelines_own_monitor_decides():
+    from pipelines.evaluate.sequential import TaskMonitor
+    from pipelines.plan_eval import best_case_stop
+
+    (cfg,) = compose_all([])
+    monitor, item = TaskMonitor(cfg, "multiple_choice"), {"score": 1.0, "choice_loglikelihoods": [-0.5, -2.0]}
+    while not all(monitor.status(rule) == -1 for rule in monitor.blocking):
+        monitor.update([([item], [item])] * cfg.eval.chunk_size)  # the variant changes no answer
+    assert best_case_stop(cfg.gate, cfg.eval.chunk_size, multiple_choice=True) == monitor.items == 300
+
+
+def test_plan_shows_the_saving_of_a_sequential_run_under_its_assumption(model_dirs):
+    # Every task but mmlu stops at 300 items; mmlu's 57 subtasks average 246 items, all scored.
+    from pipelines.plan_report import render
+
+    plan = build_plan(compose_all(["model=llama3-70b", "quant=fp8"])[0], count_items=True)
+    assert plan.sequential.items == 4 * 300 + 14042 and plan.evaluation.items == 27842
+    assert plan.sequential.seconds < plan.evaluation.seconds
+    line = next(line for line in render(plan).splitlines() if line.lstrip().startswith("sequential"))
+    assert "~15,242 of 27,842 items" in line and "if the variant changes no answer" in line

@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 from pipelines.cli import compose_all
-from pipelines.config import EvalConfig
+from pipelines.config import EvalConfig, TaskSize
 from pipelines.errors import ConfigError, InputError
 from pipelines.evaluate import NOT_IN_KEY, requested_settings
 from pipelines.evaluate.suites import resolve_include_path, task_manager
@@ -60,7 +60,8 @@ def test_every_eval_field_keys_the_cache_unless_listed_as_unable_to_change_a_res
                # NOT_IN_KEY: a label, content keyed elsewhere, a setting of the later fidelity stage,
                # how a sequential run picks items (its records are keyed by the doc ids it scored)
                "name": "renamed", "include_path": "/elsewhere", "reference_text": "/other.txt",
-               "bootstrap_samples": 5, "sequential": True, "chunk_size": 20}
+               "bootstrap_samples": 5, "sequential": True, "chunk_size": 20,
+               "task_sizes": {"qg_policy": TaskSize(items=10, split="test", tokens_per_request=5)}}
     assert set(changed) == {f.name for f in dataclasses.fields(EvalConfig)}, "a new EvalConfig field: add it here"
     for name, value in changed.items():
         other = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, **{name: value}))

@@ -65,6 +65,7 @@ NOT_IN_KEY = {
     # on the order or chunking, so a fixed-n evaluation's items serve a sequential run and back.
     "sequential",
     "chunk_size",
+    "task_sizes",         # plan=true's estimate of hub tasks' sizes; the run counts what it scores
 }
 # Fields added after caches existed: keyed only when set, so caches made before them stay valid.
 KEYED_ONLY_WHEN_SET = {"cluster_keys"}

@@ -12,7 +12,8 @@ import pytest
 from scipy import optimize, stats
 
 from pipelines.intervals import (MIN_BOOTSTRAP_UNITS, design_effect, items_to_settle_paired, items_to_settle_rate,
-                                 paired_binary_interval, rate_interval, studentized_bootstrap, tango_interval)
+                                 paired_binary_interval, paired_counts_interval, rate_counts_interval, rate_interval,
+                                 studentized_bootstrap, tango_interval)
 
 Z = stats.norm.ppf(0.975)
 
@@ -144,6 +145,24 @@ def test_count_intervals_need_enough_clusters_and_use_the_t_quantile():
     factor = (stats.t.ppf(0.975, 49) / Z) ** 2
     low, high = tango_interval(10 / factor, 0, 100 / factor, 0.95)
     assert (interval.low, interval.high) == pytest.approx((-float(high), -float(low)), abs=1e-9)
+
+
+@pytest.mark.parametrize("confidence", [0.80, 0.90, 0.99])
+def test_clustered_count_intervals_recompute_exactly_at_any_level_from_what_a_record_keeps(confidence):
+    # 40 clusters of 5; the variant loses whole clusters. A record keeps the counts, n, the number of
+    # clusters and the level-free design effect of its 95 % interval: enough for any other level.
+    base, variant = np.ones(200, dtype=bool), np.arange(200) // 5 % 8 != 0
+    clusters = np.arange(200) // 5
+    kept = paired_binary_interval(base, variant, 0.95, clusters)
+    flips = rate_interval(25, 200, 0.95, (base != variant).astype(float), clusters)
+    assert kept.variance_ratio == pytest.approx(design_effect((variant ^ base).astype(float), clusters))
+    assert kept.variance_ratio > 1.5
+    again = paired_counts_interval(25, 0, 200, confidence, kept.variance_ratio, groups=40)
+    fresh = paired_binary_interval(base, variant, confidence, clusters)
+    assert (again.low, again.high, again.method) == (fresh.low, fresh.high, fresh.method)
+    again_rate = rate_counts_interval(25, 200, confidence, flips.variance_ratio, groups=40)
+    fresh_rate = rate_interval(25, 200, confidence, (base != variant).astype(float), clusters)
+    assert (again_rate.low, again_rate.high) == (fresh_rate.low, fresh_rate.high)
 
 
 def test_items_to_settle_a_rate_is_the_smallest_total_that_decides():

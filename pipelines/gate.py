@@ -127,8 +127,8 @@ def _level(policy: GateConfig, made_at: float) -> str:
 
 def _foreign_level(made_at: float, method: str | None, policy: GateConfig) -> str:
     return (f"the record's {method or 'interval'} is at {made_at:.0%} and the gate asks {policy.confidence:.0%}: "
-            "it is recomputed from the per-item records, never rescaled; rerun the fidelity stage at "
-            f"gate.confidence={policy.confidence:g}")
+            "such an interval is not rescaled; rerun the fidelity stage at "
+            f"gate.confidence={policy.confidence:g} (it recomputes it from the per-item records)")
 
 
 def accuracy_rule(policy: GateConfig, task: TaskFidelity) -> RuleResult:

@@ -70,8 +70,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def absolute_store(store: str) -> str:
+    """`store` with a relative SQLite path made absolute against the current directory; other URIs as given."""
+    prefix = "sqlite:///"
+    if not store.startswith(prefix) or store[len(prefix):].startswith("/"):
+        return store
+    return prefix + str(Path(store[len(prefix):]).resolve())
+
+
 def start_server(store: str, port: int, workdir: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store, "--host", "127.0.0.1",
+    # The server runs in `workdir`: a relative SQLite path would name a new, empty database there.
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", absolute_store(store),
+               "--host", "127.0.0.1",
                "--port", str(port), "--workers", "1", "--artifacts-destination", str(workdir / "artifacts")]
     # Own session: the server forks workers, and stop() must be able to end them all.
     # No MLflow job runner (huey consumers): the UI needs none, and it slows start-up and shutdown.

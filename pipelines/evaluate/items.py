@@ -21,6 +21,10 @@ per evaluated document, in lm-eval's doc order:
     cluster                str    the item's cluster (e.g. its vendor) when the task names a cluster
                                   key (`metadata.cluster_key` or eval.cluster_keys), else null;
                                   intervals then resample by cluster. Optional when reading.
+    prompt                 str    the context the model was given (lm-eval's first request
+                                  argument), for reviewers reading flips. Optional when reading.
+    choices                list   multiple_choice only: the choice texts (continuations), in choice
+                                  order; null for other output types. Optional when reading.
 
 Exercised by: pytest tests/test_evaluate.py
 """
@@ -38,7 +42,7 @@ from pipelines.storage import atomic_write_text
 # Per-item metrics that are 0/1 by definition; only these give right/wrong flips and McNemar.
 BINARY_METRICS = frozenset({"acc", "acc_norm", "acc_mutual_info", "exact_match", "pass@1"})
 FIELDS = ("doc_id", "item_id", "target", "prediction", "score", "correct", "choice_loglikelihoods")
-OPTIONAL_FIELDS = ("cluster",)
+OPTIONAL_FIELDS = ("cluster", "prompt", "choices")
 
 
 def primary_metric(results: dict[str, Any], task: str) -> tuple[str, str]:
@@ -97,7 +101,20 @@ def _item(sample: dict[str, Any], metric: str, output_type: str, task: str,
         "correct": bool(score == 1.0) if binary else None,
         "choice_loglikelihoods": choices,
         "cluster": document_cluster(doc, cluster_key, task) if cluster_key else None,
+        "prompt": _argument(sample, 0, 0),
+        "choices": ([_argument(sample, index, 1) for index in range(len(choices))]
+                    if choices is not None else None),
     }
+
+
+def _argument(sample: dict[str, Any], request: int, position: int) -> str | None:
+    """One text argument of one of the sample's requests (lm-eval logs `arguments` as a list of
+    argument tuples, one per request); None where it has no such string."""
+    arguments = sample.get("arguments") or []
+    if request >= len(arguments) or not isinstance(arguments[request], (list, tuple)):
+        return None
+    value = arguments[request][position] if position < len(arguments[request]) else None
+    return value if isinstance(value, str) else None
 
 
 def _score(value: Any, metric: str, task: str) -> float:

@@ -13,6 +13,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from pipelines.champion import POLICIES as CHAMPION_POLICIES
 from pipelines.errors import ConfigError
 
 
@@ -299,9 +300,14 @@ class GateConfig:
     # Rule names that decide the verdict; the others only warn.
     blocking: list[str] = field(default_factory=lambda: ["accuracy", "flip_rate", "kl"])
     inconclusive_blocks: bool = True
+    # How the registry alias picks one champion among PROMOTEd variants (pipelines/champion.py).
+    champion_policy: str = "cheapest"
 
     def __post_init__(self) -> None:
         _fraction("gate", "confidence", self.confidence)
+        if self.champion_policy not in CHAMPION_POLICIES:
+            raise ConfigError(f"gate.champion_policy={self.champion_policy} is unknown; "
+                              f"choose from {', '.join(CHAMPION_POLICIES)}")
         for task, tol in {"tolerance": self.tolerance, **self.per_task}.items():
             where = "gate.tolerance" if task == "tolerance" else f"gate.per_task.{task}"
             if tol.kind not in {"absolute", "relative"}:

@@ -311,6 +311,36 @@ class Verdict:
     policy: str | None = None
 
 
+@dataclass
+class Contender:
+    """A PROMOTEd variant as the champion policy sees it (pipelines/champion.py); None: not measured."""
+
+    variant: str
+    content_hash: str
+    usd_per_million_output_tokens: float | None
+    size_bytes: int | None
+    # Accuracy delta vs base averaged over tasks (higher is more faithful).
+    mean_delta: float | None
+    # The registry version, for the alias holder of an earlier run (None: a variant of this command).
+    version: str | None = None
+
+
+@dataclass
+class ChampionDecision:
+    """Which PROMOTEd variant the registry alias goes to, and why (pipelines/champion.py)."""
+
+    model: str
+    policy: str
+    # Best first: this command's PROMOTEd variants and the alias's holder before it (if any).
+    ranking: list[Contender]
+    champion: str | None
+    runner_up: str | None
+    previous_holder: Contender | None
+    # True when the previous holder stays champion: the alias does not move.
+    kept: bool
+    reason: str
+
+
 def to_dict(record: Any) -> dict[str, Any]:
     return dataclasses.asdict(record)
 

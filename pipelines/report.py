@@ -1,4 +1,4 @@
-"""The sweep report: Pareto plot (fidelity vs cost, fidelity vs latency) and a summary table.
+"""The command's report: index.html (pipelines/report_html.py), summary.json, a Pareto plot and summary tables.
 
 `python -m pipelines.run -m quant=fp8,w8a8,awq,gptq` writes it at the end of a sweep (and the
 tracker attaches it to the sweep's parent run); `python -m pytest tests/test_report.py` tests it.
@@ -12,10 +12,14 @@ the variants it could not plot.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
+import time
 from pathlib import Path
+from typing import Any
 
-from pipelines.records import LoadLevel, Outcome
+from pipelines.records import ChampionDecision, LoadLevel, Outcome
 from pipelines.storage import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -54,14 +58,30 @@ def e2e_p95_ms(outcome: Outcome) -> float | None:
     return min(levels, key=lambda level: level.batch_size).e2e_ms.p95 if levels else None
 
 
-def write_sweep_report(outcomes: list[Outcome], out_dir: str | Path) -> list[Path]:
-    """Write pareto.png, summary.md and summary.txt under `out_dir`; return their paths."""
+def write_sweep_report(outcomes: list[Outcome], out_dir: str | Path, champions: list[ChampionDecision] = (),
+                       configs: list[dict[str, Any]] = ()) -> list[Path]:
+    """Write index.html, summary.json, pareto.png, summary.md and summary.txt under `out_dir`; return their paths."""
+    from pipelines.report_html import write_html  # plotly: only when a report is written
+
     out = Path(out_dir)
-    paths = [atomic_write_text(out / "summary.md", markdown_table(outcomes)),
+    started = time.perf_counter()
+    page = atomic_write_text(out / "index.html", write_html(outcomes, list(champions), list(configs)))
+    log.info("report %s: %.1f MiB in %.1f s", page, page.stat().st_size / 2**20, time.perf_counter() - started)
+    paths = [page, atomic_write_text(out / "summary.json", summary_json(outcomes, champions)),
+             pareto_plot(outcomes, out / "pareto.png"),
+             atomic_write_text(out / "summary.md", markdown_table(outcomes)),
              atomic_write_text(out / "summary.txt", text_table(outcomes))]
-    paths.insert(0, pareto_plot(outcomes, out / "pareto.png"))
     log.info("sweep report written to %s", out)
     return paths
+
+
+def summary_json(outcomes: list[Outcome], champions: list[ChampionDecision]) -> str:
+    """The champion per model (policy, ranking, runner-up, previous holder) and every run's summary."""
+    from pipelines.track.keys import outcome_metrics, outcome_summary
+
+    summary = {"champions": [dataclasses.asdict(c) for c in champions],
+               "runs": [outcome_summary(o, outcome_metrics(o)) for o in outcomes]}
+    return json.dumps(summary, indent=2, sort_keys=True, default=float) + "\n"
 
 
 def pareto_plot(outcomes: list[Outcome], path: Path) -> Path:
@@ -92,7 +112,8 @@ def _panel(axis, outcomes: list[Outcome], x_of, label: str) -> None:
     if skipped:  # per panel: a variant can have a latency but no cost (bench ran, no price) or the reverse
         axis.text(0, -0.2, f"not plotted here (no data): {', '.join(skipped)}", fontsize=8, transform=axis.transAxes)
     xs, ys = [p[0] for p in points], [p[1] for p in points]
-    front = pareto_front(xs, ys)
+    eligible = [i for i, p in enumerate(points) if _decision(p[2]) not in ("REJECT", "FAILED")]
+    front = [eligible[i] for i in pareto_front([xs[i] for i in eligible], [ys[i] for i in eligible])]
     for i, (x, y, outcome) in enumerate(points):
         axis.scatter(x, y, marker="*" if i in front else "o", s=160 if i in front else 50,
                      color="tab:green" if i in front else "tab:gray", zorder=3)

@@ -1,4 +1,4 @@
-"""What the jobs of one command share: the tracker's parent run, their outcomes, the final report.
+"""What the jobs of one command share: the tracker's parent run, their outcomes, the champion, the report.
 
 Jobs may run in other processes (Hydra's joblib launcher), so a sweep lives in a directory named
 by an environment variable the jobs inherit; each job leaves its outcome there atomically.
@@ -13,8 +13,9 @@ from pathlib import Path
 
 from pipelines.config import RunConfig
 from pipelines.errors import UserError
-from pipelines.records import Outcome, load_record, save_record
-from pipelines.track import make_tracker
+from pipelines.champion import choose, describe
+from pipelines.records import ChampionDecision, Outcome, load_record, save_record
+from pipelines.track import Tracker, make_tracker
 
 log = logging.getLogger(__name__)
 
@@ -74,20 +75,45 @@ def record(outcome: Outcome, cfg: RunConfig) -> None:
 
 
 def finish(configs: list[RunConfig]) -> int:
-    """Report every outcome, log the sweep's report, and return the command's exit code."""
+    """Crown the champion, report every outcome, log the sweep's report, and return the command's exit code."""
     from pipelines.report import text_table, write_sweep_report
 
     outcomes = _load_outcomes() if active() else list(_single_run)
     directory = Path(os.environ.get(SWEEP_DIR_ENV) or outcomes[0].output_dir or configs[0].cache_dir)
-    files = write_sweep_report(outcomes, directory / "report")
+    tracker = make_tracker(configs[0].tracking)
+    champions = crown_champions(outcomes, configs[0].gate.champion_policy, tracker)
+    files = write_sweep_report(outcomes, directory / "report", champions, resolved_configs(configs))
     print(text_table(outcomes))
     for outcome in outcomes:
         _print_verdict(outcome)
+    for decision in champions:
+        print(f"champion of {decision.model} ({decision.policy}): {decision.champion or 'none'}; {decision.reason}")
     log.info("report: %s", ", ".join(str(f) for f in files))
-    tracker = make_tracker(configs[0].tracking) if active() and parent_run_id() else None
-    if tracker is not None:
-        tracker.log_sweep_report(parent_run_id(), files, outcomes)
+    if tracker is not None and active() and parent_run_id():
+        tracker.log_sweep_report(parent_run_id(), files, outcomes, champions)
+    print(f"report: {files[0]}")
     return max((o.exit_code for o in outcomes), default=STAGE_FAILED)
+
+
+def crown_champions(outcomes: list[Outcome], policy: str, tracker: Tracker | None) -> list[ChampionDecision]:
+    """Per base model: the champion among its PROMOTEd variants and the alias's holder; the alias moves once."""
+    decisions = []
+    for model in sorted({o.model for o in outcomes}):
+        holder = tracker.alias_holder(model) if tracker is not None else None
+        decision = choose([o for o in outcomes if o.model == model], policy, holder)
+        if decision.kept:
+            log.info("champion of %s stays %s: policy %s prefers it to this command's PROMOTEd variants",
+                     model, describe(decision.ranking[0]), policy)
+        if tracker is not None:
+            tracker.crown(decision)
+        decisions.append(decision)
+    return decisions
+
+
+def resolved_configs(configs: list[RunConfig]) -> list[dict]:
+    from pipelines.pipeline import resolved_config
+
+    return [resolved_config(cfg) for cfg in configs]
 
 
 def _print_verdict(outcome: Outcome) -> None:

@@ -59,9 +59,15 @@ class JsonlTracker:
         self._write(event="log_outcome", variant=outcome.variant_name, parent=parent_run_id)
         return outcome.variant_name
 
-    def log_sweep_report(self, parent_run_id, files, outcomes=None):
+    def log_sweep_report(self, parent_run_id, files, outcomes=None, champions=None):
         self._write(event="log_sweep_report", parent=parent_run_id, files=len(files),
                     variants=[outcome.variant_name for outcome in outcomes or []])
+
+    def alias_holder(self, model):
+        return None
+
+    def crown(self, decision):
+        self._write(event="crown", champion=decision.champion)
 '''
 
 ENGINE_MODULE = '''
@@ -160,6 +166,7 @@ def test_a_registered_tracker_runs_preflight_and_the_sweep_without_mlflow(jsonl_
 
     logged = [json.loads(line) for line in events.read_text().splitlines()]
     assert logged[0] == {"event": "start_sweep", "name": "seams", "quant": "fp8"}
+    assert logged[-2] == {"event": "crown", "champion": None}  # every variant failed: no champion
     assert logged[-1]["event"] == "log_sweep_report" and logged[-1]["parent"] == "jsonl-parent"
     assert logged[-1]["variants"] == ["fp8", "w8a8"] and logged[-1]["files"] >= 1
     assert exit_code == sweep.STAGE_FAILED

@@ -9,6 +9,8 @@ Adding a tracker is one module implementing `Tracker`, one conf/tracking/<name>.
 A sweep is one parent run, created once (by the lead process, pipelines/sweep.py) with
 `start_sweep`; every job, in whatever process, logs its variant as a child with `log_outcome(...,
 parent_run_id=...)`. A failed variant is an `Outcome` with `error` set: it becomes a FAILED run.
+After every job, the lead process asks `alias_holder`, chooses the champion (pipelines/champion.py)
+and calls `crown`: the alias moves once per command, whatever order the jobs finished in.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from pipelines.config import TrackingConfig
-from pipelines.records import Outcome
+from pipelines.records import ChampionDecision, Contender, Outcome
 from pipelines.registry import TRACKERS, resolve
 
 
@@ -44,8 +46,16 @@ class Tracker(Protocol):
                     reference: bool = False) -> str:
         """Log one variant (or the base, `reference=True`) as a run; return its run id."""
 
-    def log_sweep_report(self, parent_run_id: str, files: list[Path], outcomes: list[Outcome] | None = None) -> None:
-        """Attach the sweep report (plot, tables; a summary table of `outcomes`) to the parent run and close it."""
+    def log_sweep_report(self, parent_run_id: str, files: list[Path], outcomes: list[Outcome] | None = None,
+                         champions: list[ChampionDecision] | None = None) -> None:
+        """Attach the sweep report (HTML page, plot, tables; a summary table of `outcomes`; the champion per
+        model) to the parent run and close it."""
+
+    def alias_holder(self, model: str) -> Contender | None:
+        """The registry alias's current holder for `model`, with what the champion policies rank by (None: none)."""
+
+    def crown(self, decision: ChampionDecision) -> str | None:
+        """Move the registry alias once, to the decision's champion (nothing when it is kept or absent)."""
 
 
 def make_tracker(tracking: TrackingConfig) -> Tracker | None:

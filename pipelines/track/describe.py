@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelines.records import Outcome
+from pipelines.champion import describe
+from pipelines.records import ChampionDecision, Outcome
 from pipelines.track.keys import headline_metrics, run_name, safe_name, time_metrics
 
 NOTE_TAG = "mlflow.note.content"
@@ -75,6 +76,18 @@ def sweep_table(outcomes: list[Outcome]) -> dict[str, list[Any]]:
     }
     table.update({name: [_rounded(row.get(name)) for row in rows] for name in names})
     return table
+
+
+def champion_lines(decisions: list[ChampionDecision]) -> list[str]:
+    """Markdown: per model, the champion, the policy's ranking and the alias's previous holder."""
+    lines: list[str] = []
+    for d in decisions:
+        head = f"**Champion of {d.model}: {d.champion}**" if d.champion else f"**No champion for {d.model}**"
+        lines += [f"{head} (policy `{d.policy}`{', kept from an earlier run' if d.kept else ''})", "",
+                  f"- ranking: {' > '.join(describe(c) for c in d.ranking) or 'no PROMOTEd variant'}",
+                  f"- runner-up: {d.runner_up or 'none'}",
+                  f"- previous alias holder: {describe(d.previous_holder) if d.previous_holder else 'none'}", ""]
+    return lines
 
 
 def decision_label(outcome: Outcome) -> str:

@@ -149,9 +149,9 @@ def _write_model_files(root: Path, model, outcome: Outcome, external: bool) -> N
     (root / POINTER_FILE).write_text(json.dumps(asdict(outcome.variant), indent=2) + "\n")
 
 
-def register_version(client, name: str, alias: str, run_id: str, model_id: str, tags: dict[str, str],
-                     call: Call) -> str:
-    """A registry version pointing at the LoggedModel, the alias moved to it; returns the version."""
+def register_version(client, name: str, run_id: str, model_id: str, tags: dict[str, str], call: Call) -> str:
+    """A registry version pointing at the LoggedModel; returns the version. The alias moves only to the
+    command's champion, once every variant is judged (pipelines/track/alias.py)."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -164,7 +164,6 @@ def register_version(client, name: str, alias: str, run_id: str, model_id: str, 
     source = call(client.get_logged_model, model_id).artifact_location
     version = call(client.create_model_version, name, source, run_id=run_id, tags=tags, model_id=model_id).version
     _list_version_on_model(client, model_id, name, version, call)
-    call(client.set_registered_model_alias, name, alias, version)
     return version
 
 

@@ -15,8 +15,9 @@ tracking.uri=http://host:5000`; MLFLOW_TRACKING_URI overrides tracking.uri.
   their task's dataset).
 - Registry: one registered model per base model (`tracking.registered_model`, default the model
   name), one version per promoted variant, pointing at the variant's LoggedModel. Only PROMOTE
-  registers a version, tags it with the verdict and moves `tracking.promote_alias` to it;
-  REJECT / INCONCLUSIVE never touch the registry.
+  registers a version and tags it with the verdict and what the champion policies rank by; once
+  every variant of the command is judged, `crown` moves `tracking.promote_alias` once, to the
+  champion (pipelines/champion.py, pipelines/track/alias.py). REJECT / INCONCLUSIVE never touch the registry.
 """
 
 from __future__ import annotations
@@ -37,10 +38,12 @@ import yaml
 
 from pipelines.config import TrackingConfig
 from pipelines.errors import InputError
-from pipelines.records import Outcome, save_record
+from pipelines.champion import contender
+from pipelines.records import ChampionDecision, Contender, Outcome, save_record
 from pipelines.storage import check_writable, library_versions
-from pipelines.track.describe import (NOTE_TAG, VIEW_KEY, VIEW_TAG, decision_label, run_description, runs_view,
-                                      sweep_table)
+from pipelines.track import alias
+from pipelines.track.describe import (NOTE_TAG, VIEW_KEY, VIEW_TAG, champion_lines, decision_label, run_description,
+                                      runs_view, sweep_table)
 from pipelines.track.keys import (flatten_params, metric_task, outcome_metrics, outcome_summary, outcome_tags,
                                   redact_config, redact_value, run_name)
 from pipelines.track.lineage import DatasetRef, create_checkpoint_model, dataset_refs, register_version
@@ -139,16 +142,28 @@ class MLflowTracker:
                  run_name(outcome), self.uri, self.experiment_id, VIEW_KEY)
         return run_id
 
-    def log_sweep_report(self, parent_run_id: str, files: list[Path], outcomes: list[Outcome] | None = None) -> None:
+    def log_sweep_report(self, parent_run_id: str, files: list[Path], outcomes: list[Outcome] | None = None,
+                         champions: list[ChampionDecision] | None = None) -> None:
         for path in files:
             _retry(self.client.log_artifact, parent_run_id, str(path), "report")
         if outcomes:
             _retry(self.client.log_table, parent_run_id, sweep_table(outcomes), "summary_table.json")
             verdicts = [f"- `{run_name(o)}`: **{decision_label(o)}**" for o in outcomes]
-            note = "\n".join(["Sweep summary (table: artifact `summary_table.json`, plot: `report/pareto.png`)",
+            note = "\n".join([*champion_lines(champions or []),
+                              "Sweep summary (report: `report/index.html`, table: artifact `summary_table.json`)",
                               "", *verdicts])
             _retry(self.client.set_tag, parent_run_id, NOTE_TAG, note)
         _retry(self.client.set_terminated, parent_run_id, "FINISHED")
+
+    def alias_holder(self, model: str) -> Contender | None:
+        return alias.holder(self.client, self._registered_name(model), self.tracking.promote_alias, _retry)
+
+    def crown(self, decision: ChampionDecision) -> str | None:
+        return alias.crown(self.client, self._registered_name(decision.model), self.tracking.promote_alias,
+                           decision, _retry)
+
+    def _registered_name(self, model: str) -> str:
+        return self.tracking.registered_model or model
 
     def _log_results(self, run_id: str, outcome: Outcome, config: dict[str, Any], tags: dict[str, str],
                      reference: bool, timestamp_ms: int) -> None:
@@ -206,12 +221,12 @@ class MLflowTracker:
             _retry(self.client.log_artifacts, run_id, str(root))
 
     def _register(self, run_id: str, outcome: Outcome, model_id: str) -> None:
-        name = self.tracking.registered_model or outcome.model
-        tags = {"quantgate.verdict": "PROMOTE", "quantgate.variant": outcome.variant_name,
-                "quantgate.content_hash": outcome.variant.content_hash if outcome.variant else ""}
-        version = register_version(self.client, name, self.tracking.promote_alias, run_id, model_id, tags, call=_retry)
-        log.info("registered %s version %s (model %s), alias '%s'", name, version, model_id,
-                 self.tracking.promote_alias)
+        name = self._registered_name(outcome.model)
+        tags = {"quantgate.verdict": "PROMOTE", alias.VARIANT_TAG: outcome.variant_name,
+                alias.HASH_TAG: outcome.variant.content_hash, **alias.contender_tags(contender(outcome))}
+        version = register_version(self.client, name, run_id, model_id, tags, call=_retry)
+        log.info("registered %s version %s (model %s); the alias '%s' follows the champion once all variants are "
+                 "judged", name, version, model_id, self.tracking.promote_alias)
 
 
 def _run_span_ms(outcome: Outcome) -> tuple[int, int]:

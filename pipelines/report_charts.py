@@ -1,0 +1,138 @@
+"""The HTML report's charts (Plotly figures, rendered by pipelines/report_html.py).
+
+Labels never collide: every variant is its own trace, named in the legend and on hover, not
+written on the plot. Exercised by `python -m pytest tests/test_report_html.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import plotly.graph_objects as go
+
+from pipelines.records import Outcome
+from pipelines.report import pareto_front, slo_not_met, usd_per_million
+
+COLORS = {"PROMOTE": "#17702c", "INCONCLUSIVE": "#c98a00", "REJECT": "#b3261e", "FAILED": "#777", "base": "#1f4e9c"}
+# bench.slo keys and the LoadLevel percentiles they bound.
+SLO_METRICS = {"ttft_p95_ms": ("ttft_ms", "TTFT"), "itl_p95_ms": ("itl_ms", "inter-token latency"),
+               "e2e_p95_ms": ("e2e_ms", "end-to-end latency")}
+LAYOUT = {"height": 360, "margin": {"l": 60, "r": 20, "t": 50, "b": 50}, "template": "plotly_white"}
+
+
+def decision(outcome: Outcome) -> str:
+    if is_base(outcome):
+        return "base"
+    return outcome.verdict.decision if outcome.verdict else "FAILED"
+
+
+def is_base(outcome: Outcome) -> bool:
+    return outcome.variant is not None and outcome.variant.backend == "none"
+
+
+def forest_figures(outcomes: list[Outcome]) -> list[go.Figure]:
+    """Per task: each variant's accuracy delta with its interval, and the tolerance as a line."""
+    judged = [o for o in outcomes if o.fidelity and not is_base(o)]
+    tasks = sorted({t.task for o in judged for t in o.fidelity.tasks})
+    return [_forest(task, judged) for task in tasks]
+
+
+def _forest(task: str, outcomes: list[Outcome]) -> go.Figure:
+    figure = go.Figure()
+    for outcome in outcomes:
+        result = next((t for t in outcome.fidelity.tasks if t.task == task), None)
+        if result is None:
+            continue
+        figure.add_trace(go.Scatter(
+            x=[result.delta], y=[outcome.variant_name], mode="markers", name=outcome.variant_name,
+            marker={"size": 10, "color": COLORS.get(decision(outcome), "#444")}, showlegend=False,
+            error_x={"type": "data", "symmetric": False, "array": [result.ci_high - result.delta],
+                     "arrayminus": [result.delta - result.ci_low]},
+            hovertemplate=f"{outcome.variant_name}: %{{x:+.4f}} [{result.ci_low:+.4f}, {result.ci_high:+.4f}] "
+                          f"({result.confidence:.0%} {result.ci_method})<extra></extra>"))
+    tolerance = _tolerance(task, outcomes)
+    if tolerance is not None:
+        figure.add_vline(x=-tolerance, line={"color": "#b3261e", "dash": "dash"},
+                         annotation_text=f"-tolerance {tolerance:.3g}")
+    figure.add_vline(x=0, line={"color": "#999"})
+    figure.update_layout(title=f"{task}: accuracy delta vs base", xaxis_title="delta (variant - base)",
+                         **{**LAYOUT, "height": 120 + 40 * len(figure.data)})
+    return figure
+
+
+def _tolerance(task: str, outcomes: list[Outcome]) -> float | None:
+    return next((r.threshold for o in outcomes if o.verdict for r in o.verdict.rules
+                 if r.rule == "accuracy" and r.scope == task), None)
+
+
+def latency_figures(outcomes: list[Outcome], slo: dict[str, Any]) -> list[go.Figure]:
+    """p95 latency against load per variant, with the SLO line and the knee marked; one figure per SLO metric."""
+    benched = [o for o in outcomes if o.bench and o.bench.levels]
+    if not benched:
+        return []
+    keys = [key for key in SLO_METRICS if slo.get(key) is not None] or ["e2e_p95_ms"]
+    return [_latency(benched, key, slo.get(key)) for key in keys]
+
+
+def _latency(outcomes: list[Outcome], key: str, limit: float | None) -> go.Figure:
+    field, label = SLO_METRICS[key]
+    figure = go.Figure()
+    for outcome in outcomes:
+        levels = sorted(outcome.bench.levels, key=lambda level: level.batch_size)
+        name = f"{outcome.variant_name} ({outcome.bench.engine})"
+        figure.add_trace(go.Scatter(x=[lv.batch_size for lv in levels], y=[getattr(lv, field).p95 for lv in levels],
+                                    mode="lines+markers", name=name, line={"color": COLORS.get(decision(outcome))}))
+        knee = [lv for lv in levels if lv.batch_size == outcome.bench.knee_batch_size]
+        if knee:
+            figure.add_trace(go.Scatter(x=[knee[0].batch_size], y=[getattr(knee[0], field).p95], mode="markers",
+                                        marker={"symbol": "star", "size": 14, "color": "black"}, showlegend=False,
+                                        hovertemplate=f"knee of {name}: load %{{x}}<extra></extra>"))
+    if limit is not None:
+        figure.add_hline(y=limit, line={"color": "#b3261e", "dash": "dash"}, annotation_text=f"SLO {limit:g} ms")
+    figure.update_layout(title=f"p95 {label} vs load (star: knee)", xaxis_title="load (batch size / streams)",
+                         yaxis_title="ms", xaxis_type="log", **LAYOUT)
+    return figure
+
+
+def cost_figure(outcomes: list[Outcome]) -> go.Figure:
+    priced = [o for o in outcomes if usd_per_million(o) is not None]
+    figure = go.Figure(go.Bar(
+        x=[o.variant_name + ("*" if slo_not_met(o) else "") for o in priced], y=[usd_per_million(o) for o in priced],
+        marker={"color": [COLORS.get(decision(o)) for o in priced]},
+        hovertemplate="%{x}: $%{y:.4g} per 1M output tokens<extra></extra>"))
+    figure.update_layout(title="$ per 1M output tokens at the knee (measured point; * no load met the SLO)",
+                         yaxis_title="$ / 1M output tokens", **LAYOUT)
+    return figure
+
+
+def worst_delta_bound(outcome: Outcome) -> float | None:
+    """The lowest per-task lower interval bound of the accuracy delta: the task that decides."""
+    tasks = outcome.fidelity.tasks if outcome.fidelity else []
+    return min(t.ci_low for t in tasks) if tasks else None
+
+
+def pareto_figure(outcomes: list[Outcome]) -> go.Figure:
+    """Cost against the worst task's delta bound; the frontier only over variants not REJECTed (base included)."""
+    points = [o for o in outcomes if usd_per_million(o) is not None and worst_delta_bound(o) is not None]
+    eligible = [o for o in points if decision(o) in ("PROMOTE", "INCONCLUSIVE", "base")]
+    front = [eligible[i] for i in pareto_front([usd_per_million(o) for o in eligible],
+                                               [worst_delta_bound(o) for o in eligible])]
+    figure = go.Figure()
+    if front:
+        figure.add_trace(go.Scatter(x=[usd_per_million(o) for o in front], y=[worst_delta_bound(o) for o in front],
+                                    mode="lines", line={"shape": "hv", "color": "#9bd3a6", "width": 3},
+                                    name="frontier (never a REJECTed variant)", hoverinfo="skip"))
+    for outcome in points:
+        label = decision(outcome)
+        symbol = "diamond" if label == "base" else "star" if outcome in front else "x" if label == "REJECT" else "circle"
+        figure.add_trace(go.Scatter(
+            x=[usd_per_million(outcome)], y=[worst_delta_bound(outcome)], mode="markers",
+            name=f"{outcome.variant_name} ({'reference' if label == 'base' else label})",
+            marker={"symbol": symbol, "size": 16 if symbol == "star" else 12, "color": COLORS.get(label)},
+            hovertemplate=f"{outcome.variant_name}: $%{{x:.4g}}/1M tok, worst delta bound %{{y:+.4f}}<extra></extra>"))
+    missing = [o.variant_name for o in outcomes if o not in points]
+    figure.update_layout(title="Pareto: cost vs worst-task accuracy delta (lower bound)"
+                         + (f"; no data: {', '.join(missing)}" if missing else ""),
+                         xaxis_title="$ per 1M output tokens", yaxis_title="worst task: delta lower bound",
+                         **{**LAYOUT, "height": 440})
+    return figure

@@ -7,7 +7,7 @@ A single run does the same, so a new PROMOTE never displaces a holder the policy
 
 Policies (each a total order; the variant name and content hash break exact ties, so the choice
 never depends on the order jobs finished in):
-- cheapest (default): lowest $/1M output tokens, then smallest checkpoint, then most faithful;
+- cheapest (default): lowest $/1M output tokens at the SLO, then smallest checkpoint, then most faithful;
 - smallest: smallest checkpoint, then cheapest, then most faithful;
 - most_faithful: highest mean accuracy delta vs base, then cheapest, then smallest.
 A contender without a measurement ranks after every one with it on that key.
@@ -25,9 +25,10 @@ POLICIES = ("cheapest", "smallest", "most_faithful")
 
 
 def cost_key(outcome: Outcome) -> float | None:
-    """What `cheapest` ranks by: the measured $/1M output tokens (at the knee)."""
+    """What `cheapest` ranks by: the measured $/1M output tokens at the knee. None when no load level met
+    the SLO: that figure is at a load the variant cannot serve at, so it is no price to rank by."""
     measured = outcome.cost.measured if outcome.cost else None
-    return measured.usd_per_million_output_tokens if measured else None
+    return measured.usd_per_million_output_tokens if measured and measured.slo_met else None
 
 
 def is_contender(outcome: Outcome) -> bool:
@@ -81,7 +82,8 @@ def choose(outcomes: list[Outcome], policy: str, holder: Contender | None = None
 
 
 def describe(c: Contender) -> str:
-    cost = "-" if c.usd_per_million_output_tokens is None else f"${c.usd_per_million_output_tokens:.4g}/1M tok"
+    cost = ("no $/1M at the SLO" if c.usd_per_million_output_tokens is None
+            else f"${c.usd_per_million_output_tokens:.4g}/1M tok")
     size = "-" if c.size_bytes is None else f"{c.size_bytes / 2**20:.2f} MiB"
     delta = "-" if c.mean_delta is None else f"{c.mean_delta:+.4f}"
     where = f", registry version {c.version}" if c.version else ""

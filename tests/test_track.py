@@ -19,6 +19,7 @@ import pytest
 import requests
 import yaml
 
+from pipelines.champion import choose
 from pipelines.config import TrackingConfig
 from pipelines.errors import InputError
 from pipelines.serve.process import free_port
@@ -116,9 +117,12 @@ def test_alias_moves_only_on_promote_to_a_version_of_the_logged_model(tracker, t
     name, alias = tracker.tracking.registered_model, tracker.tracking.promote_alias
     tracker.log_outcome(make_outcome(tmp_path, "w2", decision="REJECT"), CONFIG)
     assert tracker.client.search_registered_models(f"name='{name}'") == []
-    promoted = tracker.log_outcome(make_outcome(tmp_path, "gptq", decision="PROMOTE"), CONFIG)
+    gptq = make_outcome(tmp_path, "gptq", decision="PROMOTE")
+    promoted = tracker.log_outcome(gptq, CONFIG)
     for decision in ("REJECT", "INCONCLUSIVE"):
         tracker.log_outcome(make_outcome(tmp_path, "w8a8", decision=decision), CONFIG)
+    assert tracker.alias_holder("tiny-llama") is None  # registered, but the alias waits for the champion
+    tracker.crown(choose([gptq], "cheapest", tracker.alias_holder("tiny-llama")))
     version = tracker.client.get_model_version_by_alias(name, alias)
     model = logged_model(tracker, promoted)
     assert version.run_id == promoted and version.tags["quantgate.verdict"] == "PROMOTE"
@@ -129,6 +133,32 @@ def test_alias_moves_only_on_promote_to_a_version_of_the_logged_model(tracker, t
     files = sorted(p.name for p in model_dir(model).iterdir())
     assert files == ["MLmodel", "quantgate-checkpoint.json"]
     assert json.loads((model_dir(model) / "quantgate-checkpoint.json").read_text())["content_hash"] == "hash-gptq"
+
+
+def with_cost(outcome, usd: float):
+    outcome.cost.measured = dataclasses.replace(outcome.cost.measured, usd_per_million_output_tokens=usd)
+    return outcome
+
+
+def test_champion_gets_the_alias_once_with_why_and_a_later_costlier_promote_does_not_displace_it(tracker, tmp_path):
+    name, alias = tracker.tracking.registered_model, tracker.tracking.promote_alias
+    cheap, costly = with_cost(make_outcome(tmp_path, "gptq"), 0.2), with_cost(make_outcome(tmp_path, "w8a8"), 0.3)
+    cheap_run = tracker.log_outcome(cheap, CONFIG)
+    tracker.log_outcome(costly, CONFIG)  # finished last: it used to take the alias
+    tracker.crown(choose([costly, cheap], "cheapest", tracker.alias_holder("tiny-llama")))
+    version = tracker.client.get_model_version_by_alias(name, alias)
+    assert version.run_id == cheap_run and version.tags["quantgate.champion.policy"] == "cheapest"
+    assert version.tags["quantgate.champion.runner_up"] == "w8a8"
+    assert version.tags["quantgate.champion.previous_holder"] == "none"
+    assert version.tags["quantgate.champion.ranking"].startswith("gptq ($0.2/1M tok")
+    holder = tracker.alias_holder("tiny-llama")
+    assert (holder.variant, holder.usd_per_million_output_tokens, holder.size_bytes, holder.version) == (
+        "gptq", 0.2, 7, str(version.version))
+    later = with_cost(make_outcome(tmp_path, "awq"), 0.25)  # a single run afterwards
+    tracker.log_outcome(later, CONFIG)
+    decision = choose([later], "cheapest", tracker.alias_holder("tiny-llama"))
+    assert decision.kept and tracker.crown(decision) == str(version.version)
+    assert tracker.client.get_model_version_by_alias(name, alias).version == version.version
 
 
 def test_copying_a_promoted_checkpoint_into_its_model_is_an_option(tracker, tmp_path):
@@ -304,7 +334,9 @@ def test_real_server_logs_reads_back_and_aliases_promote_only(mlflow_server, tmp
     parent = tracker.start_sweep("server", CONFIG)
     rejected = tracker.log_outcome(make_outcome(tmp_path, "w2", decision="REJECT"), CONFIG, parent)
     assert tracker.client.search_registered_models("name='tiny'") == []
-    promoted = tracker.log_outcome(make_outcome(tmp_path, "gptq", decision="PROMOTE"), CONFIG, parent)
+    gptq = make_outcome(tmp_path, "gptq", decision="PROMOTE")
+    promoted = tracker.log_outcome(gptq, CONFIG, parent)
+    tracker.crown(choose([gptq], "cheapest", tracker.alias_holder("tiny-llama")))
     run = tracker.client.get_run(rejected)
     assert run.data.metrics["fidelity/qg_invoice/delta"] == pytest.approx(-0.01)
     assert run.data.tags["mlflow.parentRunId"] == parent and run.data.tags["quantgate.verdict"] == "REJECT"

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import plotly.graph_objects as go
+from plotly.colors import qualitative
 
 from pipelines.records import Outcome
 from pipelines.report import pareto_front, slo_not_met, usd_per_million
@@ -17,6 +18,8 @@ COLORS = {"PROMOTE": "#17702c", "INCONCLUSIVE": "#c98a00", "REJECT": "#b3261e", 
 # bench.slo keys and the LoadLevel percentiles they bound.
 SLO_METRICS = {"ttft_p95_ms": ("ttft_ms", "TTFT"), "itl_p95_ms": ("itl_ms", "inter-token latency"),
                "e2e_p95_ms": ("e2e_ms", "end-to-end latency")}
+# Below the worst non-REJECTed bound by more than this, a point is named in the title instead of squashing the chart.
+PARETO_MARGIN = 0.02
 LAYOUT = {"height": 360, "margin": {"l": 60, "r": 20, "t": 50, "b": 50}, "template": "plotly_white"}
 
 
@@ -28,6 +31,12 @@ def decision(outcome: Outcome) -> str:
 
 def is_base(outcome: Outcome) -> bool:
     return outcome.variant is not None and outcome.variant.backend == "none"
+
+
+def variant_colors(outcomes: list[Outcome]) -> dict[str, str]:
+    """One colour per variant, the same in every chart."""
+    palette = qualitative.D3
+    return {o.variant_name: palette[i % len(palette)] for i, o in enumerate(outcomes)}
 
 
 def forest_figures(outcomes: list[Outcome]) -> list[go.Figure]:
@@ -76,12 +85,12 @@ def latency_figures(outcomes: list[Outcome], slo: dict[str, Any]) -> list[go.Fig
 
 def _latency(outcomes: list[Outcome], key: str, limit: float | None) -> go.Figure:
     field, label = SLO_METRICS[key]
-    figure = go.Figure()
+    figure, colors = go.Figure(), variant_colors(outcomes)
     for outcome in outcomes:
         levels = sorted(outcome.bench.levels, key=lambda level: level.batch_size)
-        name = f"{outcome.variant_name} ({outcome.bench.engine})"
+        name = f"{outcome.variant_name} ({outcome.bench.engine}, {decision(outcome)})"
         figure.add_trace(go.Scatter(x=[lv.batch_size for lv in levels], y=[getattr(lv, field).p95 for lv in levels],
-                                    mode="lines+markers", name=name, line={"color": COLORS.get(decision(outcome))}))
+                                    mode="lines+markers", name=name, line={"color": colors[outcome.variant_name]}))
         knee = [lv for lv in levels if lv.batch_size == outcome.bench.knee_batch_size]
         if knee:
             figure.add_trace(go.Scatter(x=[knee[0].batch_size], y=[getattr(knee[0], field).p95], mode="markers",
@@ -89,8 +98,10 @@ def _latency(outcomes: list[Outcome], key: str, limit: float | None) -> go.Figur
                                         hovertemplate=f"knee of {name}: load %{{x}}<extra></extra>"))
     if limit is not None:
         figure.add_hline(y=limit, line={"color": "#b3261e", "dash": "dash"}, annotation_text=f"SLO {limit:g} ms")
+    loads = sorted({lv.batch_size for o in outcomes for lv in o.bench.levels})
     figure.update_layout(title=f"p95 {label} vs load (star: knee)", xaxis_title="load (batch size / streams)",
-                         yaxis_title="ms", xaxis_type="log", **LAYOUT)
+                         yaxis_title="ms", **LAYOUT)
+    figure.update_xaxes(type="log", tickvals=loads, ticktext=[str(load) for load in loads])
     return figure
 
 
@@ -112,27 +123,37 @@ def worst_delta_bound(outcome: Outcome) -> float | None:
 
 
 def pareto_figure(outcomes: list[Outcome]) -> go.Figure:
-    """Cost against the worst task's delta bound; the frontier only over variants not REJECTed (base included)."""
+    """Cost against the worst task's delta bound; the frontier only over variants not REJECTed, the base a reference."""
     points = [o for o in outcomes if usd_per_million(o) is not None and worst_delta_bound(o) is not None]
-    eligible = [o for o in points if decision(o) in ("PROMOTE", "INCONCLUSIVE", "base")]
+    eligible = [o for o in points if decision(o) in ("PROMOTE", "INCONCLUSIVE")]
     front = [eligible[i] for i in pareto_front([usd_per_million(o) for o in eligible],
                                                [worst_delta_bound(o) for o in eligible])]
-    figure = go.Figure()
+    figure, colors = go.Figure(), variant_colors(outcomes)
     if front:
         figure.add_trace(go.Scatter(x=[usd_per_million(o) for o in front], y=[worst_delta_bound(o) for o in front],
                                     mode="lines", line={"shape": "hv", "color": "#9bd3a6", "width": 3},
-                                    name="frontier (never a REJECTed variant)", hoverinfo="skip"))
+                                    name="frontier (PROMOTE / INCONCLUSIVE only)", hoverinfo="skip"))
+    floor = min((worst_delta_bound(o) for o in points if decision(o) != "REJECT"), default=0.0) - PARETO_MARGIN
     for outcome in points:
-        label = decision(outcome)
-        symbol = "diamond" if label == "base" else "star" if outcome in front else "x" if label == "REJECT" else "circle"
-        figure.add_trace(go.Scatter(
-            x=[usd_per_million(outcome)], y=[worst_delta_bound(outcome)], mode="markers",
-            name=f"{outcome.variant_name} ({'reference' if label == 'base' else label})",
-            marker={"symbol": symbol, "size": 16 if symbol == "star" else 12, "color": COLORS.get(label)},
-            hovertemplate=f"{outcome.variant_name}: $%{{x:.4g}}/1M tok, worst delta bound %{{y:+.4f}}<extra></extra>"))
+        figure.add_trace(_pareto_point(outcome, any(o is outcome for o in front), colors[outcome.variant_name]))
+    below = [f"{o.variant_name} ({worst_delta_bound(o):+.3f})" for o in points if worst_delta_bound(o) < floor]
     missing = [o.variant_name for o in outcomes if o not in points]
+    notes = ([f"below the chart: {', '.join(below)}"] if below else []) + (
+        [f"no data: {', '.join(missing)}"] if missing else [])
     figure.update_layout(title="Pareto: cost vs worst-task accuracy delta (lower bound)"
-                         + (f"; no data: {', '.join(missing)}" if missing else ""),
-                         xaxis_title="$ per 1M output tokens", yaxis_title="worst task: delta lower bound",
-                         **{**LAYOUT, "height": 440})
+                         + (f"<br><sub>{'; '.join(notes)}</sub>" if notes else ""),
+                         xaxis_title="$ per 1M output tokens (* no load met the SLO)",
+                         yaxis_title="worst task: delta lower bound", **{**LAYOUT, "height": 460})
+    if below:
+        top = max(worst_delta_bound(o) for o in points)
+        figure.update_yaxes(range=[floor, top + PARETO_MARGIN])
     return figure
+
+
+def _pareto_point(outcome: Outcome, on_front: bool, color: str) -> go.Scatter:
+    label = decision(outcome)
+    symbol = "diamond" if label == "base" else "star" if on_front else "x" if label == "REJECT" else "circle"
+    name = f"{outcome.variant_name}{'*' if slo_not_met(outcome) else ''} ({'reference' if label == 'base' else label})"
+    return go.Scatter(x=[usd_per_million(outcome)], y=[worst_delta_bound(outcome)], mode="markers", name=name,
+                      marker={"symbol": symbol, "size": 16 if symbol == "star" else 12, "color": color},
+                      hovertemplate=f"{name}: $%{{x:.4g}}/1M tok, worst delta bound %{{y:+.4f}}<extra></extra>")

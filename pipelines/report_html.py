@@ -21,6 +21,7 @@ import yaml
 from plotly.offline import get_plotlyjs
 
 from pipelines.champion import describe
+from pipelines.errors import InputError
 from pipelines.flips import SAME_SCORE, outcome_flips
 from pipelines.records import ChampionDecision, Outcome, RuleResult
 from pipelines.report_charts import cost_figure, forest_figures, latency_figures, pareto_figure
@@ -117,7 +118,12 @@ def _forest(outcomes: list[Outcome]) -> str:
 
 
 def _flips(outcomes: list[Outcome]) -> str:
-    flips = [{"variant": o.variant_name, **vars(f)} for o in outcomes for f in outcome_flips(o)]
+    flips, unreadable = [], []
+    for outcome in outcomes:
+        try:
+            flips += [{"variant": outcome.variant_name, **vars(f)} for f in outcome_flips(outcome)]
+        except InputError as error:  # the verdict stands on its records; only this listing is lost
+            unreadable.append(f"<p class='FAIL'>{_e(outcome.variant_name)}: items not listed: {_e(error)}</p>")
     counts = "".join(f"<tr><td>{_e(o.variant_name)}</td><td>{_e(t.task)}</td><td>{t.right_to_wrong}</td>"
                      f"<td>{t.wrong_to_right}</td><td>{_listed(flips, o.variant_name, t.task)}</td></tr>"
                      for o in outcomes if o.fidelity for t in o.fidelity.tasks)
@@ -126,7 +132,7 @@ def _flips(outcomes: list[Outcome]) -> str:
     data = json.dumps(flips, ensure_ascii=False).replace("</", "<\\/")
     return _section("Flips: items whose answer changed", (
         "<table id='flip-counts'><tr><th>variant</th><th>task</th><th>right→wrong (record)</th>"
-        f"<th>wrong→right (record)</th><th>{_e(SAME_SCORE)} (listed too)</th></tr>{counts}</table>"
+        f"<th>wrong→right (record)</th><th>{_e(SAME_SCORE)} (listed too)</th></tr>{counts}</table>{''.join(unreadable)}"
         f"<p>{filters}<span id='flip-count'></span></p><div class='scroll'><table id='flips'><thead><tr><th>variant</th><th>task</th>"
         "<th>doc</th><th>direction</th><th>prompt</th><th>gold</th><th>base answer</th><th>variant answer</th></tr>"
         f"</thead><tbody></tbody></table></div><script type='application/json' id='flips-data'>{data}</script>"))

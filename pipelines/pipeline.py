@@ -215,4 +215,5 @@ def _track(cfg: RunConfig, outcome: Outcome, parent_run_id: str | None) -> None:
     tracker = make_tracker(cfg.tracking)
     if tracker is not None:
         is_base = cfg.quant.backend == "none"
-        tracker.log_outcome(outcome, resolved_config(cfg), parent_run_id=parent_run_id, reference=is_base)
+        outcome.run_id = tracker.log_outcome(outcome, resolved_config(cfg), parent_run_id=parent_run_id,
+                                             reference=is_base)

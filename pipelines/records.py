@@ -409,3 +409,5 @@ class Outcome:
     exit_code: int = 0
     # The stages that ran, in order, with their wall-clock times.
     stages: list[StageTime] = field(default_factory=list)
+    # The tracker's run for this variant (None: not tracked, or not yet: outcome.json is written before tracking).
+    run_id: str | None = None

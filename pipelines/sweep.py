@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pipelines.config import RunConfig
 from pipelines.errors import UserError
-from pipelines.champion import choose, describe
+from pipelines.champion import choose
 from pipelines.records import ChampionDecision, Outcome, load_record, save_record
 from pipelines.track import Tracker, make_tracker
 
@@ -91,6 +91,8 @@ def finish(configs: list[RunConfig]) -> int:
     log.info("report: %s", ", ".join(str(f) for f in files))
     if tracker is not None and active() and parent_run_id():
         tracker.log_sweep_report(parent_run_id(), files, outcomes, champions)
+    elif tracker is not None and outcomes[0].run_id:  # a single run: its report goes with its run
+        tracker.log_run_report(outcomes[0].run_id, files)
     print(f"report: {files[0]}")
     return max((o.exit_code for o in outcomes), default=STAGE_FAILED)
 
@@ -101,10 +103,7 @@ def crown_champions(outcomes: list[Outcome], policy: str, tracker: Tracker | Non
     for model in sorted({o.model for o in outcomes}):
         holder = tracker.alias_holder(model) if tracker is not None else None
         decision = choose([o for o in outcomes if o.model == model], policy, holder)
-        if decision.kept:
-            log.info("champion of %s stays %s: policy %s prefers it to this command's PROMOTEd variants",
-                     model, describe(decision.ranking[0]), policy)
-        if tracker is not None:
+        if tracker is not None:  # it logs whether the alias moved or stays, in one line
             tracker.crown(decision)
         decisions.append(decision)
     return decisions

@@ -63,6 +63,9 @@ class JsonlTracker:
         self._write(event="log_sweep_report", parent=parent_run_id, files=len(files),
                     variants=[outcome.variant_name for outcome in outcomes or []])
 
+    def log_run_report(self, run_id, files):
+        self._write(event="log_run_report", run=run_id, files=len(files))
+
     def alias_holder(self, model):
         return None
 

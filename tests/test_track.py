@@ -91,7 +91,8 @@ def test_sweep_children_and_reference_nest_under_parent(tracker, tmp_path):
     outcomes = [make_outcome(tmp_path, "none", decision=None), make_outcome(tmp_path, "fp8")]
     base = tracker.log_outcome(outcomes[0], CONFIG, parent, reference=True)
     child = tracker.log_outcome(outcomes[1], CONFIG, parent)
-    tracker.log_sweep_report(parent, [_write(tmp_path / "summary.md", "| variant |")], outcomes)
+    tracker.log_sweep_report(parent, [_write(tmp_path / "summary.md", "| variant |")], outcomes,
+                             [choose(outcomes, "cheapest")])
     runs = {run_id: tracker.client.get_run(run_id) for run_id in (base, child)}
     assert all(run.data.tags["mlflow.parentRunId"] == parent for run in runs.values())
     assert runs[base].data.tags["quantgate.role"] == "reference"
@@ -102,7 +103,15 @@ def test_sweep_children_and_reference_nest_under_parent(tracker, tmp_path):
     assert [(r["run"], r["verdict"]) for r in rows] == [("tiny-llama/none", "no verdict"),
                                                         ("tiny-llama/fp8", "PROMOTE")]
     assert rows[1]["delta/qg_invoice"] == pytest.approx(-0.01) and rows[1]["time/total_seconds"] == 421.0
-    assert "`tiny-llama/fp8`: **PROMOTE**" in tracker.client.get_run(parent).data.tags["mlflow.note.content"]
+    note = tracker.client.get_run(parent).data.tags["mlflow.note.content"]
+    assert "`tiny-llama/fp8`: **PROMOTE**" in note
+    assert note.startswith("**Champion of tiny-llama: fp8** (policy `cheapest`)") and "- runner-up: none" in note
+
+
+def test_a_single_runs_report_is_attached_to_its_run(tracker, tmp_path):
+    run_id = tracker.log_outcome(make_outcome(tmp_path), CONFIG)
+    tracker.log_run_report(run_id, [_write(tmp_path / "index.html", "<html>report</html>")])
+    assert artifact_text(tracker, run_id, "report/index.html") == "<html>report</html>"
 
 
 def test_failed_variant_is_a_failed_run_with_its_error(tracker, tmp_path):

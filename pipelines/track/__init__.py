@@ -51,6 +51,9 @@ class Tracker(Protocol):
         """Attach the sweep report (HTML page, plot, tables; a summary table of `outcomes`; the champion per
         model) to the parent run and close it."""
 
+    def log_run_report(self, run_id: str, files: list[Path]) -> None:
+        """Attach a single run's report (HTML page, tables) to that variant's run."""
+
     def alias_holder(self, model: str) -> Contender | None:
         """The registry alias's current holder for `model`, with what the champion policies rank by (None: none)."""
 

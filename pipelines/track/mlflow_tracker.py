@@ -15,9 +15,8 @@ tracking.uri=http://host:5000`; MLFLOW_TRACKING_URI overrides tracking.uri.
   their task's dataset).
 - Registry: one registered model per base model (`tracking.registered_model`, default the model
   name), one version per promoted variant, pointing at the variant's LoggedModel. Only PROMOTE
-  registers a version and tags it with the verdict and what the champion policies rank by; once
-  every variant of the command is judged, `crown` moves `tracking.promote_alias` once, to the
-  champion (pipelines/champion.py, pipelines/track/alias.py). REJECT / INCONCLUSIVE never touch the registry.
+  registers a version (tagged with the verdict and what champion policies rank by); `crown` then moves
+  `tracking.promote_alias` once per command, to the champion (pipelines/track/alias.py).
 """
 
 from __future__ import annotations
@@ -155,6 +154,10 @@ class MLflowTracker:
             _retry(self.client.set_tag, parent_run_id, NOTE_TAG, note)
         _retry(self.client.set_terminated, parent_run_id, "FINISHED")
 
+    def log_run_report(self, run_id: str, files: list[Path]) -> None:
+        for path in files:
+            _retry(self.client.log_artifact, run_id, str(path), "report")
+
     def alias_holder(self, model: str) -> Contender | None:
         return alias.holder(self.client, self._registered_name(model), self.tracking.promote_alias, _retry)
 
@@ -225,8 +228,7 @@ class MLflowTracker:
         tags = {"quantgate.verdict": "PROMOTE", alias.VARIANT_TAG: outcome.variant_name,
                 alias.HASH_TAG: outcome.variant.content_hash, **alias.contender_tags(contender(outcome))}
         version = register_version(self.client, name, run_id, model_id, tags, call=_retry)
-        log.info("registered %s version %s (model %s); the alias '%s' follows the champion once all variants are "
-                 "judged", name, version, model_id, self.tracking.promote_alias)
+        log.info("registered %s version %s (model %s); the alias follows the champion", name, version, model_id)
 
 
 def _run_span_ms(outcome: Outcome) -> tuple[int, int]:

@@ -17,7 +17,6 @@ Exercised by `python -m pytest tests/test_champion.py`.
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 from pipelines.records import ChampionDecision, Contender, Outcome
 
@@ -61,8 +60,10 @@ ORDER: dict[str, tuple[str, ...]] = {"cheapest": ("cost", "size", "fidelity"),
 
 def rank(contenders: list[Contender], policy: str) -> list[Contender]:
     """Best first, by the policy's keys, then by name and content hash (a total order)."""
-    order = ORDER[policy]
-    sort_key: Callable[[Contender], tuple] = lambda c: (*(_keys(c)[k] for k in order), c.variant, c.content_hash)
+    def sort_key(contender: Contender) -> tuple:
+        keys = _keys(contender)
+        return (*(keys[name] for name in ORDER[policy]), contender.variant, contender.content_hash)
+
     return sorted(contenders, key=sort_key)
 
 

@@ -46,7 +46,8 @@ def task_flips(base: TaskResult, variant: TaskResult) -> list[Flip]:
 
 
 def _flip(task: str, base: dict[str, Any], variant: dict[str, Any]) -> Flip:
-    direction = WORSE if variant["score"] < base["score"] else BETTER if variant["score"] > base["score"] else SAME_SCORE
+    change = variant["score"] - base["score"]
+    direction = WORSE if change < 0 else BETTER if change > 0 else SAME_SCORE
     return Flip(task=task, doc_id=base["doc_id"], direction=direction,
                 prompt=variant.get("prompt") or base.get("prompt"), gold=_choice_text(base, base["target"]),
                 base_answer=answer(base), variant_answer=answer(variant))

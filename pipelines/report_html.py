@@ -33,7 +33,8 @@ vertical-align:top;text-align:left}th{background:#f3f3f3}.PROMOTE{color:#17702c;
 .REJECT,.FAILED,.FAIL{color:#b3261e;font-weight:bold}.INCONCLUSIVE,.SKIPPED{color:#9a6700;font-weight:bold}
 .champion{background:#eaf6ec;border:1px solid #9bd3a6;padding:10px 14px;border-radius:6px}
 pre{white-space:pre-wrap;max-height:320px;overflow:auto;background:#f7f7f7;padding:6px;margin:0}
-#flips td pre{max-height:140px}.scroll{max-height:640px;overflow:auto;border:1px solid #ddd}.muted{color:#666}select{margin-right:12px}"""
+#flips td pre{max-height:140px}.scroll{max-height:640px;overflow:auto;border:1px solid #ddd}
+.muted{color:#666}select{margin-right:12px}"""
 
 FLIPS_JS = """const flips=JSON.parse(document.getElementById('flips-data').textContent);
 const esc=s=>String(s??'').replace(/[&<>"]/g,c=>({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));
@@ -96,7 +97,8 @@ def _verdict_rows(outcome: Outcome) -> str:
 
 
 def _rule_cells(rule: RuleResult) -> str:
-    interval = f"[{rule.low:+.4g}, {rule.high:+.4g}] {rule.method or ''}" if rule.low is not None else _num(rule.observed)
+    interval = (f"[{rule.low:+.4g}, {rule.high:+.4g}] {rule.method or ''}" if rule.low is not None
+                else _num(rule.observed))
     settle = (f"~{rule.items_to_settle} more items" if rule.items_to_settle
               else ("more items (no estimate)" if rule.status == "INCONCLUSIVE" else ""))
     return (f"<td>{_e(rule.rule)} {_e(rule.scope)}</td><td class='{_e(rule.status)}'>{_e(rule.status)}</td>"
@@ -133,7 +135,8 @@ def _flips(outcomes: list[Outcome]) -> str:
     return _section("Flips: items whose answer changed", (
         "<table id='flip-counts'><tr><th>variant</th><th>task</th><th>right→wrong (record)</th>"
         f"<th>wrong→right (record)</th><th>{_e(SAME_SCORE)} (listed too)</th></tr>{counts}</table>{''.join(unreadable)}"
-        f"<p>{filters}<span id='flip-count'></span></p><div class='scroll'><table id='flips'><thead><tr><th>variant</th><th>task</th>"
+        f"<p>{filters}<span id='flip-count'></span></p><div class='scroll'><table id='flips'><thead><tr>"
+        "<th>variant</th><th>task</th>"
         "<th>doc</th><th>direction</th><th>prompt</th><th>gold</th><th>base answer</th><th>variant answer</th></tr>"
         f"</thead><tbody></tbody></table></div><script type='application/json' id='flips-data'>{data}</script>"))
 

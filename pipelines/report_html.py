@@ -153,13 +153,15 @@ def _speed_and_cost(outcomes: list[Outcome], slo: dict[str, Any]) -> str:
 
 def _provenance(outcomes: list[Outcome], configs: list[dict[str, Any]]) -> str:
     rows = "".join(f"<tr><td>{_e(o.variant_name)}</td><td>{_e(o.variant.content_hash if o.variant else '-')}</td>"
-                   f"<td>{_e(_versions(o))}</td><td>{_e(o.output_dir or '-')}</td></tr>" for o in outcomes)
+                   f"<td>{_e(_versions(o))}</td><td>{_e(o.output_dir or '-')}</td><td><code>{_e(o.run_id)}</code></td>"
+                   "</tr>" for o in outcomes)
     suites = next((o.base_eval.suite_hashes for o in outcomes if o.base_eval), {})
     suite_rows = "".join(f"<tr><td>{_e(t)}</td><td><code>{_e(h)}</code></td></tr>" for t, h in sorted(suites.items()))
     tracking = (configs[0].get("tracking") or {}) if configs else {}
     config = yaml.safe_dump(configs[0], sort_keys=False) if configs else ""
     return _section("Versions, config, suites, MLflow", (
-        f"<table><tr><th>run</th><th>checkpoint hash</th><th>library versions</th><th>outputs</th></tr>{rows}</table>"
+        "<table><tr><th>run</th><th>checkpoint hash</th><th>library versions</th><th>outputs</th><th>MLflow run id</th>"
+        f"</tr>{rows}</table>"
         f"<table><tr><th>task</th><th>suite hash</th></tr>{suite_rows}</table>"
         f"<p>MLflow: experiment <code>{_e(tracking.get('experiment'))}</code> at <code>{_e(tracking.get('uri'))}</code>"
         f" (runs named <code>&lt;model&gt;/&lt;variant&gt;</code>; open with <code>mlflow ui --backend-store-uri "

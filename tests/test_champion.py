@@ -110,3 +110,31 @@ def test_the_holders_checkpoint_promoted_again_competes_once(sweep):
 def test_an_unknown_policy_is_a_config_error():
     with pytest.raises(ConfigError, match="gate.champion_policy=cheap is unknown; choose from cheapest"):
         GateConfig(name="x", champion_policy="cheap")
+
+
+class RecordingTracker:
+    """Answers the alias holder per model and records every crown."""
+
+    def __init__(self, holders: dict[str, Contender]) -> None:
+        self.holders, self.crowned = holders, []
+
+    def alias_holder(self, model: str) -> Contender | None:
+        return self.holders.get(model)
+
+    def crown(self, decision) -> None:
+        self.crowned.append((decision.model, decision.champion))
+
+
+def test_a_command_crowns_once_per_base_model_against_that_models_holder(tmp_path):
+    from pipelines.sweep import crown_champions
+
+    tiny = [promoted(tmp_path, "gptq", 0.5, 200, 0.0), promoted(tmp_path, "w8a8", 0.4, 300, 0.0)]
+    other = promoted(tmp_path, "fp8", 0.9, 100, 0.0)
+    other.model = "llama3-8b"
+    holder = Contender(variant="awq", content_hash="hash-awq", usd_per_million_output_tokens=0.1, size_bytes=1,
+                       mean_delta=0.0, version="7")
+    tracker = RecordingTracker({"llama3-8b": holder})
+    decisions = crown_champions([tiny[0], other, tiny[1]], "cheapest", tracker)
+    assert tracker.crowned == [("llama3-8b", "awq"), ("tiny-llama", "w8a8")]
+    assert [d.kept for d in decisions] == [True, False]
+    assert [d.champion for d in crown_champions(tiny, "cheapest", None)] == ["w8a8"]  # tracking off: no alias

@@ -123,6 +123,9 @@ def test_per_item_files_have_the_documented_fields(setup):
     assert first["prediction"] == max(range(3), key=first["choice_loglikelihoods"].__getitem__)
     assert first["correct"] == (first["prediction"] == first["target"]) and first["score"] == float(first["correct"])
     assert gen[3]["item_id"] == "3" and gen[3]["target"] == "red" and gen[3]["choice_loglikelihoods"] is None
+    # What a reviewer reads in the report's flips browser: the context given and the choice texts.
+    assert isinstance(first["prompt"], str) and first["prompt"] and isinstance(gen[3]["prompt"], str)
+    assert len(first["choices"]) == 3 and all(isinstance(c, str) for c in first["choices"]) and gen[3]["choices"] is None
     assert isinstance(gen[3]["prediction"], str) and isinstance(gen[3]["correct"], bool)
     assert tasks["tiny_mc"].value == pytest.approx(sum(item["score"] for item in mc) / 20)
     assert (tasks["tiny_mc"].version, tasks["tiny_gen"].version) == ("1.0", "2.0")

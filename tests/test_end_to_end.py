@@ -188,3 +188,11 @@ def test_sweep_with_submitit_local_launcher(tmp_path, tiny_llama_dir):
     assert any((tmp_path / "multirun").glob("**/.submitit/*/*_submitted.pkl"))  # submitit really ran the jobs
     verdicts = {r.data.tags["quantgate.verdict"] for r in children}
     assert result.returncode == (0 if verdicts == {"PROMOTE"} else 1), result.stderr[-3000:]
+    # After every job: one champion (or none), the alias on it, and the report's path as the last line.
+    report = tmp_path / "cache" / "sweeps" / "submitit" / "report"
+    champion = json.loads((report / "summary.json").read_text())["champions"][0]["champion"]
+    assert (champion is None) == ("PROMOTE" not in verdicts)
+    if champion:
+        alias = client.get_model_version_by_alias("tiny-llama", "candidate")
+        assert alias.tags["quantgate.variant"] == champion and alias.tags["quantgate.champion.policy"] == "cheapest"
+    assert result.stdout.rstrip().endswith(f"report: {report / 'index.html'}")

@@ -3,8 +3,9 @@
 `python -m pipelines.run -m quant=fp8,w8a8,awq,gptq` writes it at the end of a sweep (and the
 tracker attaches it to the sweep's parent run); `python -m pytest tests/test_report.py` tests it.
 
-Fidelity is the mean score over tasks (the variant's own scores; the base's from its evaluation).
-Cost is measured $/1M output tokens at the knee (marked "*" and footnoted when no load level met
+Fidelity in the Pareto views is the worst task's lower interval bound of the accuracy delta (the task
+that decides, not a mean that hides it); the frontier runs over PROMOTEd and INCONCLUSIVE variants
+only: a REJECTed or failed one is drawn but never on it, the base is the reference. Cost is measured $/1M output tokens at the knee (marked "*" and footnoted when no load level met
 the SLO: then it is at the best measured load); latency is p95 end-to-end at the smallest load
 level (what one user sees). Variants without bench data stay in the table; each plot panel names
 the variants it could not plot.
@@ -36,12 +37,21 @@ def pareto_front(costs: list[float], qualities: list[float]) -> list[int]:
     return sorted(front, key=lambda i: (costs[i], -qualities[i]))
 
 
-def mean_score(outcome: Outcome) -> float | None:
-    if outcome.fidelity and outcome.fidelity.tasks:
-        return outcome.fidelity.task_mean("variant_score")
-    if outcome.variant_eval and outcome.variant_eval.tasks:
-        return sum(t.value for t in outcome.variant_eval.tasks) / len(outcome.variant_eval.tasks)
-    return None
+def worst_delta_bound(outcome: Outcome) -> float | None:
+    """The lowest per-task lower interval bound of the accuracy delta: the task that decides."""
+    tasks = outcome.fidelity.tasks if outcome.fidelity else []
+    return min(t.ci_low for t in tasks) if tasks else None
+
+
+def is_base(outcome: Outcome) -> bool:
+    return outcome.variant is not None and outcome.variant.backend == "none"
+
+
+def frontier(outcomes: list[Outcome], x_of, y_of=worst_delta_bound) -> list[Outcome]:
+    """The Pareto frontier (lower x, higher y), sorted by x, over PROMOTEd and INCONCLUSIVE variants with both values."""
+    eligible = [o for o in outcomes if _decision(o) in ("PROMOTE", "INCONCLUSIVE") and not is_base(o)
+                and x_of(o) is not None and y_of(o) is not None]
+    return [eligible[i] for i in pareto_front([x_of(o) for o in eligible], [y_of(o) for o in eligible])]
 
 
 def usd_per_million(outcome: Outcome) -> float | None:
@@ -95,8 +105,8 @@ def pareto_plot(outcomes: list[Outcome], path: Path) -> Path:
                                                          else ")")
     _panel(axes[0], outcomes, usd_per_million, cost_label)
     _panel(axes[1], outcomes, e2e_p95_ms, "p95 end-to-end latency, ms (smallest load level)")
-    axes[0].set_ylabel("mean task score")
-    figure.suptitle("Pareto frontier: higher score, lower cost / latency (frontier marked with stars)")
+    axes[0].set_ylabel("worst task: accuracy delta, lower bound")
+    figure.suptitle("Pareto frontier over PROMOTE/INCONCLUSIVE variants (stars); REJECT: x; base: diamond")
     figure.tight_layout(rect=(0, 0.04, 1, 0.95))
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
@@ -105,22 +115,23 @@ def pareto_plot(outcomes: list[Outcome], path: Path) -> Path:
 
 
 def _panel(axis, outcomes: list[Outcome], x_of, label: str) -> None:
-    points = [(x_of(o), mean_score(o), o) for o in outcomes if x_of(o) is not None and mean_score(o) is not None]
+    """Variants named in the legend, not on the plot, so labels never collide."""
+    points = [o for o in outcomes if x_of(o) is not None and worst_delta_bound(o) is not None]
     if not points:
         axis.text(0.5, 0.5, "no data", ha="center", transform=axis.transAxes)
-    skipped = [o.variant_name for o in outcomes if x_of(o) is None or mean_score(o) is None]
+    skipped = [o.variant_name for o in outcomes if o not in points]
     if skipped:  # per panel: a variant can have a latency but no cost (bench ran, no price) or the reverse
         axis.text(0, -0.2, f"not plotted here (no data): {', '.join(skipped)}", fontsize=8, transform=axis.transAxes)
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    eligible = [i for i, p in enumerate(points) if _decision(p[2]) not in ("REJECT", "FAILED")]
-    front = [eligible[i] for i in pareto_front([xs[i] for i in eligible], [ys[i] for i in eligible])]
-    for i, (x, y, outcome) in enumerate(points):
-        axis.scatter(x, y, marker="*" if i in front else "o", s=160 if i in front else 50,
-                     color="tab:green" if i in front else "tab:gray", zorder=3)
-        axis.annotate(_label(outcome) + ("*" if x_of is usd_per_million and slo_not_met(outcome) else ""), (x, y), textcoords="offset points", xytext=(6, 6), fontsize=9)
-    axis.plot([xs[i] for i in front], [ys[i] for i in front], drawstyle="steps-post", color="tab:green", alpha=0.6)
+    front = frontier(points, x_of)
+    for outcome in points:
+        on_front = any(o is outcome for o in front)
+        marker = "D" if is_base(outcome) else "*" if on_front else "x" if _decision(outcome) == "REJECT" else "o"
+        axis.scatter(x_of(outcome), worst_delta_bound(outcome), marker=marker, s=160 if on_front else 60, zorder=3,
+                     label=_label(outcome) + ("*" if x_of is usd_per_million and slo_not_met(outcome) else ""))
+    axis.plot([x_of(o) for o in front], [worst_delta_bound(o) for o in front], drawstyle="steps-post",
+              color="tab:green", alpha=0.6)
     axis.set_xlabel(label)
-    axis.margins(x=0.2, y=0.1)  # room for the labels
+    axis.legend(fontsize=8)
     axis.grid(alpha=0.3)
 
 
@@ -129,7 +140,7 @@ def _decision(outcome: Outcome) -> str:
 
 
 def _label(outcome: Outcome) -> str:
-    return f"{outcome.variant_name} ({_decision(outcome)})"
+    return f"{outcome.variant_name} ({'base, the reference' if is_base(outcome) else _decision(outcome)})"
 
 
 def summary_rows(outcomes: list[Outcome]) -> tuple[list[str], list[list[str]]]:

@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 
 from pipelines.records import Outcome
-from pipelines.report import pareto_front, slo_not_met, usd_per_million
+from pipelines.report import frontier, is_base, slo_not_met, usd_per_million, worst_delta_bound
 
 COLORS = {"PROMOTE": "#17702c", "INCONCLUSIVE": "#c98a00", "REJECT": "#b3261e", "FAILED": "#777", "base": "#1f4e9c"}
 # bench.slo keys and the LoadLevel percentiles they bound.
@@ -27,10 +27,6 @@ def decision(outcome: Outcome) -> str:
     if is_base(outcome):
         return "base"
     return outcome.verdict.decision if outcome.verdict else "FAILED"
-
-
-def is_base(outcome: Outcome) -> bool:
-    return outcome.variant is not None and outcome.variant.backend == "none"
 
 
 def variant_colors(outcomes: list[Outcome]) -> dict[str, str]:
@@ -116,18 +112,10 @@ def cost_figure(outcomes: list[Outcome]) -> go.Figure:
     return figure
 
 
-def worst_delta_bound(outcome: Outcome) -> float | None:
-    """The lowest per-task lower interval bound of the accuracy delta: the task that decides."""
-    tasks = outcome.fidelity.tasks if outcome.fidelity else []
-    return min(t.ci_low for t in tasks) if tasks else None
-
-
 def pareto_figure(outcomes: list[Outcome]) -> go.Figure:
     """Cost against the worst task's delta bound; the frontier only over variants not REJECTed, the base a reference."""
     points = [o for o in outcomes if usd_per_million(o) is not None and worst_delta_bound(o) is not None]
-    eligible = [o for o in points if decision(o) in ("PROMOTE", "INCONCLUSIVE")]
-    front = [eligible[i] for i in pareto_front([usd_per_million(o) for o in eligible],
-                                               [worst_delta_bound(o) for o in eligible])]
+    front = frontier(points, usd_per_million)
     figure, colors = go.Figure(), variant_colors(outcomes)
     if front:
         figure.add_trace(go.Scatter(x=[usd_per_million(o) for o in front], y=[worst_delta_bound(o) for o in front],

@@ -69,3 +69,20 @@ def test_cost_measured_without_meeting_the_slo_is_marked_and_footnoted(outcomes,
         assert "0.23*" in table
         assert table.rstrip().endswith("(SLO not met)")
     assert write_sweep_report(outcomes, tmp_path / "report")[0].is_file()
+
+
+def test_the_frontier_never_holds_a_rejected_variant_or_the_base(tmp_path):
+    from pipelines.report import frontier, usd_per_million
+
+    def point(name: str, decision: str, usd: float, low: float, backend: str = "llmcompressor") -> Outcome:
+        outcome = make_outcome(tmp_path, name, decision=decision)
+        outcome.variant = replace(outcome.variant, backend=backend)
+        outcome.cost.measured = replace(outcome.cost.measured, usd_per_million_output_tokens=usd)
+        outcome.fidelity.tasks = [replace(outcome.fidelity.tasks[0], ci_low=low)]
+        return outcome
+
+    # The REJECTed awq and the base dominate everything; only gptq (cheaper) and fp8 (better) remain.
+    outcomes = [point("none", "PROMOTE", 0.1, 0.0, backend="none"), point("awq", "REJECT", 0.1, 0.0),
+                point("fp8", "INCONCLUSIVE", 0.9, -0.01), point("gptq", "PROMOTE", 0.5, -0.02),
+                point("w8a8", "PROMOTE", 0.6, -0.03)]
+    assert [o.variant_name for o in frontier(outcomes, usd_per_million)] == ["gptq", "fp8"]

@@ -11,7 +11,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
-from pipelines.records import Outcome
+from pipelines.records import BenchResult, Outcome
 from pipelines.report import frontier, is_base, slo_not_met, usd_per_million, worst_delta_bound
 
 COLORS = {"PROMOTE": "#17702c", "INCONCLUSIVE": "#c98a00", "REJECT": "#b3261e", "FAILED": "#777", "base": "#1f4e9c"}
@@ -72,29 +72,32 @@ def _tolerance(task: str, outcomes: list[Outcome]) -> float | None:
 
 def latency_figures(outcomes: list[Outcome], slo: dict[str, Any]) -> list[go.Figure]:
     """p95 latency against load per variant, with the SLO line and the knee marked; one figure per SLO metric."""
-    benched = [o for o in outcomes if o.bench and o.bench.levels]
-    if not benched:
+    curves = [(f"{o.variant_name} ({o.bench.engine}, {decision(o)})", o.bench, color)
+              for o, color in zip(outcomes, variant_colors(outcomes).values()) if o.bench and o.bench.levels]
+    base_bench = next((o.base_bench for o in outcomes if o.base_bench and o.base_bench.levels), None)
+    if base_bench and not any(is_base(o) and o.bench for o in outcomes):  # no quant=none run: the base's own bench
+        curves.insert(0, (f"base ({base_bench.engine})", base_bench, COLORS["base"]))
+    if not curves:
         return []
     keys = [key for key in SLO_METRICS if slo.get(key) is not None] or ["e2e_p95_ms"]
-    return [_latency(benched, key, slo.get(key)) for key in keys]
+    return [_latency(curves, key, slo.get(key)) for key in keys]
 
 
-def _latency(outcomes: list[Outcome], key: str, limit: float | None) -> go.Figure:
+def _latency(curves: list[tuple[str, BenchResult, str]], key: str, limit: float | None) -> go.Figure:
     field, label = SLO_METRICS[key]
-    figure, colors = go.Figure(), variant_colors(outcomes)
-    for outcome in outcomes:
-        levels = sorted(outcome.bench.levels, key=lambda level: level.batch_size)
-        name = f"{outcome.variant_name} ({outcome.bench.engine}, {decision(outcome)})"
+    figure = go.Figure()
+    for name, bench, color in curves:
+        levels = sorted(bench.levels, key=lambda level: level.batch_size)
         figure.add_trace(go.Scatter(x=[lv.batch_size for lv in levels], y=[getattr(lv, field).p95 for lv in levels],
-                                    mode="lines+markers", name=name, line={"color": colors[outcome.variant_name]}))
-        knee = [lv for lv in levels if lv.batch_size == outcome.bench.knee_batch_size]
+                                    mode="lines+markers", name=name, line={"color": color}))
+        knee = [lv for lv in levels if lv.batch_size == bench.knee_batch_size]
         if knee:
             figure.add_trace(go.Scatter(x=[knee[0].batch_size], y=[getattr(knee[0], field).p95], mode="markers",
                                         marker={"symbol": "star", "size": 14, "color": "black"}, showlegend=False,
                                         hovertemplate=f"knee of {name}: load %{{x}}<extra></extra>"))
     if limit is not None:
         figure.add_hline(y=limit, line={"color": "#b3261e", "dash": "dash"}, annotation_text=f"SLO {limit:g} ms")
-    loads = sorted({lv.batch_size for o in outcomes for lv in o.bench.levels})
+    loads = sorted({lv.batch_size for _, bench, _ in curves for lv in bench.levels})
     figure.update_layout(title=f"p95 {label} vs load (star: knee)", xaxis_title="load (batch size / streams)",
                          yaxis_title="ms", **LAYOUT)
     figure.update_xaxes(type="log", tickvals=loads, ticktext=[str(load) for load in loads])

@@ -107,3 +107,14 @@ def test_chromium_opens_the_page_from_disk_without_errors_and_lists_every_flip(p
     assert report["errors"] == []
     assert f"{flips} items shown" in text and "Champion of tiny-llama: fp8" in text
     assert text.count("right→wrong\t") + text.count("wrong→right\t") + text.count(f"{SAME_SCORE}\t") == flips
+
+
+def test_latency_curves_show_the_slo_and_the_base_when_no_base_run_is_in_the_command(outcomes):
+    from pipelines.report_charts import latency_figures
+
+    outcomes[0].base_bench = outcomes[0].bench
+    figures = latency_figures(outcomes, {"ttft_p95_ms": 200.0, "e2e_p95_ms": None})
+    assert len(figures) == 1 and "TTFT" in figures[0].layout.title.text
+    names = [trace.name for trace in figures[0].data if trace.showlegend is not False]
+    assert names == ["base (hf)", "fp8 (hf, PROMOTE)", "gptq (hf, PROMOTE)"]
+    assert figures[0].layout.shapes[0].y0 == 200.0  # the SLO line

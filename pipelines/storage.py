@@ -2,22 +2,32 @@
 
 A stage writes to a temporary name in the same directory, then renames; a run killed at any point
 leaves either the old file or the new one, never half of one. A directory is complete when its
-manifest exists, so a resumed sweep redoes only what has no manifest.
+manifest exists, so a resumed sweep redoes only what has no manifest. The manifest lists every
+file of the entry with its size and sha256, and `cache_entry` verifies them before an entry is
+reused: one that changed on disk is moved aside with one warning naming the file, and recomputed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import secrets
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from filelock import FileLock
+
+log = logging.getLogger(__name__)
+
 MANIFEST = "quantgate-manifest.json"
+# The manifest's per-file table: {relative path: {"bytes": size, "sha256": hex digest}}.
+FILES = "files"
 
 
 def _read_umask() -> int:
@@ -111,12 +121,104 @@ def directory_size(directory: Path) -> int:
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:
-    return atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    """`manifest` plus the size and sha256 of every file now in `directory`, written last."""
+    files = {_relative(path, directory): {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+             for path in _entry_files(directory)}
+    return atomic_write_text(directory / MANIFEST,
+                             json.dumps({**manifest, FILES: files}, indent=2, sort_keys=True) + "\n")
 
 
 def read_manifest(directory: Path) -> dict[str, Any] | None:
     path = directory / MANIFEST
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+@contextmanager
+def cache_entry(directory: Path, overwrite: bool = False) -> Iterator[dict[str, Any] | None]:
+    """Hold the entry's lock and yield its verified manifest, or None when it must be computed.
+
+    Jobs sharing a cache_dir (a parallel sweep, cluster jobs on a shared disk) compute an entry once:
+    the others wait on the lock, then reuse it. Compute and write the entry inside the block."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{directory}.lock"):
+        yield None if overwrite else verified_manifest(directory)
+
+
+def verified_manifest(directory: Path) -> dict[str, Any] | None:
+    """The manifest of a finished entry whose files match it; None when there is no finished entry.
+
+    An entry that does not match is moved aside (`<entry>.corrupt-<time>`) with one warning naming
+    the file. A manifest from before per-file hashes gets them once (see `_upgrade`)."""
+    path = directory / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        problem = None if isinstance(manifest, dict) else f"{path} is not a manifest"
+    except (ValueError, UnicodeDecodeError):
+        manifest, problem = None, f"{path} is not valid JSON"
+    if problem is None and FILES in manifest and not isinstance(manifest[FILES], dict):
+        problem = f"{path} has no table of files"
+    if problem is None:
+        problem = entry_problem(directory, manifest) if FILES in manifest else _upgrade(directory, manifest)
+    if problem is None:
+        return read_manifest(directory)
+    moved = set_aside(directory)
+    log.warning("cache entry %s: %s; moved it aside to %s and computing it again", directory, problem, moved.name)
+    return None
+
+
+def entry_problem(directory: Path, manifest: dict[str, Any]) -> str | None:
+    """What differs between the entry's files and its manifest (the first file found), or None.
+
+    Sizes, missing and added files are checked before any byte is hashed."""
+    listed: dict[str, dict[str, Any]] = manifest[FILES]
+    for name, facts in sorted(listed.items()):
+        path = directory / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if path.stat().st_size != facts["bytes"]:
+            return f"{path} has {path.stat().st_size} bytes where its manifest says {facts['bytes']} (cut or edited)"
+    # Hidden files (editor swap files, .DS_Store) are not part of any entry.
+    added = [path for path in _entry_files(directory) if _relative(path, directory) not in listed
+             and not any(part.startswith(".") for part in path.relative_to(directory).parts)]
+    if added:
+        return f"{added[0]} is not in its manifest (added after the entry was written)"
+    for name, facts in sorted(listed.items()):
+        if sha256_file(directory / name) != facts["sha256"]:
+            return f"{directory / name} does not match its sha256 in the manifest (edited)"
+    return None
+
+
+def _upgrade(directory: Path, manifest: dict[str, Any]) -> str | None:
+    """An entry written before manifests listed files: checked against its content hash when it has one
+    (checkpoints), then given per-file hashes; other entries cannot be checked and are trusted once."""
+    if "content_hash" in manifest and hash_directory(directory) != manifest["content_hash"]:
+        return f"its files do not match the content_hash {manifest['content_hash']} of its manifest"
+    log.info("cache entry %s predates per-file hashes: recording its files' sizes and sha256 now", directory)
+    write_manifest(directory, manifest)
+    return None
+
+
+def set_aside(directory: Path) -> Path:
+    """Rename a damaged entry out of the cache's way, keeping it for inspection."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    moved = directory.with_name(f"{directory.name}.corrupt-{stamp}-{secrets.token_hex(2)}")
+    os.replace(directory, moved)
+    return moved
+
+
+def sha256_file(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _entry_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*") if p.is_file() and p.relative_to(directory) != Path(MANIFEST))
+
+
+def _relative(path: Path, directory: Path) -> str:
+    return path.relative_to(directory).as_posix()
 
 
 def library_versions(*names: str) -> dict[str, str]:

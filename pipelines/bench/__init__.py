@@ -27,7 +27,7 @@ from pipelines.models import load_tokenizer
 from pipelines.records import BenchResult, LoadLevel, ServedModel, Variant, load_record, save_record
 from pipelines.registry import BENCH_ENGINES, resolve
 from pipelines.serve import engine_identity
-from pipelines.storage import atomic_directory, library_versions, read_manifest, stable_hash, write_manifest
+from pipelines.storage import atomic_directory, cache_entry, library_versions, stable_hash, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +43,16 @@ def run_benchmark(cfg: RunConfig, variant: Variant, served: ServedModel | None =
                           "run it with serve=vllm or serve=endpoint")
     versions = library_versions(*engine_class.libraries)
     out_dir = Path(cfg.cache_dir) / "bench" / f"{variant.name}-{bench_key(cfg, variant, versions, served)}"
-    if read_manifest(out_dir) and not cfg.overwrite:
-        log.info("reusing cached benchmark of %s at %s", variant.name, out_dir)
-        return dataclasses.replace(load_record(BenchResult, out_dir / RESULT_FILE), from_cache=True)
-    if engine_class.runs_levels:
-        result = _run_served(engine_class, cfg, variant, served, versions, out_dir)
-    else:
-        result = _run_in_process(engine_class, cfg, variant, versions)
-        _store(result, out_dir, cfg, variant)
+    # Verified before reuse (storage.cache_entry); concurrent jobs benchmark one variant once.
+    with cache_entry(out_dir, cfg.overwrite) as manifest:
+        if manifest is not None:
+            log.info("reusing cached benchmark of %s at %s", variant.name, out_dir)
+            return dataclasses.replace(load_record(BenchResult, out_dir / RESULT_FILE), from_cache=True)
+        if engine_class.runs_levels:
+            result = _run_served(engine_class, cfg, variant, served, versions, out_dir)
+        else:
+            result = _run_in_process(engine_class, cfg, variant, versions)
+            _store(result, out_dir, cfg, variant)
     log.info("benchmark of %s: knee %s; written to %s", variant.name,
              result.knee_load or result.knee_batch_size, out_dir)
     return result

@@ -7,7 +7,9 @@ EvalResult. Cached results live in `<cache_dir>/evals/<content hash>/<key>/`:
     items/<task>.jsonl       per-item records (format: pipelines/evaluate/items.py)
     reference_logprobs.safetensors   reference-text log-probs (format: pipelines/evaluate/reference.py)
     lm_eval_results.json     lm-eval's own aggregate output, for audit
-    quantgate-manifest.json  written last: a directory without it is incomplete and redone
+    quantgate-manifest.json  written last, with every file's size and sha256: a directory without
+                             it is incomplete and redone, one whose files differ from it is set
+                             aside and redone (pipelines/storage.py)
 
 What the key covers (everything that can change a result, nothing that cannot):
   - the suite: every file under the include path but READMEs (task YAMLs with their
@@ -35,8 +37,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
 from pipelines.config import EvalConfig, RunConfig
 from pipelines.evaluate.items import cluster_key_for, items_from_samples, primary_metric, write_items
 from pipelines.evaluate.reference import compute_reference_logprobs, reference_text
@@ -47,7 +47,7 @@ from pipelines.evaluate.suites import check_suites, resolve_include_path, task_m
 from pipelines.records import EvalResult, ServedModel, TaskResult, Variant, load_record, save_record
 from pipelines.registry import EVAL_RUNNERS, resolve
 from pipelines.serve import engine_identity
-from pipelines.storage import (atomic_directory, atomic_write_text, hash_files, library_versions, read_manifest,
+from pipelines.storage import (atomic_directory, atomic_write_text, cache_entry, hash_files, library_versions,
                                stable_hash, write_manifest)
 
 log = logging.getLogger(__name__)
@@ -83,8 +83,9 @@ def run_evaluate(cfg: RunConfig, variant: Variant, served: ServedModel | None = 
     directory = Path(cfg.cache_dir) / "evals" / variant.content_hash / stable_hash({"settings": settings,
                                                                                     "suite": suite})
     # Parallel sweep jobs (joblib launcher) share the base: one evaluates it, the others wait and reuse.
-    with FileLock(f"{directory}.lock"):
-        if not cfg.overwrite and read_manifest(directory) is not None:
+    # Every file of a cached evaluation is hashed before it is read (small next to evaluating).
+    with cache_entry(directory, cfg.overwrite) as manifest:
+        if manifest is not None:
             log.info("reusing cached evaluation of %s from %s", variant.name, directory)
             return load_cached(directory, variant.name)
         log.info("evaluating %s on %s", variant.name, ", ".join(cfg.eval.tasks))

@@ -10,10 +10,13 @@ rescoring its items. Layout, under
 `<cache_dir>/evals/<model content hash>/per-item-<key>/` (key: the eval settings that can change
 a result, as in pipelines/evaluate/__init__.py, but not eval.limit or the chunk size, and the
 suite's content hash):
-    items/<task>.jsonl      item records (pipelines/evaluate/items.py format), appended as
-                            chunks are scored
+    items/<task>.jsonl      item records (pipelines/evaluate/items.py format), rewritten whole
+                            (atomically) with each scored chunk added
     tasks.json              per task: version, output_type, metric, cluster_key
     reference_logprobs.safetensors   the reference-text pass (written once, when first needed)
+    quantgate-manifest.json every file's size and sha256, rewritten after each change; checked
+                            before each look reads the cache (a changed cache is set aside and
+                            rescored: pipelines/storage.py). A cache from before manifests gets one.
 
 Exercised by: pytest tests/test_sequential.py
 """
@@ -25,12 +28,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
 from pipelines.config import RunConfig
 from pipelines.evaluate.items import cluster_key_for, items_from_samples, primary_metric
 from pipelines.records import Variant
-from pipelines.storage import atomic_write_text, read_manifest, stable_hash
+from pipelines.storage import atomic_write_text, cache_entry, stable_hash, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class ItemScorer:
         self.cfg, self.variant, self.settings, self.include = cfg, variant, settings, include
         # A finished fixed-n evaluation of the whole suite with the same settings (run_evaluate's
         # cache directory): its items are this model's results too, and are read, not rescored.
-        self.full_run = full_run if full_run is not None and read_manifest(full_run) is not None else None
+        self.full_run = full_run if full_run is not None and _finished(full_run) else None
         self._lm = self._runner = self._manager = None
         self.scored = 0  # items this process scored (not read from the cache)
 
@@ -86,7 +87,8 @@ class ItemScorer:
 
     def score(self, wanted: dict[str, list[int]]) -> dict[str, dict[int, dict]]:
         """Records of every wanted document per task, scoring the missing ones in one lm-eval call."""
-        with FileLock(f"{self.directory}.lock"):  # parallel sweep jobs share the base's cache
+        with cache_entry(self.directory) as manifest:  # parallel sweep jobs share the base's cache
+            self._adopt(manifest)
             have = {task: self.cached(task) for task in wanted}
             missing = {task: sorted(set(ids) - set(have[task])) for task, ids in wanted.items()}
             missing = {task: ids for task, ids in missing.items() if ids}
@@ -102,18 +104,31 @@ class ItemScorer:
             output_type = results["configs"][task]["output_type"]
             cluster_key = cluster_key_for(results, task, dict(self.cfg.eval.cluster_keys))
             items = items_from_samples(samples, metric, filter_name, output_type, task, cluster_key)
-            lines = [json.dumps(item, ensure_ascii=False) for item in items]
-            path = self.directory / "items" / f"{task}.jsonl"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("a") as handle:  # whole lines under the lock: a crash loses at most this chunk
-                handle.write("".join(line + "\n" for line in lines))
+            self._add_lines(self.directory / "items" / f"{task}.jsonl", items)
             have[task].update({item["doc_id"]: item for item in items})
             meta[task] = {"version": str(results["versions"][task]), "output_type": output_type, "metric": metric,
                           "cluster_key": cluster_key}
             self.scored += len(items)
         atomic_write_text(self.directory / "tasks.json", json.dumps(meta, indent=2, sort_keys=True))
+        self._write_manifest()
         log.info("%s: scored %d new items (%s)", self.variant.name, sum(map(len, missing.values())),
                  ", ".join(f"{task} {len(ids)}" for task, ids in missing.items()))
+
+    @staticmethod
+    def _add_lines(path: Path, items: list[dict]) -> None:
+        """The file with `items` added, replaced whole: a crash leaves the old file, which its manifest matches."""
+        old = path.read_text() if path.is_file() else ""
+        old = old[:old.rfind("\n") + 1]  # a cut last line (appended by an older version) is scored again
+        atomic_write_text(path, old + "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items))
+
+    def _adopt(self, manifest: dict | None) -> None:
+        """A cache left without a manifest (older versions wrote none) gets one; a changed one was set aside."""
+        if manifest is None and self.directory.is_dir():
+            self._write_manifest()
+
+    def _write_manifest(self) -> None:
+        write_manifest(self.directory, {"stage": "evaluate", "per_item": True, "model": self.variant.name,
+                                        "model_hash": self.variant.content_hash})
 
     def runner(self):
         from pipelines.evaluate import _runner
@@ -144,18 +159,26 @@ class ItemScorer:
         if self.full_run is not None and (self.full_run / REFERENCE_FILE).is_file():
             return str(self.full_run / REFERENCE_FILE)
         path = self.directory / REFERENCE_FILE
-        with FileLock(f"{self.directory}.lock"):
+        with cache_entry(self.directory) as manifest:
+            self._adopt(manifest)
             if not path.is_file():
                 model, tokenizer = _reference_model(self.lm(), self.cfg, Path(self.variant.checkpoint_dir))
                 path.parent.mkdir(parents=True, exist_ok=True)
-                scratch = path.with_name(f"partial-{path.name}")
+                scratch = path.with_name(f".partial-{path.name}")  # hidden: never taken as part of the cache
                 compute_reference_logprobs(model, tokenizer, text, window=self.cfg.eval.reference_window,
                                            max_tokens=self.cfg.eval.reference_max_tokens,
                                            batch_size=self.cfg.eval.batch_size,
                                            add_bos_token=self.settings["add_bos_token"], out_path=scratch)
                 scratch.replace(path)
+                self._write_manifest()
         return str(path)
 
     def release(self) -> None:
         """Drop the loaded model (its memory) once this side has nothing more to score."""
         self._lm = None
+
+
+def _finished(directory: Path) -> bool:
+    """A finished fixed-n evaluation whose files match its manifest (else it is set aside)."""
+    with cache_entry(directory) as manifest:
+        return manifest is not None

@@ -4,7 +4,8 @@
 `<cache_dir>/variants/<model>/<quant name>-<key>`, keyed by the base fingerprint, the quant config,
 the calibration texts and the library versions, so a rerun or a resumed sweep reuses them
 (`overwrite=true` redoes them). A checkpoint is built in a scratch directory and renamed into place
-with its manifest written last: a killed run leaves nothing that looks finished.
+with its manifest (every file's size and sha256) written last: a killed run leaves nothing that
+looks finished, and a cached checkpoint whose files changed is set aside and built again.
 """
 
 from __future__ import annotations
@@ -56,11 +57,13 @@ def run_quantize(quant: QuantConfig, base: BaseModel, cache_dir: Path, seed: int
     versions = storage.library_versions(*resolve(QUANTIZERS, "quantization backend", quant.backend).libraries)
     key = variant_key(base, quant, calibration, versions, seed)
     out_dir = Path(cache_dir) / "variants" / base.name / f"{quant.name}-{key}"
-    manifest = storage.read_manifest(out_dir)
-    if manifest and not overwrite:
-        log.info("reusing cached variant at %s", out_dir)
-        return _variant(quant, base, out_dir, key, manifest, from_cache=True)
-    manifest = _build(quant, base, calibration, versions, key, out_dir, seed)
+    # Every file is hashed before a cached checkpoint is used (storage.cache_entry); a second job
+    # asking for the same checkpoint waits for the first to write it, then reuses it.
+    with storage.cache_entry(out_dir, overwrite) as manifest:
+        if manifest:
+            log.info("reusing cached variant at %s", out_dir)
+            return _variant(quant, base, out_dir, key, manifest, from_cache=True)
+        manifest = _build(quant, base, calibration, versions, key, out_dir, seed)
     return _variant(quant, base, out_dir, key, manifest, from_cache=False)
 
 

@@ -70,6 +70,11 @@ def run_variant(cfg: RunConfig, output_dir: Path | None = None, parent_run_id: s
         atomic_write_text(output_dir / INTERRUPTED,
                           f"interrupted during {interrupts.current_stage()}; run the same command to resume\n")
         raise
+    except UserError as error:
+        # The command stops with the error's one line; the run's folder still records what happened.
+        save_record(Outcome(variant_name=cfg.quant.name, model=cfg.model.name, output_dir=str(output_dir),
+                            error=f"invalid input: {error}", exit_code=error.exit_code), output_dir / "outcome.json")
+        raise
     return outcome
 
 

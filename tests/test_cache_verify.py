@@ -306,3 +306,78 @@ def test_a_damaged_benchmark_is_measured_again(bench_setup, caplog, damage):
     assert str(directory / "bench.json") in warning
     assert calls == ["fp8", "fp8"] and dataclasses.replace(again, from_cache=False) == clean
     assert load_record(BenchResult, directory / "bench.json") == clean
+
+
+# Per-item caches (sequential runs): rewritten whole on each chunk, checked before each look.
+
+class FakeRunner:
+    """lm-eval's results for the asked documents: every item right."""
+
+    def __init__(self, calls: list):
+        self.calls = calls
+
+    def evaluate(self, lm, manager, samples):
+        self.calls.append({task: list(ids) for task, ids in samples.items()})
+        return {"samples": {task: [{"doc_id": d, "filter": "none", "exact_match": 1.0, "filtered_resps": ["a"],
+                                    "target": "a", "doc": {}} for d in ids] for task, ids in samples.items()},
+                "configs": {task: {"output_type": "generate_until", "metric_list": [{"metric": "exact_match"}]}
+                            for task in samples},
+                "versions": {task: 1 for task in samples}}
+
+
+@pytest.fixture
+def scorer_setup(tmp_path, monkeypatch):
+    from pipelines.evaluate.item_cache import ItemScorer
+
+    calls: list[dict] = []
+    cfg = RunConfig(model=MODEL, eval=EvalConfig(name="t", tasks=["t"], include_path=None, reference_text=None),
+                    hardware=HARDWARE, cache_dir=str(tmp_path / "cache"))
+
+    def scorer() -> ItemScorer:
+        made = ItemScorer(cfg, model("base", "basehash"), {"tasks": ["t"]}, "suite", None)
+        monkeypatch.setattr(made, "runner", lambda: FakeRunner(calls))
+        monkeypatch.setattr(made, "lm", lambda: None)
+        monkeypatch.setattr(made, "manager", lambda: None)
+        return made
+    return scorer, calls
+
+
+def test_an_edited_per_item_cache_is_set_aside_and_rescored(scorer_setup, caplog):
+    scorer, calls = scorer_setup
+    first = scorer()
+    clean = first.score({"t": [0, 1, 2]})
+    first.score({"t": [3]})  # a second chunk rewrites the file and its manifest
+    path = first.directory / "items" / "t.jsonl"
+    all_wrong(path)
+    again = scorer().score({"t": [0, 1, 2]})
+    [warning] = warnings_of(caplog)
+    assert str(path) in warning
+    assert calls == [{"t": [0, 1, 2]}, {"t": [3]}, {"t": [0, 1, 2]}] and again == clean
+
+
+def test_a_per_item_cache_from_before_manifests_is_adopted(scorer_setup, caplog):
+    scorer, calls = scorer_setup
+    first = scorer()
+    first.score({"t": [0, 1]})
+    (first.directory / storage.MANIFEST).unlink()
+    scorer().score({"t": [0, 1]})
+    assert calls == [{"t": [0, 1]}] and warnings_of(caplog) == []
+    assert set(storage.read_manifest(first.directory)["files"]) == {"items/t.jsonl", "tasks.json"}
+
+
+def test_bad_input_found_mid_run_leaves_an_outcome_saying_so(tmp_path, monkeypatch):
+    import pipelines.models
+    import pipelines.pipeline as pipeline
+    from pipelines.errors import InputError
+
+    def unusable(cfg, variant):
+        raise InputError("per-item records x.jsonl are missing; re-run the evaluation with overwrite=true")
+
+    monkeypatch.setattr(pipelines.models, "resolve_base", lambda model_cfg: BaseModel("tiny", tmp_path, "f", {}))
+    monkeypatch.setattr(pipeline, "_quantize", lambda cfg, quant, base: model(quant.name, quant.name))
+    monkeypatch.setattr(pipeline, "_evaluate", unusable)
+    cfg = pipeline.compose_config(["bench=off", "tracking=off", f"cache_dir={tmp_path / 'cache'}"])
+    with pytest.raises(InputError):
+        pipeline.run_variant(cfg, tmp_path / "run", preflighted=True)
+    outcome = json.loads((tmp_path / "run" / "outcome.json").read_text())
+    assert outcome["exit_code"] == 2 and outcome["error"].startswith("invalid input: per-item records x.jsonl")

@@ -159,7 +159,7 @@ def verified_manifest(directory: Path) -> dict[str, Any] | None:
         problem = None if isinstance(manifest, dict) else f"{path} is not a manifest"
     except (ValueError, UnicodeDecodeError):
         manifest, problem = None, f"{path} is not valid JSON"
-    if problem is None and FILES in manifest and not isinstance(manifest[FILES], dict):
+    if problem is None and FILES in manifest and not _is_file_table(manifest[FILES]):
         problem = f"{path} has no table of files"
     if problem is None:
         problem = entry_problem(directory, manifest) if FILES in manifest else _upgrade(directory, manifest)
@@ -193,13 +193,48 @@ def entry_problem(directory: Path, manifest: dict[str, Any]) -> str | None:
     return None
 
 
+def _is_file_table(files: Any) -> bool:
+    return isinstance(files, dict) and all(isinstance(facts, dict) and {"bytes", "sha256"} <= facts.keys()
+                                           for facts in files.values())
+
+
 def _upgrade(directory: Path, manifest: dict[str, Any]) -> str | None:
     """An entry written before manifests listed files: checked against its content hash when it has one
-    (checkpoints), then given per-file hashes; other entries cannot be checked and are trusted once."""
+    (checkpoints), and every JSON, JSON-lines and safetensors file for being whole; then given the
+    per-file table. What a whole file says cannot be checked: it is trusted from now on."""
     if "content_hash" in manifest and hash_directory(directory) != manifest["content_hash"]:
         return f"the files of {directory} do not match the content_hash {manifest['content_hash']} of its manifest"
-    log.info("cache entry %s predates per-file hashes: recording its files' sizes and sha256 now", directory)
-    write_manifest(directory, manifest)
+    problem = next(filter(None, map(_unreadable, _entry_files(directory))), None)
+    if problem is None:
+        log.info("cache entry %s predates per-file hashes: recording its files' sizes and sha256 now", directory)
+        write_manifest(directory, manifest)
+    return problem
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why a file is not whole, judged by its format (a cut JSON or JSON line does not parse; a
+    safetensors file is 8 bytes + its header + the data its header places), or None."""
+    try:
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix == ".jsonl":
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    json.loads(line)
+        elif path.suffix == ".safetensors":
+            return _safetensors_problem(path)
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError, IndexError):
+        return f"{path} does not parse (cut or edited)"
+    return None
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    with path.open("rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(length))
+    data = max((entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"), default=0)
+    if path.stat().st_size != 8 + length + data:
+        return f"{path} has {path.stat().st_size} bytes where its header says {8 + length + data} (cut or edited)"
     return None
 
 

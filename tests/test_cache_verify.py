@@ -83,14 +83,36 @@ def test_hidden_files_are_not_part_of_an_entry(tmp_path, caplog):
     assert warnings_of(caplog) == []
 
 
-def test_an_entry_from_before_per_file_hashes_gets_them_once(tmp_path, caplog):
+def old_entry_with_reference(tmp_path: Path) -> Path:
+    """An entry as the previous version wrote it: a manifest without the table of files."""
+    import torch
+    from safetensors.torch import save_file
+
     directory = entry(tmp_path)
-    old = storage.read_manifest(directory)
-    del old["files"]
-    (directory / storage.MANIFEST).write_text(json.dumps(old))
+    save_file({"logprobs": torch.zeros(4, 8)}, str(directory / "reference.safetensors"))
+    (directory / storage.MANIFEST).write_text(json.dumps({"stage": "test"}))
+    return directory
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda d: cut(d / "result.json", 5), "result.json does not parse"),
+    (lambda d: cut(d / "items" / "t.jsonl", 12), "items/t.jsonl does not parse"),
+    (lambda d: cut(d / "reference.safetensors", 100), "reference.safetensors has 100 bytes where its header says"),
+], ids=["json-cut", "jsonl-cut-mid-line", "safetensors-cut"])
+def test_an_old_entry_with_a_cut_file_is_set_aside(tmp_path, caplog, damage, says):
+    directory = old_entry_with_reference(tmp_path)
+    damage(directory)
     with storage.cache_entry(directory) as manifest:
-        assert manifest["files"]["result.json"]["bytes"] == 13
-    assert warnings_of(caplog) == [] and "files" in storage.read_manifest(directory)
+        assert manifest is None
+    [warning] = warnings_of(caplog)
+    assert f"{directory}/{says}" in warning
+
+
+def test_an_old_whole_entry_is_adopted(tmp_path, caplog):
+    directory = old_entry_with_reference(tmp_path)
+    with storage.cache_entry(directory) as manifest:
+        assert set(manifest["files"]) == {"result.json", "items/t.jsonl", "reference.safetensors"}
+    assert warnings_of(caplog) == [] and storage.read_manifest(directory)["files"] == manifest["files"]
 
 
 def test_an_old_checkpoint_manifest_is_checked_against_its_content_hash(tmp_path, caplog):

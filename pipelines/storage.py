@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +142,16 @@ def cache_entry(directory: Path, overwrite: bool = False) -> Iterator[dict[str, 
     Jobs sharing a cache_dir (a parallel sweep, cluster jobs on a shared disk) compute an entry once:
     the others wait on the lock, then reuse it. Compute and write the entry inside the block."""
     directory.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{directory}.lock"):
+    lock = FileLock(f"{directory}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:  # say why nothing happens: on a cluster the other job may be on another machine
+        log.info("waiting for another job that is computing %s (lock %s)", directory, lock.lock_file)
+        lock.acquire()
+    try:
         yield None if overwrite else verified_manifest(directory)
+    finally:
+        lock.release()
 
 
 def verified_manifest(directory: Path) -> dict[str, Any] | None:

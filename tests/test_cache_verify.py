@@ -177,10 +177,11 @@ def test_a_damaged_checkpoint_is_rebuilt_to_the_clean_one(quantize_setup, caplog
     assert quantize().from_cache and len(calls) == 2
 
 
-def test_the_same_quantization_asked_for_twice_at_once_is_done_once(tmp_path, monkeypatch):
+def test_the_same_quantization_asked_for_twice_at_once_is_done_once(tmp_path, monkeypatch, caplog):
     from pipelines.quantize import run_quantize
     from pipelines.quantize.llmcompressor_backend import LLMCompressorQuantizer
 
+    caplog.set_level(logging.INFO, logger=storage.__name__)
     second_waiting, calls = threading.Event(), []
     monkeypatch.setattr(LLMCompressorQuantizer, "quantize", fake_checkpoint(calls, second_waiting))
 
@@ -210,6 +211,8 @@ def test_the_same_quantization_asked_for_twice_at_once_is_done_once(tmp_path, mo
     assert calls == ["first"]
     assert not results["first"].from_cache and results["second"].from_cache
     assert results["second"].content_hash == results["first"].content_hash
+    waits = [r for r in caplog.records if r.getMessage().startswith("waiting for another job")]
+    assert [r.threadName for r in waits] == ["second"]
 
 
 def model(name: str, content_hash: str) -> Variant:

@@ -19,10 +19,11 @@ Run by `python -m pipelines.run`; checked by `pytest tests/test_bench.py -k cost
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 
-from pipelines.config import BenchConfig, HardwareConfig, group_choices, load_group_config
+from pipelines.config import BenchConfig, HardwareConfig, PriceConfig, RunConfig, group_choices, load_group_config
 from pipelines.errors import ConfigError
 from pipelines.records import BenchResult, CostEstimate, CostResult
 from pipelines.registry import did_you_mean
@@ -139,6 +140,16 @@ def load_hardware(name: str) -> HardwareConfig:
     if name not in names:
         raise ConfigError(did_you_mean("hardware in hardware.project_to", name, names))
     return load_group_config("hardware", name)
+
+
+def scaled_hardware(cfg: RunConfig, gpus: int) -> HardwareConfig:
+    """`gpus` of the configured hardware as one roofline device: ideal tensor parallelism, the price times gpus."""
+    hw, n = cfg.hardware, max(gpus, 1)
+    price = PriceConfig(**{tier: (value * n if value is not None else None)
+                           for tier, value in dataclasses.asdict(hw.price_per_hour).items()})
+    return dataclasses.replace(hw, memory_bandwidth_gb_s=hw.memory_bandwidth_gb_s * n, memory_gb=hw.memory_gb * n,
+                               peak_dense_tflops={k: v * n for k, v in hw.peak_dense_tflops.items()},
+                               price_per_hour=price)
 
 
 def _largest_fitting_batch(shape: ModelShape, hardware: HardwareConfig, bench_cfg: BenchConfig) -> int | None:

@@ -27,7 +27,7 @@ import math
 import numpy as np
 
 from pipelines.errors import InputError
-from pipelines.evaluate.items import read_items
+from pipelines.evaluate.items import choice_divergence, read_items
 from pipelines.intervals import Interval, paired_binary_interval, rate_interval, studentized_bootstrap
 from pipelines.evaluate.reference import iter_window_logprobs, read_token_ids
 from pipelines.records import Divergence, EvalResult, Fidelity, TaskFidelity, TaskResult
@@ -192,21 +192,6 @@ def mcnemar_p_value(reference_correct: np.ndarray, variant_correct: np.ndarray) 
     table = [[int(np.sum(reference_correct & variant_correct)), int(np.sum(reference_correct & ~variant_correct))],
              [int(np.sum(~reference_correct & variant_correct)), int(np.sum(~reference_correct & ~variant_correct))]]
     return float(mcnemar(table, exact=True).pvalue)
-
-
-def choice_divergence(reference_ll: list[list[float]], variant_ll: list[list[float]]) -> tuple[np.ndarray, float]:
-    """Per-item KL(reference || variant) of the softmaxed choice log-likelihoods, and argmax agreement."""
-    from scipy.special import softmax
-    from scipy.stats import entropy
-
-    kl, agree = [], []
-    for ref, var in zip(reference_ll, variant_ll):
-        if len(ref) != len(var):
-            raise InputError(f"an item has {len(ref)} choices in one evaluation and {len(var)} in the other")
-        p, q = softmax(np.asarray(ref, dtype=float)), softmax(np.asarray(var, dtype=float))
-        kl.append(float(entropy(p, q)))
-        agree.append(int(np.argmax(ref)) == int(np.argmax(var)))
-    return np.asarray(kl), float(np.mean(agree))
 
 
 def reference_divergence(reference_path: str, variant_path: str, confidence: float = 0.95,

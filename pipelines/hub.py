@@ -14,12 +14,18 @@ import shutil
 from pathlib import Path
 
 from pipelines.config import ModelConfig
+from pipelines.embedded import is_embedded
 from pipelines.errors import InputError
 
 log = logging.getLogger(__name__)
 
 PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]
 GB = 1e9
+
+
+def is_hub_id(source: str) -> bool:
+    """A model.source that names a hub repository: not the embedded model, not an absolute or ./ path."""
+    return not is_embedded(source) and not (Path(source).expanduser().is_absolute() or source.startswith("."))
 
 
 def allow_patterns(model: ModelConfig) -> list[str]:
@@ -116,8 +122,6 @@ def download(model: ModelConfig) -> Path:
 
 def check_access_and_room(model: ModelConfig, cache_dir: Path, variant_bytes: float, variant: str) -> None:
     """Preflight: the hub lets this token read the model, and the disks hold its download and the variant."""
-    from pipelines.models import is_hub_id
-
     download = 0
     if is_hub_id(model.source) and not offline():
         check_access(model)

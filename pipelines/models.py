@@ -18,6 +18,7 @@ from typing import Any
 
 from pipelines.config import ModelConfig
 from pipelines.errors import InputError
+from pipelines.hub import download, is_hub_id
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class BaseModel:
 
 def resolve_base(model: ModelConfig) -> BaseModel:
     """Find the base model's files locally (downloading from the hub only for a hub id)."""
-    path = local_model_directory(model) if not is_hub_id(model.source) else _download(model)
+    path = local_model_directory(model) if not is_hub_id(model.source) else download(model)
     config = read_model_config(path, model)
     return BaseModel(name=model.name, path=path, fingerprint=fingerprint_directory(path), config=config)
 
@@ -62,12 +63,6 @@ def local_model_directory(model: ModelConfig) -> Path:
     if not candidate.is_dir():
         raise InputError(f"model.source={model.source} does not exist; give a model directory or a hub id")
     return candidate.resolve()
-
-
-def _download(model: ModelConfig) -> Path:
-    from pipelines.hub import download
-
-    return download(model)
 
 
 def check_model_directory(path: Path, allow_pickle: bool = False) -> None:
@@ -205,12 +200,6 @@ def load_tokenizer(path: Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-
-
-def is_hub_id(source: str) -> bool:
-    from pipelines.embedded import is_embedded
-
-    return not is_embedded(source) and not (Path(source).expanduser().is_absolute() or source.startswith("."))
 
 
 def offline_environment(model: ModelConfig) -> None:

@@ -26,6 +26,7 @@ from pipelines.records import (BenchResult, CostResult, EvalResult, Fidelity, Ou
 from pipelines.serve import is_served, sigterm_as_interrupt
 from pipelines.stage_log import StageLog
 from pipelines.storage import atomic_write_text
+from pipelines.track import resolved_config
 
 log = logging.getLogger(__name__)
 
@@ -205,13 +206,6 @@ def _gate(cfg: RunConfig, fidelity: Fidelity, bench: BenchResult | None, base_be
     from pipelines.gate import decide
 
     return decide(cfg.gate, fidelity, cost=cost, base_cost=base_cost, bench=bench, base_bench=base_bench)
-
-
-def resolved_config(cfg: RunConfig) -> dict[str, Any]:
-    """The run's full config with secrets redacted: what is logged and written next to results."""
-    from pipelines.track.keys import redact_config
-
-    return redact_config(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True))
 
 
 def _track(cfg: RunConfig, outcome: Outcome, parent_run_id: str | None) -> None:

@@ -10,15 +10,14 @@ plan that cannot fit, before any output is created.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines import plan_eval
-from pipelines.config import PriceConfig, RunConfig
-from pipelines.cost import decode_step_bound_s, prefill_bound_s, projected_estimate
+from pipelines.config import RunConfig
+from pipelines.cost import decode_step_bound_s, prefill_bound_s, projected_estimate, scaled_hardware
 from pipelines.embedded import is_embedded
 from pipelines.errors import ConfigError, InputError
 from pipelines.plan_eval import EvalEstimate
@@ -149,16 +148,6 @@ def _inprocess_problem(plan: Plan, need: float) -> str:
             f"({plan.cfg.hardware.memory_gb:g} GB) but it needs ~{need:.0f} GB: use {fix}")
 
 
-def scaled_hardware(cfg: RunConfig, gpus: int):
-    """`gpus` of the configured hardware as one roofline device: ideal tensor parallelism, the price times gpus."""
-    hw, n = cfg.hardware, max(gpus, 1)
-    price = PriceConfig(**{tier: (value * n if value is not None else None)
-                           for tier, value in dataclasses.asdict(hw.price_per_hour).items()})
-    return dataclasses.replace(hw, memory_bandwidth_gb_s=hw.memory_bandwidth_gb_s * n, memory_gb=hw.memory_gb * n,
-                               peak_dense_tflops={k: v * n for k, v in hw.peak_dense_tflops.items()},
-                               price_per_hour=price)
-
-
 def _stages(plan: Plan) -> list[Stage]:
     cfg, size = plan.cfg, plan.size
     gpus = plan.serve_gpus
@@ -239,16 +228,6 @@ def duration(seconds: float | None) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
-
-
-def print_plans(configs: list[RunConfig]) -> int:
-    """plan=true: print each configuration's plan; exit code 2 when one does not fit, else 0."""
-    from pipelines.plan_report import render
-
-    plans = [build_plan(cfg, count_items=True) for cfg in configs]
-    for plan in plans:
-        print(render(plan))
-    return 2 if any(plan.problems for plan in plans) else 0
 
 
 def check_plan(cfg: RunConfig) -> None:

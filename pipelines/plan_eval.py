@@ -20,7 +20,7 @@ import numpy as np
 
 from pipelines.config import GateConfig, RunConfig, TaskSize
 from pipelines.confidence_sequence import BettingConfidenceSequence
-from pipelines.cost import decode_step_bound_s, prefill_bound_s
+from pipelines.cost import decode_step_bound_s, prefill_bound_s, scaled_hardware
 from pipelines.evaluate.sequential import KL_CLIP_FACTOR, looks_alpha
 from pipelines.sizing import roofline_shape
 
@@ -89,8 +89,6 @@ def estimate(plan, suites: list[tuple[str, int]]) -> EvalEstimate:
 
 
 def _hardware(plan):
-    from pipelines.plan import scaled_hardware  # plan.py imports this module
-
     return scaled_hardware(plan.cfg, plan.serve_gpus)
 
 

@@ -5,8 +5,9 @@
 
 from __future__ import annotations
 
-from pipelines.cost import price_per_hour
-from pipelines.plan import Plan, duration, scaled_hardware
+from pipelines.config import RunConfig
+from pipelines.cost import price_per_hour, scaled_hardware
+from pipelines.plan import Plan, build_plan, duration
 from pipelines.sizing import GB, SERVE_OVERHEAD_GB, kv_tokens, serve_gb_per_gpu
 
 
@@ -46,6 +47,14 @@ def render(plan: Plan) -> str:
     lines += [f"  warning    {warning}" for warning in plan.warnings]
     lines.append(f"  verdict    {'DOES NOT FIT: ' + plan.problems[0] if plan.problems else 'fits'}")
     return "\n".join(lines)
+
+
+def print_plans(configs: list[RunConfig]) -> int:
+    """plan=true: print each configuration's plan; exit code 2 when one does not fit, else 0."""
+    plans = [build_plan(cfg, count_items=True) for cfg in configs]
+    for plan in plans:
+        print(render(plan))
+    return 2 if any(plan.problems for plan in plans) else 0
 
 
 def _split(cfg, task: str) -> str:

@@ -68,7 +68,7 @@ def _run(argv: list[str]) -> int:
         interrupts.entering("preflight")
         configs, single_run = compose_command(argv)  # each config composed once, here
         if configs[0].plan:  # plan=true: print what the run would need, then stop before any work
-            from pipelines.plan import print_plans
+            from pipelines.plan_report import print_plans
 
             sys.exit(print_plans(configs))
         sweep.preflight_all(configs)

@@ -15,7 +15,7 @@ from pipelines.config import RunConfig
 from pipelines.errors import UserError
 from pipelines.champion import choose
 from pipelines.records import ChampionDecision, Outcome, load_record, save_record
-from pipelines.track import Tracker, make_tracker
+from pipelines.track import Tracker, make_tracker, resolved_config
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,6 @@ def start(configs: list[RunConfig]) -> None:
     os.environ[SWEEP_DIR_ENV] = str(directory)
     tracker = make_tracker(cfg.tracking)
     if tracker is not None:
-        from pipelines.pipeline import resolved_config
-
         os.environ[PARENT_ENV] = tracker.start_sweep(name, resolved_config(cfg))
     log.info("sweep %s: %d variants; outcomes in %s", name, len(configs), directory)
 

@@ -175,7 +175,7 @@ def test_endpoint_checks_urls_and_key_and_never_exposes_the_key(tmp_path, fake_e
         with make_server(cfg).serve(variant(tmp_path), "variant", tmp_path) as served:
             assert (served.model, served.engine, served.engine_version) == ("m", "endpoint", "0.0-fake")
             assert secret not in repr(served)
-        from pipelines.pipeline import resolved_config
+        from pipelines.track import resolved_config
 
         assert secret not in repr(resolved_config(cfg))
     finally:

@@ -36,6 +36,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pipelines.errors import InputError
 from pipelines.storage import atomic_write_text
 
@@ -156,3 +158,21 @@ def read_items(path: str | Path) -> list[dict[str, Any]]:
         if missing:
             raise InputError(f"{path} is not a per-item record file (missing {sorted(missing)}); re-run the evaluation")
     return items
+
+
+def choice_divergence(reference_ll: list[list[float]], variant_ll: list[list[float]]) -> tuple[np.ndarray, float]:
+    """Per-item KL(reference || variant) of the softmaxed choice log-likelihoods, and argmax agreement.
+
+    Here, beside the record format, because the sequential monitor (pipelines/evaluate/sequential.py)
+    and the fidelity stage (pipelines/fidelity.py) both compute it from the items' choice_loglikelihoods."""
+    from scipy.special import softmax
+    from scipy.stats import entropy
+
+    kl, agree = [], []
+    for ref, var in zip(reference_ll, variant_ll):
+        if len(ref) != len(var):
+            raise InputError(f"an item has {len(ref)} choices in one evaluation and {len(var)} in the other")
+        p, q = softmax(np.asarray(ref, dtype=float)), softmax(np.asarray(var, dtype=float))
+        kl.append(float(entropy(p, q)))
+        agree.append(int(np.argmax(ref)) == int(np.argmax(var)))
+    return np.asarray(kl), float(np.mean(agree))

@@ -41,6 +41,7 @@ from pipelines.config import RunConfig
 from pipelines.confidence_sequence import METHOD, BettingConfidenceSequence, paired_to_unit, unit_to_drop
 from pipelines.errors import ConfigError, InputError
 from pipelines.evaluate.item_cache import ItemScorer
+from pipelines.evaluate.items import choice_divergence
 from pipelines.records import EvalResult, SequentialTask, TaskResult, Variant, save_record
 from pipelines.storage import stable_hash, write_manifest
 
@@ -137,8 +138,6 @@ class TaskMonitor:
             if "flip_rate" in values:
                 values["flip_rate"].append(float(np.mean(b != v)))
             if "kl" in values:
-                from pipelines.fidelity import choice_divergence
-
                 kl, _ = choice_divergence([i["choice_loglikelihoods"] for i in base],
                                           [i["choice_loglikelihoods"] for i in variant])
                 values["kl"].append(float(np.mean(np.minimum(kl, self.kl_clip))) / self.kl_clip)

@@ -18,9 +18,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from pipelines.config import TrackingConfig
+from omegaconf import OmegaConf
+
+from pipelines.config import RunConfig, TrackingConfig
 from pipelines.records import ChampionDecision, Contender, Outcome
 from pipelines.registry import TRACKERS, resolve
+from pipelines.track.keys import redact_config
 
 
 class Tracker(Protocol):
@@ -66,6 +69,11 @@ def make_tracker(tracking: TrackingConfig) -> Tracker | None:
     if not tracking.enabled:
         return None
     return resolve(TRACKERS, "tracker", tracking.backend)(tracking)
+
+
+def resolved_config(cfg: RunConfig) -> dict[str, Any]:
+    """The run's full config with secrets redacted: what is logged and written next to results."""
+    return redact_config(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True))
 
 
 def check_reachable(tracking: TrackingConfig) -> None:

@@ -21,9 +21,10 @@ from pipelines.cost import decode_step_bound_s, prefill_bound_s, projected_estim
 from pipelines.embedded import is_embedded
 from pipelines.errors import ConfigError, InputError
 from pipelines.plan_eval import EvalEstimate
+from pipelines.quantize.schemes import HESSIAN_METHODS, uses_calibration
 from pipelines.sizing import (GB, ModelSize, kv_tokens, model_size, quantize_memory, read_config_json,
-                              roofline_shape, serve_gb_per_gpu, smallest_tensor_parallel, uses_calibration,
-                              valid_tensor_parallel, variant_bytes)
+                              roofline_shape, serve_gb_per_gpu, smallest_tensor_parallel, valid_tensor_parallel,
+                              variant_bytes)
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ def _quantize_seconds(plan: Plan) -> float:
     tokens = cfg.quant.calibration.num_samples * cfg.quant.calibration.max_seq_length if uses_calibration(cfg.quant) else 0
     passes = CALIBRATION_PASSES.get(cfg.quant.method, 2)
     seconds = passes * 2 * size.params * tokens / flops + plan.base_bytes / (hw.memory_bandwidth_gb_s * 1e9)
-    if cfg.quant.method in {"gptq", "smoothquant_gptq"}:
+    if cfg.quant.method in HESSIAN_METHODS:
         widths = [size.hidden] * 5 + [size.heads * size.head_dim, size.intermediate]
         seconds += size.layers * sum(2 * tokens * w * w for w in widths) / flops
     disk = plan.base_bytes / (ASSUMED_DISK_READ_MB_S * 1e6) + plan.variant_bytes / (ASSUMED_DISK_WRITE_MB_S * 1e6)

@@ -62,6 +62,7 @@ def _check_with_libraries(cfg: RunConfig, base_config: dict | None) -> None:
     from pipelines.evaluate import check_evaluate
     from pipelines.models import local_model_directory
     from pipelines.quantize.calibration import load_calibration
+    from pipelines.quantize.schemes import uses_calibration
 
     if cfg.bench.enabled:
         from pipelines.bench import check_bench
@@ -70,7 +71,7 @@ def _check_with_libraries(cfg: RunConfig, base_config: dict | None) -> None:
     if base_config is not None:
         _check_causal_lm_once(local_model_directory(cfg.model), json.dumps(base_config, sort_keys=True),
                               cfg.model.trust_remote_code)
-    if cfg.quant.needs_calibration:
+    if uses_calibration(cfg.quant):
         load_calibration(cfg.quant.calibration)
     check_evaluate(cfg.eval)  # eval.params, and every suite (pipelines/evaluate/suites.py)
 

@@ -1,7 +1,7 @@
 """How big a model and its variant are, and how much memory each stage needs: from config.json alone.
 
 No weights are read: parameters are counted from the config, bytes per parameter follow the
-quantization scheme, and memory per stage follows how the stage runs (llm-compressor's sequential
+quantization scheme (pipelines/quantize/schemes.py), and memory per stage follows how the stage runs (llm-compressor's sequential
 onloading, vLLM's weights + KV cache per GPU). Every number is an estimate; `pipelines/plan.py`
 prints them and refuses what cannot fit.
 A written checkpoint's `ModelShape` (the roofline cost model's input, `read_model_shape`) is counted
@@ -15,20 +15,18 @@ and `pytest tests/test_bench.py -k shape`.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipelines.config import ModelConfig, QuantConfig, RunConfig
 from pipelines.errors import InputError
+from pipelines.quantize.schemes import HESSIAN_METHODS, compute_dtype, uses_calibration, weight_format
 
 GB = 1e9
 # vLLM's memory besides weights and KV cache on each GPU (activations, CUDA graphs, NCCL buffers): an assumption.
 SERVE_OVERHEAD_GB = 2.0
 TENSOR_PARALLEL_CHOICES = (1, 2, 4, 8)
-# Methods whose llm-compressor modifier keeps a float32 Hessian per Linear input on the GPU.
-HESSIAN_METHODS = {"gptq", "smoothquant_gptq"}
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float8": 1, "int8": 1}
 CONFIG_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
 
@@ -118,55 +116,21 @@ def model_size(config: dict[str, Any], model: ModelConfig) -> ModelSize:
                      dtype=dtype if dtype in DTYPE_BYTES else "bfloat16")
 
 
-def weight_format(scheme: str | None, base_dtype: str) -> tuple[float, int | None, float]:
-    """(bits per weight, group size, bytes per group scale) of a compressed-tensors preset."""
-    from pipelines.quantize.llmcompressor_backend import PRESET_GROUP_SIZES
-
-    name = (scheme or "").upper()
-    group = PRESET_GROUP_SIZES.get(name)
-    if name.startswith("NVFP4"):
-        return 4, group, 1.0  # FP8 scale per 16 weights
-    if name.startswith("MX"):
-        return (4 if name.startswith("MXFP4") else 8), group, 1.0  # E8M0 scale per 32
-    if name.startswith(("FP8", "INT8")):
-        return 8, None, 0.0
-    match = re.match(r"W(\d+)A", name)
-    if match:
-        return int(match.group(1)), group, 2.0  # bfloat16 scale per group
-    return 8 * DTYPE_BYTES[base_dtype], None, 0.0
-
-
 def variant_bytes(size: ModelSize, quant: QuantConfig) -> float:
     """Bytes of the variant's weights: quantized Linear layers, the rest (embeddings, norms) in the base dtype."""
     if quant.method == "none":
         return size.base_bytes
-    bits, group, scale_bytes = weight_format(quant.scheme, size.dtype)
+    bits, group, scale_bytes = weight_format(quant.scheme, 8 * DTYPE_BYTES[size.dtype])
     group = quant.group_size or group
     quantized = size.linear_params + (size.lm_head_params if "lm_head" not in quant.ignore else 0.0)
     scales = quantized / group * scale_bytes if group else 0.0
     return quantized * bits / 8 + scales + (size.params - quantized) * DTYPE_BYTES[size.dtype]
 
 
-def compute_dtype(scheme: str | None, base_dtype: str) -> str:
-    """Matmul dtype: 8-bit activations run float8 / int8 kernels, weight-only schemes the base dtype."""
-    name = (scheme or "").upper()
-    if name.startswith("FP8") or name.endswith("AFP8"):
-        return "float8"
-    if name in {"W8A8", "INT8", "W4A8"}:
-        return "int8"
-    return base_dtype
-
-
 def roofline_shape(size: ModelSize, weight_bytes: float, scheme: str | None) -> ModelShape:
     """The cost model's view of a checkpoint that does not exist yet."""
     return ModelShape(params=size.params, layers=size.layers, kv_heads=size.kv_heads, head_dim=size.head_dim,
                       weight_bytes=int(weight_bytes), dtype=size.dtype, compute_dtype=compute_dtype(scheme, size.dtype))
-
-
-def uses_calibration(quant: QuantConfig) -> bool:
-    from pipelines.quantize.compat import CALIBRATED_METHODS
-
-    return quant.method != "none" and (quant.needs_calibration or quant.method in CALIBRATED_METHODS)
 
 
 def quantize_memory(size: ModelSize, cfg: RunConfig) -> tuple[float, float]:

@@ -21,7 +21,7 @@ from pipelines.models import BaseModel, load_causal_lm
 from pipelines.quantize import run_quantize, variant_key
 from pipelines.quantize.calibration import load_calibration
 from pipelines.quantize.compat import check_backend, check_quant_compatible
-from pipelines.quantize.llmcompressor_backend import PRESET_GROUP_SIZES
+from pipelines.quantize.schemes import PRESET_GROUP_SIZES
 from pipelines.registry import QUANTIZERS, resolve
 from pipelines.storage import read_manifest
 

@@ -21,7 +21,7 @@ from pipelines import storage
 from pipelines.config import QuantConfig
 from pipelines.models import BaseModel
 from pipelines.quantize.calibration import load_calibration
-from pipelines.quantize.compat import CALIBRATED_METHODS
+from pipelines.quantize.schemes import uses_calibration
 from pipelines.records import Variant
 from pipelines.registry import QUANTIZERS, resolve
 
@@ -65,10 +65,6 @@ def run_quantize(quant: QuantConfig, base: BaseModel, cache_dir: Path, seed: int
             return _variant(quant, base, out_dir, key, manifest, from_cache=True)
         manifest = _build(quant, base, calibration, versions, key, out_dir, seed)
     return _variant(quant, base, out_dir, key, manifest, from_cache=False)
-
-
-def uses_calibration(quant: QuantConfig) -> bool:
-    return quant.needs_calibration or quant.method in CALIBRATED_METHODS
 
 
 def variant_key(base: BaseModel, quant: QuantConfig, calibration: list[str], versions: dict[str, str],

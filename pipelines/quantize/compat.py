@@ -3,8 +3,8 @@
 Called once per config by preflight (`check_quant_compatible`, which runs `check_backend`), so
 `python -m pipelines.run quant=gptq quant.backend=autogptq` fails in milliseconds with one line
 instead of minutes into a run; `run_quantize` trusts a config that passed. What a backend can write
-(e.g. the compressed-tensors presets) is its own knowledge: the `Quantizer` protocol's `check(quant)`
-and `check_compatible(model_config, quant)`, which these functions call.
+is its own knowledge: the `Quantizer` protocol's `check(quant)` and `check_compatible(model_config,
+quant)`, which these functions call; the facts about schemes they check are in schemes.py.
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ from typing import Any
 from pipelines.config import QuantConfig
 from pipelines.errors import ConfigError
 from pipelines.quantize.legacy import LEGACY_BACKENDS, legacy_backend_error
+from pipelines.quantize.schemes import METHODS, group_size
 from pipelines.registry import QUANTIZERS, did_you_mean, resolve
 
 # "none" is handled by run_quantize itself (the base is the variant), so it has no registry line.
 BACKENDS = ["none", *QUANTIZERS]
-METHODS = ["none", "rtn", "gptq", "awq", "smoothquant_gptq"]
-CALIBRATED_METHODS = {"gptq", "awq", "smoothquant_gptq"}
 
 
 def check_backend(quant: QuantConfig) -> None:
@@ -44,6 +43,13 @@ def check_quant_compatible(model_config: dict[str, Any], quant: QuantConfig) -> 
     if quant.method == "none":
         return
     resolve(QUANTIZERS, "quantization backend", quant.backend).check_compatible(model_config, quant)
+
+
+def check_groups_fit(model_config: dict[str, Any], quant: QuantConfig) -> None:
+    """The scheme's (or quant.group_size's) groups fit the model's Linear input widths."""
+    group = group_size(quant)
+    if group is not None:
+        check_group_divides(model_config, group)
 
 
 def check_group_divides(model_config: dict[str, Any], group: int) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,15 +24,13 @@ from typing import Any, Iterator
 from pipelines.config import QuantConfig
 from pipelines.errors import ConfigError
 from pipelines.models import BaseModel, load_tokenizer
-from pipelines.quantize.llmcompressor_backend import LLMCompressorQuantizer
+from pipelines.quantize.compat import check_groups_fit
+from pipelines.quantize.schemes import WEIGHT_ONLY_GROUP_SIZE, check_scheme, weight_only_int
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install -e '.[gptqmodel]'"
 METHODS = ("gptq", "awq")
-# Weight-only integer schemes, the only kind GPTQModel's GPTQ/AWQ paths write.
-SCHEME_PATTERN = re.compile(r"^W([2-8])A16(_ASYM)?$")
-DEFAULT_GROUP_SIZE = 128
 
 
 class GPTQModelQuantizer:
@@ -44,14 +41,14 @@ class GPTQModelQuantizer:
         """Preflight: the package is installed and GPTQModel can write this scheme.
 
         Its W<n>A16 schemes are the compressed-tensors presets of the same name (same default group
-        size): the preset knowledge is the llm-compressor backend's, reached through the protocol."""
+        size), checked as every preset is (pipelines/quantize/schemes.py)."""
         require_gptqmodel()
         gptqmodel_settings(quant)
-        LLMCompressorQuantizer.check(quant)
+        check_scheme(quant)
 
     @staticmethod
     def check_compatible(model_config: dict[str, Any], quant: QuantConfig) -> None:
-        LLMCompressorQuantizer.check_compatible(model_config, quant)
+        check_groups_fit(model_config, quant)
 
     def quantize(self, base: BaseModel, quant: QuantConfig, calibration: list[str], out_dir: Path,
                  seed: int) -> None:
@@ -87,8 +84,9 @@ def gptqmodel_settings(quant: QuantConfig) -> dict[str, Any]:
     if quant.method not in METHODS:
         raise ConfigError(f"quant.method={quant.method} is not available with quant.backend=gptqmodel; "
                           "use gptq or awq (or quant.backend=llmcompressor)")
-    match = SCHEME_PATTERN.match((quant.scheme or "").upper())
-    if not match:
+    # Weight-only integer schemes are the only kind GPTQModel's GPTQ/AWQ paths write.
+    weight_only = weight_only_int(quant.scheme)
+    if not weight_only:
         raise ConfigError(f"quant.scheme={quant.scheme} is not a weight-only scheme GPTQModel writes; "
                           "use W4A16 (or W<n>A16 / W<n>A16_ASYM, n in 2..8)")
     extra_ignores = [name for name in quant.ignore if name != "lm_head"]
@@ -96,8 +94,8 @@ def gptqmodel_settings(quant: QuantConfig) -> dict[str, Any]:
         # GPTQModel skips other modules only through `dynamic` rules, which transformers cannot load.
         raise ConfigError(f"quant.ignore={list(quant.ignore)}: quant.backend=gptqmodel keeps exactly lm_head "
                           "unquantized; set quant.ignore=[lm_head]")
-    return {"bits": int(match.group(1)), "group_size": quant.group_size or DEFAULT_GROUP_SIZE,
-            "sym": match.group(2) is None}
+    bits, symmetric = weight_only
+    return {"bits": bits, "group_size": quant.group_size or WEIGHT_ONLY_GROUP_SIZE, "sym": symmetric}
 
 
 def build_config(quant: QuantConfig) -> Any:

@@ -19,22 +19,10 @@ from typing import Any, Iterator
 from pipelines.config import QuantConfig
 from pipelines.errors import ConfigError
 from pipelines.models import BaseModel, load_causal_lm, load_tokenizer
-from pipelines.registry import did_you_mean
+from pipelines.quantize.compat import check_groups_fit
+from pipelines.quantize.schemes import check_scheme
 
 log = logging.getLogger(__name__)
-
-# compressed-tensors 0.19.0 presets (quant_scheme.PRESET_SCHEMES) -> the group size their weights
-# are quantized in, or None when they are not group-wise (per tensor / channel / block).
-# tests/test_quantize.py checks this table against the installed library.
-PRESET_GROUP_SIZES: dict[str, int | None] = {
-    "UNQUANTIZED": None, "W8A8": None, "INT8": None, "FP8": None, "FP8_DYNAMIC": None, "FP8_BLOCK": None,
-    "W4A16_ASYM": 128, "W4AFP8": 128, "NVFP4A16": 16, "NVFP4": 16,
-    "MXFP4A16": 32, "MXFP4": 32, "MXFP8A16": 32, "MXFP8": 32,
-    **{f"W{w}A{a}": 128 for w in range(2, 9) for a in (4, 8, 16) if w <= a and f"W{w}A{a}" != "W8A8"},
-}
-# Presets with static (calibrated) activation scales: data-free round-to-nearest cannot set them.
-STATIC_ACTIVATION_PRESETS = {"FP8", "NVFP4"}
-
 
 class LLMCompressorQuantizer:
     libraries = ("llmcompressor", "compressed-tensors", "transformers", "torch")
@@ -42,25 +30,12 @@ class LLMCompressorQuantizer:
     @staticmethod
     def check(quant: QuantConfig) -> None:
         """Preflight: the scheme is a compressed-tensors preset and has the calibration data it needs."""
-        scheme = (quant.scheme or "").upper()
-        if scheme not in PRESET_GROUP_SIZES:
-            raise ConfigError("quant.scheme: " + did_you_mean("compressed-tensors scheme", quant.scheme or "",
-                                                              PRESET_GROUP_SIZES))
-        _check_calibration(quant, scheme)
+        check_scheme(quant)
 
     @staticmethod
     def check_compatible(model_config: dict[str, Any], quant: QuantConfig) -> None:
         """The preset's (or quant.group_size's) groups fit the model's Linear input widths."""
-        from pipelines.quantize.compat import check_group_divides
-
-        scheme = (quant.scheme or "").upper()
-        preset_group = PRESET_GROUP_SIZES[scheme]
-        if quant.group_size is not None and preset_group is None:
-            raise ConfigError(f"quant.group_size={quant.group_size} does not apply to scheme {scheme} (not "
-                              "group-wise); remove it or pick a group-wise scheme such as W4A16")
-        group = quant.group_size or preset_group
-        if group is not None:
-            check_group_divides(model_config, group)
+        check_groups_fit(model_config, quant)
 
     def quantize(self, base: BaseModel, quant: QuantConfig, calibration: list[str], out_dir: Path,
                  seed: int) -> None:
@@ -84,16 +59,6 @@ class LLMCompressorQuantizer:
         log.info("saving compressed checkpoint to %s", out_dir)
         model.save_pretrained(out_dir, save_compressed=True)
         tokenizer.save_pretrained(out_dir)
-
-
-def _check_calibration(quant: QuantConfig, scheme: str) -> None:
-    from pipelines.quantize.compat import CALIBRATED_METHODS
-
-    needs_data = quant.method in CALIBRATED_METHODS or scheme in STATIC_ACTIVATION_PRESETS
-    if needs_data and not (quant.needs_calibration and quant.calibration.source):
-        why = f"quant.method={quant.method}" if quant.method in CALIBRATED_METHODS else f"scheme {scheme}"
-        raise ConfigError(f"{why} needs calibration data but none is configured; set "
-                          "quant.needs_calibration=true and quant.calibration.source=embedded (or a .txt/.jsonl)")
 
 
 def build_recipe(quant: QuantConfig) -> list[Any]:

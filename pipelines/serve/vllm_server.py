@@ -29,6 +29,7 @@ from typing import Any
 
 from pipelines.config import RunConfig
 from pipelines.errors import ConfigError
+from pipelines.quantize.schemes import weight_only_int
 from pipelines.records import ServedModel, Variant
 from pipelines.serve.process import ServerDied, free_port, log_tail, stop_process_group, wait_until_ready
 
@@ -50,8 +51,9 @@ class VLLMServer:
         if python is None:
             raise ConfigError(f"serve.python={cfg.serve.python} is not an executable; set up vLLM with "
                               "`python -m pipelines.serve.install_vllm` or point serve.python at one")
-        scheme = (cfg.quant.scheme or "").upper()
-        if scheme.startswith("W4A16") and _dtype(cfg) == "float32" and cfg.hardware.device.startswith("cpu"):
+        weight_only = weight_only_int(cfg.quant.scheme)
+        four_bit = weight_only is not None and weight_only[0] == 4
+        if four_bit and _dtype(cfg) == "float32" and cfg.hardware.device.startswith("cpu"):
             raise ConfigError(f"quant.scheme={cfg.quant.scheme} has no float32 kernel in vLLM on CPU; "
                               "set serve.dtype=bfloat16")
 

@@ -28,6 +28,7 @@ from typing import Any, Callable
 # How every store call is made: the tracker passes its retry-while-SQLite-is-locked wrapper.
 Call = Callable[..., Any]
 
+from pipelines.quantize.schemes import calibrates
 from pipelines.records import Outcome
 from pipelines.storage import hash_files, stable_hash
 
@@ -84,11 +85,9 @@ def _eval_refs(outcome: Outcome, eval_cfg: dict[str, Any]) -> list[DatasetRef]:
 
 
 def _calibration_ref(quant: dict[str, Any]) -> DatasetRef | None:
-    from pipelines.quantize.compat import CALIBRATED_METHODS
-
     calibration = quant.get("calibration") or {}
     source = calibration.get("source")
-    if not source or not (quant.get("needs_calibration") or quant.get("method") in CALIBRATED_METHODS):
+    if not source or not calibrates(quant.get("method"), quant.get("scheme"), bool(quant.get("needs_calibration"))):
         return None
     if source.startswith("hf:"):
         name = source.removeprefix("hf:")

@@ -20,47 +20,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipelines.pareto import frontier, is_base, slo_not_met, usd_per_million, worst_delta_bound
 from pipelines.records import ChampionDecision, LoadLevel, Outcome
 from pipelines.storage import atomic_write_text
 
 log = logging.getLogger(__name__)
 
 SLO_NOT_MET = "* no load level met the SLO: $/1M tok is at the best measured load (SLO not met)"
-
-
-def pareto_front(costs: list[float], qualities: list[float]) -> list[int]:
-    """Indices of the points no other point beats: lower-or-equal cost and higher-or-equal quality,
-    strictly better in one. Sorted by cost."""
-    front = [i for i in range(len(costs))
-             if not any(costs[j] <= costs[i] and qualities[j] >= qualities[i]
-                        and (costs[j] < costs[i] or qualities[j] > qualities[i]) for j in range(len(costs)))]
-    return sorted(front, key=lambda i: (costs[i], -qualities[i]))
-
-
-def worst_delta_bound(outcome: Outcome) -> float | None:
-    """The lowest per-task lower interval bound of the accuracy delta: the task that decides."""
-    tasks = outcome.fidelity.tasks if outcome.fidelity else []
-    return min(t.ci_low for t in tasks) if tasks else None
-
-
-def is_base(outcome: Outcome) -> bool:
-    return outcome.variant is not None and outcome.variant.backend == "none"
-
-
-def frontier(outcomes: list[Outcome], x_of, y_of=worst_delta_bound) -> list[Outcome]:
-    """The Pareto frontier (lower x, higher y), sorted by x, over PROMOTEd and INCONCLUSIVE variants with both values."""
-    eligible = [o for o in outcomes if _decision(o) in ("PROMOTE", "INCONCLUSIVE") and not is_base(o)
-                and x_of(o) is not None and y_of(o) is not None]
-    return [eligible[i] for i in pareto_front([x_of(o) for o in eligible], [y_of(o) for o in eligible])]
-
-
-def usd_per_million(outcome: Outcome) -> float | None:
-    measured = outcome.cost.measured if outcome.cost else None
-    return measured.usd_per_million_output_tokens if measured else None
-
-
-def slo_not_met(outcome: Outcome) -> bool:
-    return bool(outcome.cost and outcome.cost.measured and not outcome.cost.measured.slo_met)
 
 
 def e2e_p95_ms(outcome: Outcome) -> float | None:

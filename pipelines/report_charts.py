@@ -11,8 +11,8 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
+from pipelines.pareto import frontier, is_base, slo_not_met, usd_per_million, worst_delta_bound
 from pipelines.records import BenchResult, Outcome
-from pipelines.report import frontier, is_base, slo_not_met, usd_per_million, worst_delta_bound
 
 COLORS = {"PROMOTE": "#17702c", "INCONCLUSIVE": "#c98a00", "REJECT": "#b3261e", "FAILED": "#777", "base": "#1f4e9c"}
 # bench.slo keys and the LoadLevel percentiles they bound.

@@ -108,8 +108,6 @@ def crown_champions(outcomes: list[Outcome], policy: str, tracker: Tracker | Non
 
 
 def resolved_configs(configs: list[RunConfig]) -> list[dict]:
-    from pipelines.pipeline import resolved_config
-
     return [resolved_config(cfg) for cfg in configs]
 
 

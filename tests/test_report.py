@@ -9,8 +9,9 @@ from dataclasses import replace
 
 import pytest
 
+from pipelines.pareto import pareto_front
 from pipelines.records import Outcome
-from pipelines.report import markdown_table, pareto_front, text_table, write_sweep_report
+from pipelines.report import markdown_table, text_table, write_sweep_report
 
 from conftest import make_outcome
 
@@ -72,7 +73,7 @@ def test_cost_measured_without_meeting_the_slo_is_marked_and_footnoted(outcomes,
 
 
 def test_the_frontier_never_holds_a_rejected_variant_or_the_base(tmp_path):
-    from pipelines.report import frontier, usd_per_million
+    from pipelines.pareto import frontier, usd_per_million
 
     def point(name: str, decision: str, usd: float, low: float, backend: str = "llmcompressor") -> Outcome:
         outcome = make_outcome(tmp_path, name, decision=decision)

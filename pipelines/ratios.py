@@ -1,0 +1,81 @@
+"""Ratios of paired means with Fieller's confidence interval: how a variant's speed compares with its base's.
+
+A paired benchmark times base and variant in the same rounds (pipelines/bench/paired.py), so round
+i gives a pair (x_i base, y_i variant) that shares whatever else the machine was doing then. The
+ratio of their means, R = mean(y) / mean(x), gets Fieller's interval (Fieller 1954, "Some problems
+in interval estimation", J. R. Stat. Soc. B 16:175-185): the set of R for which the paired mean
+difference y - R x is not significantly nonzero,
+
+    (ybar - R xbar)^2 <= t^2 (s_yy - 2 R s_xy + R^2 s_xx) / n,    t = t_{(1 + confidence) / 2, n - 1}
+
+with s the sample (co)variances (ddof=1). Solving the quadratic in R gives a finite interval only
+when xbar is significantly nonzero (xbar^2 > t^2 s_xx / n); otherwise the set is unbounded and
+`fieller_ratio_interval` returns (-inf, inf) with `bounded=False`: then no ratio is known at this
+confidence. A ratio is invariant under the pairing's common factor (a slow round slows both), which
+is what keeps it meaningful on a loaded machine when the absolute figures are not.
+
+Cost saving at the same hardware price is 1 - cost_variant / cost_base = 1 - x / y (tokens/s), a
+monotone function of R, so its interval is the throughput-ratio interval's image (`saving_interval`).
+Exercised by `pytest tests/test_ratios.py` (checked against scipy's one-sample t test at the bounds).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import t as student_t
+
+FIELLER = "Fieller (paired rounds)"
+
+
+@dataclass
+class RatioInterval:
+    """A ratio (or a saving derived from one) with its interval; low/high are +-inf when unbounded."""
+
+    estimate: float
+    low: float
+    high: float
+    confidence: float
+    rounds: int
+    method: str = FIELLER
+
+    @property
+    def bounded(self) -> bool:
+        return math.isfinite(self.low) and math.isfinite(self.high)
+
+
+def fieller_ratio_interval(numerators, denominators, confidence: float) -> RatioInterval:
+    """mean(numerators) / mean(denominators) of paired rounds, with Fieller's interval at `confidence`."""
+    y, x = np.asarray(numerators, dtype=float), np.asarray(denominators, dtype=float)
+    if y.shape != x.shape or y.size < 2:
+        raise ValueError(f"Fieller's interval needs >= 2 paired rounds, got {y.size} and {x.size}")
+    n = y.size
+    estimate = y.mean() / x.mean()
+    covariance = np.cov(x, y, ddof=1) / n  # of the two means
+    t2 = student_t.ppf(0.5 + confidence / 2, n - 1) ** 2
+    a = x.mean() ** 2 - t2 * covariance[0, 0]
+    if a <= 0:  # the base's mean is not significantly nonzero: the confidence set is unbounded
+        return RatioInterval(float(estimate), -math.inf, math.inf, confidence, n)
+    b = x.mean() * y.mean() - t2 * covariance[0, 1]
+    c = y.mean() ** 2 - t2 * covariance[1, 1]
+    root = math.sqrt(max(b * b - a * c, 0.0))  # >= 0 when a > 0; max() absorbs rounding
+    return RatioInterval(float(estimate), (b - root) / a, (b + root) / a, confidence, n)
+
+
+def saving_interval(throughput_ratio: RatioInterval) -> RatioInterval:
+    """1 - 1/R: the cost saving at the same price per hour, from the variant/base tokens/s ratio."""
+    def saving(ratio: float) -> float:
+        return 1 - 1 / ratio if ratio > 0 else -math.inf
+
+    r = throughput_ratio
+    if not r.bounded:
+        return RatioInterval(saving(r.estimate), -math.inf, math.inf, r.confidence, r.rounds, r.method)
+    return RatioInterval(saving(r.estimate), saving(r.low), saving(r.high), r.confidence, r.rounds, r.method)
+
+
+def coefficient_of_variation(values) -> float | None:
+    """Sample std (ddof=1) over mean of repeated measurements; None with fewer than two."""
+    values = np.asarray(values, dtype=float)
+    return float(values.std(ddof=1) / values.mean()) if values.size >= 2 and values.mean() else None

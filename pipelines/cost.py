@@ -7,6 +7,10 @@ Measured (the hardware the bench ran on, at the knee):
   with B the knee batch size (one replica serves B requests at once) and W the level's mean E2E latency.
   No knee (no level meets the SLO) -> the same formulas at the best measured load (the level with the
   most output tokens/s), flagged slo_met=False: what was measured is reported, and said to miss the SLO.
+  Saving vs base (paired bench runs only): 1 - variant $/1M / base $/1M = 1 - base tokens/s / variant
+  tokens/s at each one's cost level, with the interval Fieller's theorem gives that ratio over the
+  rounds (pipelines/ratios.py). Beside the measured figure: decode tokens/s at the cost level's batch
+  B (B / mean ITL) and the roofline's bound on it (B / decode step below).
 Projected (roofline, other hardware; always basis="projected", never mixed with measured), at
   B = the largest bench batch size whose weights + KV cache fit in the hardware's memory:
     decode step = max((weight_bytes + B * kv_bytes_per_token * context) / bandwidth, 2 * params * B / peak_flops)
@@ -25,7 +29,8 @@ import math
 
 from pipelines.config import BenchConfig, HardwareConfig, PriceConfig, RunConfig, group_choices, load_group_config
 from pipelines.errors import ConfigError
-from pipelines.records import BenchResult, CostEstimate, CostResult
+from pipelines.ratios import fieller_ratio_interval, paired, saving_interval
+from pipelines.records import BenchResult, CostEstimate, CostResult, LoadLevel, RatioInterval
 from pipelines.registry import did_you_mean
 from pipelines.sizing import ModelShape
 
@@ -35,28 +40,55 @@ HOURS_PER_MONTH = 730
 
 
 def estimate_cost(bench: BenchResult, hardware: HardwareConfig, bench_cfg: BenchConfig,
-                  shape: ModelShape) -> CostResult:
+                  shape: ModelShape, base_bench: BenchResult | None = None, confidence: float = 0.95) -> CostResult:
+    """The variant's cost; with the base's record of the same paired run, also its saving vs the base."""
     projected = [estimate for name in hardware.project_to
                  if (estimate := projected_estimate(shape, load_hardware(name), bench_cfg)) is not None]
+    decode, bound = decode_beside_roofline(bench, hardware, bench_cfg, shape)
     return CostResult(variant=bench.variant, target_qps=bench_cfg.target_qps, headroom=bench_cfg.headroom,
                       measured=measured_estimate(bench, hardware, bench_cfg), projected=projected,
-                      decode_roofline_fraction=decode_roofline_fraction(bench, hardware, bench_cfg, shape))
+                      decode_roofline_fraction=decode_roofline_fraction(bench, hardware, bench_cfg, shape),
+                      decode_tokens_per_s=decode, decode_roofline_tokens_per_s=bound,
+                      saving_vs_base=paired_cost_saving(bench, base_bench, confidence))
 
 
 def measured_estimate(bench: BenchResult, hardware: HardwareConfig, bench_cfg: BenchConfig) -> CostEstimate | None:
-    if not bench.levels:
+    level = cost_level(bench)
+    if level is None:
         return None
     if bench.knee_batch_size is None:
-        level = max(bench.levels, key=lambda lv: lv.output_tokens_per_s)
         log.warning("%s: no load level met the SLO; cost is at the best measured load (batch %d), flagged "
                     "'SLO not met'", bench.variant, level.batch_size)
-    else:
-        level = next(lv for lv in bench.levels if lv.batch_size == bench.knee_batch_size
-                     and (bench.knee_load is None or lv.load == bench.knee_load))
     estimate = _estimate(hardware, "measured", level.batch_size, level.output_tokens_per_s,
                          level.e2e_mean_ms / 1e3, bench_cfg)
     estimate.slo_met = bench.knee_batch_size is not None
     return estimate
+
+
+def cost_level(bench: BenchResult) -> LoadLevel | None:
+    """The level cost is computed at: the knee, else (no level meets the SLO) the most output tokens/s."""
+    if not bench.levels:
+        return None
+    if bench.knee_batch_size is None:
+        return max(bench.levels, key=lambda lv: lv.output_tokens_per_s)
+    return next(lv for lv in bench.levels if lv.batch_size == bench.knee_batch_size
+                and (bench.knee_load is None or lv.load == bench.knee_load))
+
+
+def paired_cost_saving(bench: BenchResult | None, base_bench: BenchResult | None,
+                       confidence: float) -> RatioInterval | None:
+    """1 - variant $/1M / base $/1M at each one's cost level, with its interval; None unless paired.
+
+    At one price per hour the saving is 1 - base tokens/s / variant tokens/s, so it is the image of the
+    Fieller interval of the variant/base ratio of per-round tokens/s (pipelines/ratios.py)."""
+    if not paired(bench, base_bench):
+        return None
+    level, base_level = cost_level(bench), cost_level(base_bench)
+    if level is None or base_level is None or min(len(level.repeat_output_tokens_per_s),
+                                                  len(base_level.repeat_output_tokens_per_s)) < 2:
+        return None
+    return saving_interval(fieller_ratio_interval(level.repeat_output_tokens_per_s,
+                                                  base_level.repeat_output_tokens_per_s, confidence))
 
 
 def projected_estimate(shape: ModelShape, hardware: HardwareConfig, bench_cfg: BenchConfig) -> CostEstimate | None:
@@ -102,11 +134,16 @@ def decode_roofline_fraction(bench: BenchResult, hardware: HardwareConfig, bench
     return (1e3 / batch_one.itl_mean_ms) / bound_tokens_per_s
 
 
-def cost_saving(cost: CostResult | None, base_cost: CostResult | None) -> float | None:
-    """1 - variant $/1M / base $/1M output tokens, both measured; None unless both were measured."""
-    if cost is None or base_cost is None or cost.measured is None or base_cost.measured is None:
-        return None
-    return 1 - cost.measured.usd_per_million_output_tokens / base_cost.measured.usd_per_million_output_tokens
+def decode_beside_roofline(bench: BenchResult, hardware: HardwareConfig, bench_cfg: BenchConfig,
+                           shape: ModelShape) -> tuple[float | None, float | None]:
+    """At the cost level's batch B: measured decode tokens/s (B / mean ITL) and the roofline's bound on it
+    (B / decode_step_bound_s: weights plus B sequences' KV cache read once per step); None without an ITL."""
+    level = cost_level(bench)
+    if level is None or not level.itl_mean_ms:
+        return None, None
+    context = bench_cfg.input_tokens + bench_cfg.output_tokens / 2
+    bound = level.batch_size / decode_step_bound_s(shape, hardware, level.batch_size, context)
+    return level.batch_size * 1e3 / level.itl_mean_ms, bound
 
 
 def usd_per_million_tokens(price_per_hour: float, tokens_per_s: float) -> float:

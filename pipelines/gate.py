@@ -20,17 +20,23 @@ Rules (each yields a `RuleResult` with observed value, bound, threshold and a me
   a mean with too few units for its bootstrap has no interval and is INCONCLUSIVE.
   Every interval is two-sided at gate.confidence, so each one-sided decision
   errs at most (1 - confidence) / 2 (benchmarks/coverage.py measures it).
-- cost: 1 - variant $/1M / base $/1M (both at their knee) >= min_cost_saving.
+- cost: saving = 1 - variant $/1M / base $/1M, both at their knee, = 1 - base / variant output
+  tokens/s there (one price per hour), with the Fieller interval of that ratio over the rounds of a
+  paired bench run (pipelines/ratios.py), recomputed at policy.confidence from the records' rounds.
+  PASS when its low end >= min_cost_saving, FAIL when its high end < it, otherwise INCONCLUSIVE with
+  ~how many more rounds would settle it (the half-width shrinking as 1/sqrt(rounds), as for items);
+  an unbounded interval, or base and variant not timed in one paired run (served benchmarks, one
+  repeat), is INCONCLUSIVE: a point estimate does not decide.
 - agreement (served runs, per model and task): served vs in-process per-item agreement on
   serve.agreement_items items, a proportion with a Clopper-Pearson interval, against min_agreement:
   PASS when its lower bound >= the minimum, FAIL when its upper bound < it, otherwise INCONCLUSIVE
   with the items that would settle it if the rate held (20 of 20 agreeing bounds it at 0.83 at 95 %:
   72 of 72 clear 0.95); evaluated only when the fidelity record has them.
-- throughput: variant / base output tokens/s - 1 >= min_throughput_gain at the smallest load level
-  both ran (batch 1 by default): single-stream decode speed, which weight-only schemes are meant
-  to raise; capacity at the knee is what the cost rule already judges.
-Cost and throughput limits are point comparisons, inclusive (at most / at least). A rule whose
-threshold the policy leaves unset is not evaluated; one without data is SKIPPED with its reason
+- throughput: gain = variant / base output tokens/s - 1 at the smallest load level both ran
+  (batch 1 by default): single-stream decode speed, which weight-only schemes are meant to raise;
+  capacity at the knee is what the cost rule already judges. Its interval and three outcomes are
+  the cost rule's, against min_throughput_gain.
+A rule whose threshold the policy leaves unset is not evaluated; one without data is SKIPPED with its reason
 and never changes the decision.
 REJECT if a blocking rule FAILs, else INCONCLUSIVE if a blocking rule is INCONCLUSIVE, else
 PROMOTE; non-blocking rules only add warnings to the reasons.
@@ -38,15 +44,17 @@ PROMOTE; non-blocking rules only add warnings to the reasons.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from pipelines.config import GateConfig, SuiteTolerance
-from pipelines.cost import cost_saving
+from pipelines.cost import paired_cost_saving
 from pipelines.errors import InputError
 from pipelines.intervals import (CLOPPER_PEARSON, TANGO, Interval, items_to_settle_paired, items_to_settle_rate,
                                  paired_counts_interval, rate_counts_interval)
-from pipelines.records import (BenchResult, CostResult, Fidelity, RuleResult, TaskAgreement, TaskFidelity,
-                               Verdict)
+from pipelines.ratios import fieller_ratio_interval, paired
+from pipelines.records import (BenchResult, CostResult, Fidelity, RatioInterval, RuleResult, TaskAgreement,
+                               TaskFidelity, Verdict)
 
 PASS, FAIL, INCONCLUSIVE, SKIPPED = "PASS", "FAIL", "INCONCLUSIVE", "SKIPPED"
 PROMOTE, REJECT = "PROMOTE", "REJECT"
@@ -276,9 +284,10 @@ def cost_rule(policy: GateConfig, cost: CostResult | None, base_cost: CostResult
     for who, result in (("variant", bench), ("base", base_bench)):
         if result is not None and result.knee_batch_size is None:
             return _skipped("cost", "usd_per_1m_tokens", f"the {who} has no knee: no load level met the SLO")
-    return _limit("cost", "usd_per_1m_tokens", cost_saving(cost, base_cost), policy.min_cost_saving, at_most=False,
-                  what=f"saving in $/1M output tokens vs base ({cost.measured.usd_per_million_output_tokens:.4g} "
-                       f"vs {base_cost.measured.usd_per_million_output_tokens:.4g})")
+    what = (f"saving in $/1M output tokens vs base ({cost.measured.usd_per_million_output_tokens:.4g} "
+            f"vs {base_cost.measured.usd_per_million_output_tokens:.4g})")
+    return _paired_minimum("cost", "usd_per_1m_tokens", paired_cost_saving(bench, base_bench, policy.confidence),
+                           policy.min_cost_saving, what, paired(bench, base_bench))
 
 
 def throughput_rule(policy: GateConfig, bench: BenchResult | None, base_bench: BenchResult | None) -> RuleResult:
@@ -288,20 +297,43 @@ def throughput_rule(policy: GateConfig, bench: BenchResult | None, base_bench: B
     shared = sorted(level.batch_size for level in bench.levels if level.batch_size in base_levels)
     if not shared:
         return _skipped("throughput", "tokens_per_s", "variant and base share no load level")
-    variant_tps = next(lv for lv in bench.levels if lv.batch_size == shared[0]).output_tokens_per_s
-    base_tps = base_levels[shared[0]].output_tokens_per_s
-    return _limit("throughput", f"bs{shared[0]}", variant_tps / base_tps - 1, policy.min_throughput_gain,
-                  at_most=False,
-                  what=f"output tokens/s gain at batch {shared[0]} ({variant_tps:.1f} vs {base_tps:.1f})")
+    level = next(lv for lv in bench.levels if lv.batch_size == shared[0])
+    base_level = base_levels[shared[0]]
+    gain = None
+    if paired(bench, base_bench) and min(len(level.repeat_output_tokens_per_s),
+                                         len(base_level.repeat_output_tokens_per_s)) >= 2:
+        ratio = fieller_ratio_interval(level.repeat_output_tokens_per_s, base_level.repeat_output_tokens_per_s,
+                                       policy.confidence)
+        gain = dataclasses.replace(ratio, estimate=ratio.estimate - 1, low=ratio.low - 1, high=ratio.high - 1)
+    what = (f"output tokens/s gain at batch {shared[0]} ({level.output_tokens_per_s:.1f} vs "
+            f"{base_level.output_tokens_per_s:.1f})")
+    return _paired_minimum("throughput", f"bs{shared[0]}", gain, policy.min_throughput_gain, what,
+                           paired(bench, base_bench))
 
 
-def _limit(rule: str, scope: str, observed: float | None, threshold: float, at_most: bool, what: str) -> RuleResult:
-    if observed is None:
-        return _skipped(rule, scope, f"no {what}")
-    ok = observed <= threshold if at_most else observed >= threshold
-    relation = ("<=" if ok else ">") if at_most else (">=" if ok else "<")
-    return _rule(rule, scope, PASS if ok else FAIL, observed, observed, threshold,
-                 f"{what}: {observed:.4g} {relation} {threshold:.4g}")
+def _paired_minimum(rule: str, scope: str, interval: RatioInterval | None, minimum: float, what: str,
+                    is_paired: bool) -> RuleResult:
+    """PASS when the interval's low end >= minimum, FAIL when its high end < minimum, else INCONCLUSIVE."""
+    if interval is None:
+        why = ("fewer than 2 paired rounds: set bench.repeats >= 2" if is_paired else
+               "base and variant were not timed in one paired bench run (served benchmarks are not paired)")
+        return _rule(rule, scope, INCONCLUSIVE, None, None, minimum, f"{what}: no interval, {why}; "
+                     "a point estimate does not decide")
+    bounds = {"low": interval.low, "high": interval.high, "method": interval.method}
+    text = (f"{what}: {interval.estimate:+.4g}, {interval.confidence:.0%} {interval.method} "
+            f"[{interval.low:+.4g}, {interval.high:+.4g}] over {interval.rounds} rounds")
+    if interval.low >= minimum:
+        return _rule(rule, scope, PASS, interval.estimate, interval.low, minimum, f"{text} >= {minimum:.4g}", **bounds)
+    if interval.high < minimum:
+        return _rule(rule, scope, FAIL, interval.estimate, interval.high, minimum, f"{text} all below {minimum:.4g}",
+                     **bounds)
+    more = items_to_settle(interval.rounds, interval.estimate, interval.low, interval.high, minimum) \
+        if interval.bounded else None
+    hint = (f"~{more} more rounds would settle it (half-width shrinking as 1/sqrt(rounds))" if more is not None
+            else "unbounded (the base's mean tokens/s is not significantly nonzero): more rounds needed"
+            if not interval.bounded else "the estimate sits at the limit")
+    return _rule(rule, scope, INCONCLUSIVE, interval.estimate, interval.low, minimum,
+                 f"{text} straddles {minimum:.4g}; {hint}", items_to_settle=more, **bounds)
 
 
 def _skipped(rule: str, scope: str, why: str) -> RuleResult:

@@ -122,13 +122,13 @@ def _stages(cfg: RunConfig, base, output_dir: Path, run: StageLog) -> None:
     with run.stage("fidelity"):
         fidelity = run.keep(fidelity=_fidelity(cfg, base_eval, variant_eval))
     if cfg.bench.enabled and not is_served(cfg):
-        with run.stage("benchmark", cached=("base_bench", "bench")):
-            base_bench = run.keep(base_bench=_benchmark(cfg, base_variant))
-            bench = run.keep(bench=_benchmark(cfg, variant))
+        with run.stage("benchmark", cached=("base_bench", "bench")):  # paired: both timed in one run
+            base_bench, bench = _benchmark(cfg, base_variant, variant)
+            run.keep(base_bench=base_bench, bench=bench)
     if cfg.bench.enabled:
         with run.stage("cost"):
             base_cost = run.keep(base_cost=_cost(cfg, base_bench, base_variant))
-            cost = run.keep(cost=_cost(cfg, bench, variant))
+            cost = run.keep(cost=_cost(cfg, bench, variant, base_bench))
     with run.stage("gate"):
         run.keep(verdict=_gate(cfg, fidelity, bench, base_bench, cost, base_cost))
 
@@ -188,17 +188,18 @@ def _fidelity(cfg: RunConfig, base_eval: EvalResult, variant_eval: EvalResult) -
     return fidelity
 
 
-def _benchmark(cfg: RunConfig, variant: Variant) -> BenchResult:
-    from pipelines.bench import run_benchmark
+def _benchmark(cfg: RunConfig, base_variant: Variant, variant: Variant) -> tuple[BenchResult, BenchResult]:
+    from pipelines.bench.paired import run_paired_benchmark
 
-    return run_benchmark(cfg, variant)
+    return run_paired_benchmark(cfg, base_variant, variant)
 
 
-def _cost(cfg: RunConfig, bench: BenchResult, variant: Variant) -> CostResult:
+def _cost(cfg: RunConfig, bench: BenchResult, variant: Variant, base_bench: BenchResult | None = None) -> CostResult:
     from pipelines.sizing import read_model_shape
     from pipelines.cost import estimate_cost
 
-    return estimate_cost(bench, cfg.hardware, cfg.bench, read_model_shape(variant.checkpoint_dir))
+    return estimate_cost(bench, cfg.hardware, cfg.bench, read_model_shape(variant.checkpoint_dir), base_bench,
+                         cfg.gate.confidence)
 
 
 def _gate(cfg: RunConfig, fidelity: Fidelity, bench: BenchResult | None, base_bench: BenchResult | None,

@@ -22,28 +22,13 @@ Exercised by `pytest tests/test_ratios.py` (checked against scipy's one-sample t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import t as student_t
 
+from pipelines.records import BenchResult, LevelRatio, RatioInterval
+
 FIELLER = "Fieller (paired rounds)"
-
-
-@dataclass
-class RatioInterval:
-    """A ratio (or a saving derived from one) with its interval; low/high are +-inf when unbounded."""
-
-    estimate: float
-    low: float
-    high: float
-    confidence: float
-    rounds: int
-    method: str = FIELLER
-
-    @property
-    def bounded(self) -> bool:
-        return math.isfinite(self.low) and math.isfinite(self.high)
 
 
 def fieller_ratio_interval(numerators, denominators, confidence: float) -> RatioInterval:
@@ -52,16 +37,16 @@ def fieller_ratio_interval(numerators, denominators, confidence: float) -> Ratio
     if y.shape != x.shape or y.size < 2:
         raise ValueError(f"Fieller's interval needs >= 2 paired rounds, got {y.size} and {x.size}")
     n = y.size
-    estimate = y.mean() / x.mean()
+    estimate = y.mean() / x.mean() if x.mean() else math.nan
     covariance = np.cov(x, y, ddof=1) / n  # of the two means
     t2 = student_t.ppf(0.5 + confidence / 2, n - 1) ** 2
     a = x.mean() ** 2 - t2 * covariance[0, 0]
     if a <= 0:  # the base's mean is not significantly nonzero: the confidence set is unbounded
-        return RatioInterval(float(estimate), -math.inf, math.inf, confidence, n)
+        return RatioInterval(float(estimate), -math.inf, math.inf, confidence, n, FIELLER)
     b = x.mean() * y.mean() - t2 * covariance[0, 1]
     c = y.mean() ** 2 - t2 * covariance[1, 1]
     root = math.sqrt(max(b * b - a * c, 0.0))  # >= 0 when a > 0; max() absorbs rounding
-    return RatioInterval(float(estimate), (b - root) / a, (b + root) / a, confidence, n)
+    return RatioInterval(float(estimate), (b - root) / a, (b + root) / a, confidence, n, FIELLER)
 
 
 def saving_interval(throughput_ratio: RatioInterval) -> RatioInterval:
@@ -79,3 +64,28 @@ def coefficient_of_variation(values) -> float | None:
     """Sample std (ddof=1) over mean of repeated measurements; None with fewer than two."""
     values = np.asarray(values, dtype=float)
     return float(values.std(ddof=1) / values.mean()) if values.size >= 2 and values.mean() else None
+
+
+def paired(bench: BenchResult | None, base_bench: BenchResult | None) -> bool:
+    """True when both records come from one paired bench run of two different checkpoints."""
+    return (bench is not None and base_bench is not None and bench is not base_bench
+            and bench.pairing_id is not None and bench.pairing_id == base_bench.pairing_id)
+
+
+def level_ratios(bench: BenchResult, base_bench: BenchResult, confidence: float) -> list[LevelRatio]:
+    """Variant/base ratios at every load level both measured with >= 2 rounds; [] unless paired."""
+    if not paired(bench, base_bench):
+        return []
+    base_levels = {(level.batch_size, level.load): level for level in base_bench.levels}
+    ratios = []
+    for level in bench.levels:
+        base = base_levels.get((level.batch_size, level.load))
+        if base is None or min(len(level.repeat_output_tokens_per_s), len(base.repeat_output_tokens_per_s)) < 2:
+            continue
+        ratios.append(LevelRatio(
+            batch_size=level.batch_size, load=level.load,
+            output_tokens_per_s=fieller_ratio_interval(level.repeat_output_tokens_per_s,
+                                                       base.repeat_output_tokens_per_s, confidence),
+            ttft=fieller_ratio_interval(level.repeat_ttft_mean_ms, base.repeat_ttft_mean_ms, confidence),
+            itl=fieller_ratio_interval(level.repeat_itl_mean_ms, base.repeat_itl_mean_ms, confidence)))
+    return ratios

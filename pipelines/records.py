@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -233,6 +234,57 @@ class LoadLevel:
     tpot_ms: Percentiles | None = None
     errored_requests: int = 0
     incomplete_requests: int = 0
+    # Per repeat (round) of this level, in order: what paired ratios and their intervals are computed from.
+    repeat_output_tokens_per_s: list[float] = field(default_factory=list)
+    repeat_ttft_mean_ms: list[float] = field(default_factory=list)
+    repeat_itl_mean_ms: list[float] = field(default_factory=list)
+
+
+@dataclass
+class RatioInterval:
+    """A variant/base ratio of paired means (or a saving derived from one) with its interval at `confidence`
+    over `rounds` paired rounds (pipelines/ratios.py); low/high are -inf/inf when the interval is unbounded."""
+
+    estimate: float
+    low: float
+    high: float
+    confidence: float
+    rounds: int
+    method: str
+
+    @property
+    def bounded(self) -> bool:
+        return math.isfinite(self.low) and math.isfinite(self.high)
+
+
+@dataclass
+class LevelRatio:
+    """Variant vs base at one load level of a paired bench run: output tokens/s, mean TTFT and mean ITL."""
+
+    batch_size: int
+    load: str | None
+    output_tokens_per_s: RatioInterval
+    ttft: RatioInterval
+    itl: RatioInterval
+
+
+@dataclass
+class BenchConditions:
+    """What else was using the machine while a benchmark ran, and how much its repeats spread."""
+
+    cpu_model: str
+    cpus: int
+    # 1-, 5- and 15-minute load averages (os.getloadavg) just before and just after the run.
+    load_avg_before: list[float]
+    load_avg_after: list[float]
+    # Share of CPU time stolen by the hypervisor during the run (/proc/stat); None where unreadable.
+    steal_fraction: float | None
+    # nvidia-smi's view where there is a GPU: one line per GPU (name, utilisation, memory) and per process.
+    gpus: list[str] = field(default_factory=list)
+    # Largest coefficient of variation of per-repeat output tokens/s over the levels (None: one repeat).
+    max_tokens_per_s_cv: float | None = None
+    # One line per reason the figures are noisy (high spread, background load, steal); empty when clean.
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -254,6 +306,12 @@ class BenchResult:
     server: dict[str, Any] | None = None
     # Reports the bench engine wrote (e.g. GuideLLM's HTML and JSON), logged as run artifacts.
     reports: list[str] = field(default_factory=list)
+    # Identity of the bench run that timed it: base and variant of one paired run share it, and
+    # ratios are only ever computed between records that do (pipelines/bench/paired.py).
+    pairing_id: str | None = None
+    # Variant vs base per load level (paired runs only; empty for the base and unpaired runs).
+    ratios: list[LevelRatio] = field(default_factory=list)
+    conditions: BenchConditions | None = None
 
 
 @dataclass
@@ -282,6 +340,11 @@ class CostResult:
     projected: list[CostEstimate]
     # Measured batch-1 decode tokens/s over the bandwidth roofline bound on the measured hardware.
     decode_roofline_fraction: float | None
+    # At the cost level's batch: measured decode tokens/s (batch / mean ITL) beside the roofline's bound.
+    decode_tokens_per_s: float | None = None
+    decode_roofline_tokens_per_s: float | None = None
+    # 1 - variant $/1M / base $/1M with its interval, from a paired bench run only (else None).
+    saving_vs_base: RatioInterval | None = None
 
 
 @dataclass

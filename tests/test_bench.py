@@ -62,6 +62,7 @@ def test_measure_throughput_is_per_repeat_wall_time_mean_and_sample_std():
     per_repeat = np.array([6 / 0.15, 6 / 0.50])
     assert result.output_tokens_per_s == pytest.approx(per_repeat.mean())
     assert result.output_tokens_per_s_std == pytest.approx(np.std(per_repeat, ddof=1))
+    assert result.repeat_output_tokens_per_s == pytest.approx(per_repeat)  # what paired ratios are built from
     assert result.requests_per_s == pytest.approx(np.mean([2 / 0.15, 2 / 0.50]))
     assert result.requests == 4
 

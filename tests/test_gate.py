@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from scipy import stats
+from scipy import optimize, stats
 from scipy.stats import norm
 
 from pipelines.config import GateConfig, SuiteTolerance
@@ -47,11 +47,19 @@ def status(verdict, rule, scope=None):
     return next(r for r in verdict.rules if r.rule == rule and (scope is None or r.scope == scope)).status
 
 
-def bench(tps_bs1: float, knee: int | None) -> BenchResult:
+def bench(tps_bs1: float, knee: int | None, rounds: list[float] | None = None, pairing_id: str | None = "run1",
+          variant: str = "v") -> BenchResult:
+    """One batch-1 level; `rounds` are its per-round tokens/s (synthetic timings: no real speed involved)."""
     pct = Percentiles(p50=10.0, p95=12.0, p99=13.0)
-    level = load_level(output_tokens_per_s=tps_bs1, output_tokens_per_s_std=0.1, ttft_ms=pct, itl_ms=pct, e2e_ms=pct)
-    return BenchResult(variant="v", engine="hf", device="cpu", levels=[level], knee_batch_size=knee,
-                       peak_memory_bytes=1, memory_kind="rss", checkpoint_bytes=1)
+    rounds = rounds or [tps_bs1 * 0.99, tps_bs1, tps_bs1 * 1.01]
+    level = load_level(output_tokens_per_s=sum(rounds) / len(rounds), output_tokens_per_s_std=0.1, ttft_ms=pct,
+                       itl_ms=pct, e2e_ms=pct, batch_size=knee or 1, repeat_output_tokens_per_s=rounds)
+    return BenchResult(variant=variant, engine="hf", device="cpu", levels=[level], knee_batch_size=knee,
+                       peak_memory_bytes=1, memory_kind="rss", checkpoint_bytes=1, pairing_id=pairing_id)
+
+
+def base_bench(tps_bs1: float, knee: int | None, rounds: list[float] | None = None, pairing_id: str | None = "run1"):
+    return bench(tps_bs1, knee, rounds, pairing_id, variant="base")
 
 
 def cost(usd: float) -> CostResult:
@@ -191,25 +199,57 @@ def test_sequential_bounds_at_another_level_are_not_recomputed_from_counts():
 
 def test_cost_rule_skipped_without_a_knee():
     verdict = decide(policy(min_cost_saving=0.1, blocking=["accuracy", "cost"]), fidelity(task()),
-                     cost=cost(5.0), base_cost=cost(10.0), bench=bench(20.0, knee=None), base_bench=bench(10.0, 4))
+                     cost=cost(5.0), base_cost=cost(10.0), bench=bench(20.0, knee=None), base_bench=base_bench(10.0, 4))
     assert status(verdict, "cost") == "SKIPPED" and verdict.decision == "PROMOTE"
     assert any("no knee" in reason for reason in verdict.reasons)
 
 
-@pytest.mark.parametrize("variant_usd, expected", [(6.0, "PROMOTE"), (9.5, "REJECT")])
-def test_cost_rule_saving(variant_usd, expected):
-    # Saving = 1 - variant/base: 1 - 6/10 = 0.4 >= 0.1; 1 - 9.5/10 = 0.05 < 0.1.
-    verdict = decide(policy(min_cost_saving=0.1, blocking=["cost"]), fidelity(task()), cost=cost(variant_usd),
-                     base_cost=cost(10.0), bench=bench(20.0, 4), base_bench=bench(10.0, 4))
+# Paired rounds of tokens/s at the knee. Clear: the variant is 1.6x the base in every round (saving 0.375)
+# although the machine's load moves both 2x; noisy: ratios 0.7..1.9 round to round, mean 1.2 (saving 1/6).
+CLEAR = ([100.0, 50.0, 80.0, 60.0], [160.0, 80.5, 127.0, 96.5])
+NOISY = ([100.0, 50.0, 80.0, 60.0], [70.0, 95.0, 90.0, 80.0])
+FAILING = ([100.0, 50.0, 80.0, 60.0], [102.0, 50.5, 82.0, 60.5])
+
+
+@pytest.mark.parametrize("rounds, expected", [(CLEAR, "PASS"), (NOISY, "INCONCLUSIVE"), (FAILING, "FAIL")])
+def test_strict_gate_decides_cost_on_the_paired_interval_of_the_saving(rounds, expected):
+    strict = load_config_file(CONF / "strict.yaml", GateConfig)
+    base_rounds, variant_rounds = rounds
+    verdict = decide(strict, fidelity(task()), cost=cost(5.0), base_cost=cost(10.0),
+                     bench=bench(0, 4, variant_rounds), base_bench=base_bench(0, 4, base_rounds))
     rule = next(r for r in verdict.rules if r.rule == "cost")
-    assert rule.observed == pytest.approx(1 - variant_usd / 10.0) and verdict.decision == expected
+    ratio = stats_ratio_interval(variant_rounds, base_rounds, strict.confidence)
+    assert rule.status == expected and rule.blocking
+    assert (rule.low, rule.high) == pytest.approx((1 - 1 / ratio[0], 1 - 1 / ratio[1]))
+    assert rule.observed == pytest.approx(1 - sum(base_rounds) / sum(variant_rounds))
+    if expected == "INCONCLUSIVE":
+        assert rule.items_to_settle > 0 and "more rounds would settle it" in rule.message
 
 
-def test_throughput_rule_compares_batch_one():
+def stats_ratio_interval(y: list[float], x: list[float], confidence: float) -> tuple[float, float]:
+    """Fieller's bounds found independently: where the paired t test of y - R x has p = 1 - confidence."""
+    def p_minus_alpha(r):
+        return stats.ttest_1samp([a - r * b for a, b in zip(y, x)], 0.0).pvalue - (1 - confidence)
+
+    estimate = sum(y) / sum(x)
+    return (optimize.brentq(p_minus_alpha, 1e-6, estimate), optimize.brentq(p_minus_alpha, estimate, 1e3))
+
+
+def test_cost_rule_never_decides_on_records_from_different_bench_runs():
+    verdict = decide(policy(min_cost_saving=0.1, blocking=["cost"]), fidelity(task()), cost=cost(5.0),
+                     base_cost=cost(10.0), bench=bench(0, 4, CLEAR[1], pairing_id="run2"),
+                     base_bench=base_bench(0, 4, CLEAR[0], pairing_id="run1"))
+    rule = next(r for r in verdict.rules if r.rule == "cost")
+    assert rule.status == "INCONCLUSIVE" and "not timed in one paired bench run" in rule.message
+    assert verdict.decision == "INCONCLUSIVE"
+
+
+def test_throughput_rule_compares_batch_one_on_its_paired_interval():
     verdict = decide(policy(min_throughput_gain=0.5, blocking=["throughput"]), fidelity(task()),
-                     bench=bench(14.0, 4), base_bench=bench(10.0, 4))
+                     bench=bench(14.0, 1), base_bench=base_bench(10.0, 1))
     rule = next(r for r in verdict.rules if r.rule == "throughput")
     assert rule.scope == "bs1" and rule.observed == pytest.approx(0.4) and verdict.decision == "REJECT"
+    assert rule.high < 0.5
 
 
 @pytest.mark.parametrize("decision, inconclusive_blocks, code", [

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pipelines.ratios import RatioInterval, coefficient_of_variation, fieller_ratio_interval, saving_interval
+from pipelines.ratios import FIELLER, coefficient_of_variation, fieller_ratio_interval, saving_interval
+from pipelines.records import RatioInterval
 
 BASE = [100.0, 60.0, 95.0, 40.0, 88.0]  # tokens/s per round: a machine whose load comes and goes
 VARIANT = [151.0, 88.0, 146.0, 63.0, 130.0]
@@ -57,9 +58,9 @@ def test_coverage_in_simulation_is_near_its_promise():
 
 
 def test_saving_is_one_minus_the_inverse_ratio_at_every_bound():
-    saving = saving_interval(RatioInterval(2.0, 1.6, 2.5, 0.95, 5))
+    saving = saving_interval(RatioInterval(2.0, 1.6, 2.5, 0.95, 5, FIELLER))
     assert (saving.estimate, saving.low, saving.high) == pytest.approx((0.5, 0.375, 0.6))
-    assert not saving_interval(RatioInterval(2.0, -math.inf, math.inf, 0.95, 5)).bounded
+    assert not saving_interval(RatioInterval(2.0, -math.inf, math.inf, 0.95, 5, FIELLER)).bounded
 
 
 def test_fewer_than_two_rounds_is_an_error():

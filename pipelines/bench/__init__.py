@@ -19,12 +19,14 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from pipelines.bench.conditions import conditions, snapshot, warn_if_noisy
 from pipelines.bench.measure import knee_batch_size, knee_level, summarize_level, summarize_served_level
 from pipelines.bench.scenarios import LevelPlan, ordinary_token_ids, plan_levels
 from pipelines.config import BenchConfig, RunConfig
 from pipelines.errors import ConfigError
 from pipelines.models import load_tokenizer
-from pipelines.records import BenchResult, LoadLevel, ServedModel, Variant, load_record, save_record
+from pipelines.records import (BenchConditions, BenchResult, LoadLevel, ServedModel, Variant, load_record,
+                               save_record)
 from pipelines.registry import BENCH_ENGINES, resolve
 from pipelines.serve import engine_identity
 from pipelines.storage import atomic_directory, cache_entry, library_versions, stable_hash, write_manifest
@@ -52,7 +54,7 @@ def run_benchmark(cfg: RunConfig, variant: Variant, served: ServedModel | None =
             result = _run_served(engine_class, cfg, variant, served, versions, out_dir)
         else:
             result = _run_in_process(engine_class, cfg, variant, versions)
-            _store(result, out_dir, cfg, variant)
+            store(result, out_dir, cfg, variant)
     log.info("benchmark of %s: knee %s; written to %s", variant.name,
              result.knee_load or result.knee_batch_size, out_dir)
     return result
@@ -79,29 +81,46 @@ def _run_in_process(engine_class, cfg: RunConfig, variant: Variant, versions: di
     bench = cfg.bench
     engine = engine_class(Path(variant.checkpoint_dir), cfg.model, cfg.hardware.device,
                           **bench.params)
-    tokenizer = load_tokenizer(Path(variant.checkpoint_dir), cfg.model.trust_remote_code)
-    plans = plan_levels(bench, ordinary_token_ids(tokenizer))
+    plans = plan_prompts(cfg, variant)
+    before = snapshot()
     levels = _measure_levels(engine, plans, bench, variant.name)
+    return in_process_result(cfg, variant, engine, levels, versions, conditions(before, snapshot(), levels))
+
+
+def plan_prompts(cfg: RunConfig, variant: Variant) -> list[LevelPlan]:
+    tokenizer = load_tokenizer(Path(variant.checkpoint_dir), cfg.model.trust_remote_code)
+    return plan_levels(cfg.bench, ordinary_token_ids(tokenizer))
+
+
+def in_process_result(cfg: RunConfig, variant: Variant, engine, levels: list[LoadLevel], versions: dict[str, str],
+                      found: BenchConditions, memory_kind: str | None = None) -> BenchResult:
+    warn_if_noisy(variant.name, found)
     return BenchResult(
-        variant=variant.name, engine=bench.engine, device=cfg.hardware.device, levels=levels,
+        variant=variant.name, engine=cfg.bench.engine, device=cfg.hardware.device, levels=levels,
         knee_batch_size=knee_batch_size(levels),
-        peak_memory_bytes=max(level.peak_memory_bytes for level in levels), memory_kind=engine.memory_kind,
-        checkpoint_bytes=variant.size_bytes, versions={**versions, "device_name": engine.device_name()})
+        peak_memory_bytes=max(level.peak_memory_bytes for level in levels),
+        memory_kind=memory_kind or engine.memory_kind,
+        checkpoint_bytes=variant.size_bytes, versions={**versions, "device_name": engine.device_name()},
+        conditions=found)
 
 
 def _run_served(engine_class, cfg: RunConfig, variant: Variant, served: ServedModel, versions: dict[str, str],
                 out_dir: Path) -> BenchResult:
     engine = engine_class(served, cfg, **cfg.bench.params)
     with atomic_directory(out_dir) as scratch:
+        before = snapshot()
         run = engine.run_levels(scratch)
         levels = [summarize_served_level(level, cfg.bench.slo) for level in run.levels]
+        found = conditions(before, snapshot(), levels)
+        warn_if_noisy(variant.name, found)
         knee = knee_level(levels)
         result = BenchResult(
             variant=variant.name, engine=cfg.bench.engine, device=cfg.hardware.device, levels=levels,
             knee_batch_size=knee.batch_size if knee else None, knee_load=knee.load if knee else None,
             peak_memory_bytes=None, memory_kind=engine.memory_kind, checkpoint_bytes=variant.size_bytes,
             versions={**versions, served.engine: served.engine_version, "device_name": engine.device_name()},
-            server=engine_identity(served), reports=[str(out_dir / path.name) for path in run.reports])
+            server=engine_identity(served), reports=[str(out_dir / path.name) for path in run.reports],
+            conditions=found)
         _write_result(result, scratch, cfg, variant)
     return result
 
@@ -135,7 +154,7 @@ def _measure_level(engine, plan: LevelPlan, bench: BenchConfig, bar) -> LoadLeve
     return summarize_level(plan.batch_size, repeats, bench.slo, engine.peak_memory())
 
 
-def _store(result: BenchResult, out_dir: Path, cfg: RunConfig, variant: Variant) -> None:
+def store(result: BenchResult, out_dir: Path, cfg: RunConfig, variant: Variant) -> None:
     with atomic_directory(out_dir) as scratch:
         _write_result(result, scratch, cfg, variant)
 

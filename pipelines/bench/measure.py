@@ -9,6 +9,7 @@ Definitions (times are `time.perf_counter` seconds, reported in ms):
 - A repeat's wall time = last token time of any of its requests - first submit time among them.
   Output tokens/s, requests/s and goodput are computed per repeat over that wall time and then
   averaged over repeats; the spread is the sample std (ddof=1) of the per-repeat tokens/s (0 for one repeat).
+  Each repeat's tokens/s, mean TTFT and mean ITL are kept too: paired ratios are computed from them.
 - A request meets the SLO when, for every target set, its TTFT <= ttft_p95_ms, the p95 of its own
   ITLs <= itl_p95_ms and its E2E <= e2e_p95_ms. Goodput = such requests per second.
 - A level meets the SLO when its pooled p95 TTFT, ITL and E2E are each within the targets set.
@@ -99,7 +100,10 @@ def summarize_level(batch_size: int, repeats: list[list[RequestTiming]], slo: SL
         requests_per_s=float(requests_per_s.mean()), ttft_ms=ttft, itl_ms=itl, e2e_ms=e2e,
         goodput_rps=float(good_per_s.mean()), meets_slo=level_meets_slo(ttft, itl, e2e, slo),
         itl_mean_ms=float(itls.mean() * 1e3), e2e_mean_ms=float(e2es.mean() * 1e3),
-        peak_memory_bytes=peak_memory_bytes, tpot_ms=tpot)
+        peak_memory_bytes=peak_memory_bytes, tpot_ms=tpot,
+        repeat_output_tokens_per_s=[float(v) for v in tokens_per_s],
+        repeat_ttft_mean_ms=[float(np.mean([ttft_s(t) for t in repeat]) * 1e3) for repeat in repeats],
+        repeat_itl_mean_ms=[float(np.concatenate([itl_s(t) for t in repeat]).mean() * 1e3) for repeat in repeats])
 
 
 def knee_batch_size(levels: list[LoadLevel]) -> int | None:
@@ -172,7 +176,9 @@ def summarize_served_level(level: MeasuredLevel, slo: SLOConfig) -> LoadLevel:
         goodput_rps=float(good_per_s.mean()), meets_slo=level_meets_slo(ttft, itl, e2e, slo),
         itl_mean_ms=float(itls.mean() * 1e3) if itls.size else None, e2e_mean_ms=float(e2es.mean() * 1e3),
         load=level.load, rate_rps=level.rate_rps, tpot_ms=percentiles_ms(tpots) if tpots.size else None,
-        errored_requests=level.errored, incomplete_requests=level.incomplete)
+        errored_requests=level.errored, incomplete_requests=level.incomplete,
+        repeat_output_tokens_per_s=[float(v) for v in tokens_per_s],
+        repeat_ttft_mean_ms=[float(np.mean([stream_ttft_s(t) for t in repeat]) * 1e3) for repeat in repeats])
 
 
 def knee_level(levels: list[LoadLevel]) -> LoadLevel | None:

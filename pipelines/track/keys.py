@@ -19,10 +19,14 @@ Metrics (`<task>` is the lm-eval task name, `<k>` a batch size / concurrency lev
   meets_slo, ttft_p50_ms, ttft_p95_ms, ttft_p99_ms, itl_p50_ms, ..., tpot_p50_ms, ..., e2e_p99_ms}`;
   served levels (bench=served) as `bench/<load>/...` (`c4`: 4 streams, `r2.5`: 2.5 requests/s, `sync`)
   with also `batch_size, errored_requests, incomplete_requests`;
-  `bench/{knee_batch_size, peak_memory_bytes, checkpoint_bytes}`
+  `bench/{knee_batch_size, peak_memory_bytes, checkpoint_bytes}`; paired runs, variant vs base per level:
+  `bench/<level>/vs_base/{output_tokens_per_s,ttft,itl}_ratio` with `_low`/`_high` (Fieller interval at
+  the gate's confidence; bounds left out when unbounded); `bench/conditions/{load_avg_before,
+  load_avg_after, steal_fraction, max_tokens_per_s_cv, noisy}` (1-minute load average; noisy 1: warned)
 - `cost/{usd_per_1m_tokens, output_tokens_per_s, replicas, monthly_usd, price_per_hour,
-  decode_roofline_fraction, saving_vs_base, slo_met}` (slo_met 0: no load level met the SLO, the
-  cost is at the best measured load); `cost/projected/<hardware>/{usd_per_1m_tokens,
+  decode_roofline_fraction, decode_tokens_per_s, decode_roofline_tokens_per_s, slo_met}` (slo_met 0:
+  no load level met the SLO, the cost is at the best measured load; decode figures at the cost level's
+  batch, measured beside the roofline's bound); `cost/saving_vs_base` with `_low`/`_high` (paired runs only); `cost/projected/<hardware>/{usd_per_1m_tokens,
   replicas, monthly_usd}` (roofline projections, never measured)
 - `variant/{size_bytes, quantize_seconds}`; `gate/decision` (1 PROMOTE, 0 INCONCLUSIVE, -1 REJECT);
   `gate/exit_code` (what the CLI exits with for this variant, also the tag `quantgate.exit_code`)
@@ -45,8 +49,7 @@ import math
 import re
 from typing import Any
 
-from pipelines.cost import cost_saving
-from pipelines.records import BenchResult, CostResult, EvalResult, Fidelity, Outcome
+from pipelines.records import BenchResult, CostResult, EvalResult, Fidelity, Outcome, RatioInterval
 
 REDACTED = "***"
 _SECRET_KEY = re.compile(r"(^|[_.-])(token|secret|password|passwd|api[_-]?key|access[_-]?key|credentials?)([_.-]|$)",
@@ -105,7 +108,7 @@ def outcome_metrics(outcome: Outcome) -> dict[str, float]:
     if outcome.bench:
         metrics.update(bench_metrics(outcome.bench))
     if outcome.cost:
-        metrics.update(cost_metrics(outcome.cost, outcome.base_cost))
+        metrics.update(cost_metrics(outcome.cost))
     if outcome.variant:
         metrics.update({"variant/size_bytes": outcome.variant.size_bytes,
                         "variant/quantize_seconds": outcome.variant.quantize_seconds})
@@ -125,7 +128,13 @@ def outcome_summary(outcome: Outcome, metrics: dict[str, float]) -> dict[str, An
     return {"variant": outcome.variant_name, "model": outcome.model, "error": outcome.error,
             "decision": verdict["decision"] if verdict else None, "exit_code": outcome.exit_code,
             "verdict": verdict, "metrics": metrics, "serve": _serve_settings(outcome),
-            "sequential": sequential_summary(outcome)}
+            "sequential": sequential_summary(outcome), "bench_conditions": bench_conditions(outcome)}
+
+
+def bench_conditions(outcome: Outcome) -> dict[str, Any] | None:
+    """What else used the machine while the variant's benchmark ran, and why its figures are noisy."""
+    found = outcome.bench.conditions if outcome.bench else None
+    return dataclasses.asdict(found) if found else None
 
 
 def sequential_summary(outcome: Outcome) -> list[dict[str, Any]] | None:
@@ -224,19 +233,36 @@ def bench_metrics(bench: BenchResult) -> dict[str, float | None]:
             percentiles = getattr(level, f"{latency}_ms")
             for p in ("p50", "p95", "p99") if percentiles else ():
                 metrics[f"{prefix}/{latency}_{p}_ms"] = getattr(percentiles, p)
+    for ratio in bench.ratios:
+        prefix = f"bench/{_key(ratio.load) if ratio.load else f'bs{ratio.batch_size}'}/vs_base"
+        for name in ("output_tokens_per_s", "ttft", "itl"):
+            metrics.update(_interval_metrics(f"{prefix}/{name}_ratio", getattr(ratio, name)))
+    if bench.conditions:
+        c = bench.conditions
+        metrics.update({"bench/conditions/load_avg_before": c.load_avg_before[0],
+                        "bench/conditions/load_avg_after": c.load_avg_after[0],
+                        "bench/conditions/steal_fraction": c.steal_fraction,
+                        "bench/conditions/max_tokens_per_s_cv": c.max_tokens_per_s_cv,
+                        "bench/conditions/noisy": float(bool(c.warnings))})
     return metrics
 
 
-def cost_metrics(cost: CostResult, base_cost: CostResult | None) -> dict[str, float | None]:
-    metrics: dict[str, float | None] = {"cost/decode_roofline_fraction": cost.decode_roofline_fraction}
+def _interval_metrics(key: str, interval: RatioInterval) -> dict[str, float]:
+    """`key` (the estimate), `key_low` and `key_high` (dropped later when unbounded)."""
+    return {key: interval.estimate, f"{key}_low": interval.low, f"{key}_high": interval.high}
+
+
+def cost_metrics(cost: CostResult) -> dict[str, float | None]:
+    metrics: dict[str, float | None] = {"cost/decode_roofline_fraction": cost.decode_roofline_fraction,
+                                        "cost/decode_tokens_per_s": cost.decode_tokens_per_s,
+                                        "cost/decode_roofline_tokens_per_s": cost.decode_roofline_tokens_per_s}
     if cost.measured:
         m = cost.measured
         metrics.update({"cost/usd_per_1m_tokens": m.usd_per_million_output_tokens, "cost/slo_met": m.slo_met,
                         "cost/output_tokens_per_s": m.output_tokens_per_s, "cost/replicas": m.replicas_for_target,
                         "cost/monthly_usd": m.monthly_usd, "cost/price_per_hour": m.price_per_hour})
-        saving = cost_saving(cost, base_cost)
-        if saving is not None:
-            metrics["cost/saving_vs_base"] = saving
+    if cost.saving_vs_base:
+        metrics.update(_interval_metrics("cost/saving_vs_base", cost.saving_vs_base))
     for p in cost.projected:
         prefix = f"cost/projected/{_key(p.hardware)}"
         metrics.update({f"{prefix}/usd_per_1m_tokens": p.usd_per_million_output_tokens,

@@ -8,8 +8,9 @@ Measured (the hardware the bench ran on, at the knee):
   No knee (no level meets the SLO) -> the same formulas at the best measured load (the level with the
   most output tokens/s), flagged slo_met=False: what was measured is reported, and said to miss the SLO.
   Saving vs base (paired bench runs only): 1 - variant $/1M / base $/1M = 1 - base tokens/s / variant
-  tokens/s at each one's cost level, with the interval Fieller's theorem gives that ratio over the
-  rounds (pipelines/ratios.py). Beside the measured figure: decode tokens/s at the cost level's batch
+  tokens/s at each one's cost level, its estimate and interval from the paired per-round ratios
+  (geometric mean, t interval on log ratios; pipelines/ratios.py). It can differ slightly from
+  1 - the ratio of the two $/1M figures, which use mean tokens/s over rounds. Beside the measured figure: decode tokens/s at the cost level's batch
   B (B / mean ITL) and the roofline's bound on it (B / decode step below).
 Projected (roofline, other hardware; always basis="projected", never mixed with measured), at
   B = the largest bench batch size whose weights + KV cache fit in the hardware's memory:
@@ -29,7 +30,7 @@ import math
 
 from pipelines.config import BenchConfig, HardwareConfig, PriceConfig, RunConfig, group_choices, load_group_config
 from pipelines.errors import ConfigError
-from pipelines.ratios import fieller_ratio_interval, paired, saving_interval
+from pipelines.ratios import paired_ratio_interval, paired, saving_interval
 from pipelines.records import BenchResult, CostEstimate, CostResult, LoadLevel, RatioInterval
 from pipelines.registry import did_you_mean
 from pipelines.sizing import ModelShape
@@ -80,14 +81,14 @@ def paired_cost_saving(bench: BenchResult | None, base_bench: BenchResult | None
     """1 - variant $/1M / base $/1M at each one's cost level, with its interval; None unless paired.
 
     At one price per hour the saving is 1 - base tokens/s / variant tokens/s, so it is the image of the
-    Fieller interval of the variant/base ratio of per-round tokens/s (pipelines/ratios.py)."""
+    interval of the variant/base ratio of per-round tokens/s (pipelines/ratios.py)."""
     if not paired(bench, base_bench):
         return None
     level, base_level = cost_level(bench), cost_level(base_bench)
     if level is None or base_level is None or min(len(level.repeat_output_tokens_per_s),
                                                   len(base_level.repeat_output_tokens_per_s)) < 2:
         return None
-    return saving_interval(fieller_ratio_interval(level.repeat_output_tokens_per_s,
+    return saving_interval(paired_ratio_interval(level.repeat_output_tokens_per_s,
                                                   base_level.repeat_output_tokens_per_s, confidence))
 
 

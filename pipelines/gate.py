@@ -21,8 +21,9 @@ Rules (each yields a `RuleResult` with observed value, bound, threshold and a me
   Every interval is two-sided at gate.confidence, so each one-sided decision
   errs at most (1 - confidence) / 2 (benchmarks/coverage.py measures it).
 - cost: saving = 1 - variant $/1M / base $/1M, both at their knee, = 1 - base / variant output
-  tokens/s there (one price per hour), with the Fieller interval of that ratio over the rounds of a
-  paired bench run (pipelines/ratios.py), recomputed at policy.confidence from the records' rounds.
+  tokens/s there (one price per hour), with the interval of that ratio over the rounds of a paired
+  bench run (t interval on per-round log ratios, pipelines/ratios.py), recomputed at
+  policy.confidence from the rounds the records keep (exact at any level, never rescaled).
   PASS when its low end >= min_cost_saving, FAIL when its high end < it, otherwise INCONCLUSIVE with
   ~how many more rounds would settle it (the half-width shrinking as 1/sqrt(rounds), as for items);
   an unbounded interval, or base and variant not timed in one paired run (served benchmarks, one
@@ -52,7 +53,7 @@ from pipelines.cost import paired_cost_saving
 from pipelines.errors import InputError
 from pipelines.intervals import (CLOPPER_PEARSON, TANGO, Interval, items_to_settle_paired, items_to_settle_rate,
                                  paired_counts_interval, rate_counts_interval)
-from pipelines.ratios import fieller_ratio_interval, paired
+from pipelines.ratios import paired, paired_ratio_interval
 from pipelines.records import (BenchResult, CostResult, Fidelity, RatioInterval, RuleResult, TaskAgreement,
                                TaskFidelity, Verdict)
 
@@ -302,7 +303,7 @@ def throughput_rule(policy: GateConfig, bench: BenchResult | None, base_bench: B
     gain = None
     if paired(bench, base_bench) and min(len(level.repeat_output_tokens_per_s),
                                          len(base_level.repeat_output_tokens_per_s)) >= 2:
-        ratio = fieller_ratio_interval(level.repeat_output_tokens_per_s, base_level.repeat_output_tokens_per_s,
+        ratio = paired_ratio_interval(level.repeat_output_tokens_per_s, base_level.repeat_output_tokens_per_s,
                                        policy.confidence)
         gain = dataclasses.replace(ratio, estimate=ratio.estimate - 1, low=ratio.low - 1, high=ratio.high - 1)
     what = (f"output tokens/s gain at batch {shared[0]} ({level.output_tokens_per_s:.1f} vs "
@@ -330,7 +331,7 @@ def _paired_minimum(rule: str, scope: str, interval: RatioInterval | None, minim
     more = items_to_settle(interval.rounds, interval.estimate, interval.low, interval.high, minimum) \
         if interval.bounded else None
     hint = (f"~{more} more rounds would settle it (half-width shrinking as 1/sqrt(rounds))" if more is not None
-            else "unbounded (the base's mean tokens/s is not significantly nonzero): more rounds needed"
+            else "no finite interval (a round measured zero tokens/s)"
             if not interval.bounded else "the estimate sits at the limit")
     return _rule(rule, scope, INCONCLUSIVE, interval.estimate, interval.low, minimum,
                  f"{text} straddles {minimum:.4g}; {hint}", items_to_settle=more, **bounds)

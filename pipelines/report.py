@@ -8,7 +8,9 @@ that decides, not a mean that hides it); the frontier runs over PROMOTEd and INC
 only: a REJECTed or failed one is drawn but never on it, the base is the reference. Cost is measured $/1M output tokens at the knee (marked "*" and footnoted when no load level met
 the SLO: then it is at the best measured load); latency is p95 end-to-end at the smallest load
 level (what one user sees). Variants without bench data stay in the table; each plot panel names
-the variants it could not plot.
+the variants it could not plot. The table's tok/s is marked "~" when the benchmark was noisy; "saving
+vs base" is the paired saving in $/1M tokens with its interval (pipelines/ratios.py), and "decode
+tok/s (roofline)" the measured decode rate at the cost level's batch beside the roofline's bound.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from pipelines.storage import atomic_write_text
 log = logging.getLogger(__name__)
 
 SLO_NOT_MET = "* no load level met the SLO: $/1M tok is at the best measured load (SLO not met)"
+NOISY = ("~ noisy benchmark (repeats spread or background load; bench_conditions in summary.json): absolute "
+         "tok/s and $ are unreliable, the paired saving vs base is not")
 
 
 def e2e_p95_ms(outcome: Outcome) -> float | None:
@@ -113,7 +117,7 @@ def summary_rows(outcomes: list[Outcome]) -> tuple[list[str], list[list[str]]]:
     """Header and one row per outcome; a missing value is '-'."""
     tasks = sorted({t.task for o in outcomes if o.fidelity for t in o.fidelity.tasks})
     header = ["variant", "verdict", *[f"{task} delta [CI]" for task in tasks], "flips r>w/w>r (all tasks)", "ref KL",
-              "tok/s", "$/1M tok", "size MB"]
+              "tok/s", "$/1M tok", "size MB", "saving vs base [CI]", "decode tok/s (roofline)"]
     rows = [_row(o, tasks) for o in outcomes]
     if any(o.variant_eval and o.variant_eval.sequential for o in outcomes):  # eval.sequential=true
         header.insert(2, "items used (sequential)")
@@ -142,9 +146,27 @@ def _row(outcome: Outcome, tasks: list[str]) -> list[str]:
             else outcome.bench.checkpoint_bytes if outcome.bench else None)
     return [outcome.variant_name, _decision(outcome), *deltas, flips,
             _fmt(divergence.kl_mean if divergence else None, ".4f"),
-            _fmt(level.output_tokens_per_s if level else None, ".1f"),
+            _fmt(level.output_tokens_per_s if level else None, ".1f") + ("~" if noisy(outcome) else ""),
             _fmt(usd_per_million(outcome), ".3g") + ("*" if slo_not_met(outcome) else ""),
-            _fmt(size / 2**20 if size is not None else None, ".1f")]
+            _fmt(size / 2**20 if size is not None else None, ".1f"), _saving(outcome), _decode(outcome)]
+
+
+def noisy(outcome: Outcome) -> bool:
+    return bool(outcome.bench and outcome.bench.conditions and outcome.bench.conditions.warnings)
+
+
+def _saving(outcome: Outcome) -> str:
+    saving = outcome.cost.saving_vs_base if outcome.cost else None
+    if saving is None:
+        return "-"
+    return f"{saving.estimate:+.1%} [{saving.low:+.1%}, {saving.high:+.1%}]"
+
+
+def _decode(outcome: Outcome) -> str:
+    cost = outcome.cost
+    if cost is None or cost.decode_tokens_per_s is None:
+        return "-"
+    return f"{cost.decode_tokens_per_s:.0f} ({cost.decode_roofline_tokens_per_s:.0f})"
 
 
 def _throughput_level(outcome: Outcome) -> LoadLevel | None:
@@ -166,7 +188,8 @@ def markdown_table(outcomes: list[Outcome]) -> str:
 
 
 def _footnotes(outcomes: list[Outcome], lead: str = "") -> list[str]:
-    return [lead + SLO_NOT_MET] if any(map(slo_not_met, outcomes)) else []
+    notes = [SLO_NOT_MET] if any(map(slo_not_met, outcomes)) else []
+    return [lead + note for note in notes + ([NOISY] if any(map(noisy, outcomes)) else [])]
 
 
 def text_table(outcomes: list[Outcome]) -> str:

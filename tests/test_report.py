@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from pipelines.pareto import pareto_front
-from pipelines.records import Outcome
+from pipelines.records import BenchConditions, Outcome, RatioInterval
 from pipelines.report import markdown_table, text_table, write_sweep_report
 
 from conftest import make_outcome
@@ -52,7 +52,7 @@ def test_table_keeps_variants_without_bench(outcomes):
     rows = {line.split(" | ")[0].lstrip("| "): line for line in lines[2:]}
     assert set(rows) == {"base", "gptq", "awq", "w2"}
     assert "| PROMOTE | -0.010 [-0.018, -0.002] | 3/1 | 0.0100 | 120.0 | 0.23 |" in rows["gptq"]
-    assert rows["awq"].endswith("| 3/1 | 0.0100 | - | - | 0.0 |")
+    assert rows["awq"].endswith("| 3/1 | 0.0100 | - | - | 0.0 | - | - |")
     assert "| FAILED |" in rows["w2"]
 
 
@@ -87,3 +87,15 @@ def test_the_frontier_never_holds_a_rejected_variant_or_the_base(tmp_path):
                 point("fp8", "INCONCLUSIVE", 0.9, -0.01), point("gptq", "PROMOTE", 0.5, -0.02),
                 point("w8a8", "PROMOTE", 0.6, -0.03)]
     assert [o.variant_name for o in frontier(outcomes, usd_per_million)] == ["gptq", "fp8"]
+
+
+def test_noisy_benchmark_is_marked_and_paired_saving_shown_with_its_interval(outcomes):
+    promoted = outcomes[1]
+    promoted.bench.conditions = BenchConditions(cpu_model="cpu", cpus=2, load_avg_before=[3.0, 3.0, 3.0],
+                                                load_avg_after=[3.0, 3.0, 3.0], steal_fraction=0.0,
+                                                warnings=["background load: load average 3.00 on 2 CPUs"])
+    promoted.cost.saving_vs_base = RatioInterval(0.25, 0.2, 0.3, 0.95, 3, "t on per-round log ratios")
+    promoted.cost.decode_tokens_per_s, promoted.cost.decode_roofline_tokens_per_s = 80.0, 400.0
+    table = markdown_table(outcomes)
+    assert "| 120.0~ | 0.23 | 0.0 | +25.0% [+20.0%, +30.0%] | 80 (400) |" in table
+    assert table.rstrip().endswith("the paired saving vs base is not")

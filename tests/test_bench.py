@@ -118,6 +118,20 @@ def test_measured_cost_at_knee_hand_worked():
     assert measured.monthly_usd == pytest.approx(2 * 0.0893 * 730)
 
 
+def test_decode_at_the_knee_is_shown_beside_its_roofline_bound_hand_worked():
+    bench = bench_result([level(1, True), level(4, True, itl_mean_ms=20.0)])
+    shape = ModelShape(5e6, 4, 4, 64, 20_000_000, "float32", "float32")
+    cost = estimate_cost(bench, load_hardware("cpu-2core"), BenchConfig(name="t", input_tokens=64, output_tokens=32),
+                         shape)
+    # Knee batch 4 at 20 ms per step: 4 / 0.020 = 200 tokens/s measured.
+    assert cost.decode_tokens_per_s == pytest.approx(200.0)
+    # Bound: 4 sequences per step that reads 20 MB of weights + 4 * (2*4*4*64*4 B = 8192 B) * 80 tokens of
+    # context (64 + 32/2) from 20 GB/s of memory bandwidth (flops are not the limit here).
+    step_s = (20_000_000 + 4 * 8192 * 80) / 20e9
+    assert cost.decode_roofline_tokens_per_s == pytest.approx(4 / step_s)
+    assert cost.saving_vs_base is None  # no base record of the same paired run
+
+
 def test_llama3_8b_roofline_on_h100_hand_worked():
     # Params: embeddings 2 * 128256 * 4096 = 1.0507e9; per layer attention 4096*128*(2*32+2*8) = 41.9e6,
     # MLP 3*4096*14336 = 176.2e6, norms 8192 -> 218.1e6 * 32 = 6.979e9; total 8.03e9.

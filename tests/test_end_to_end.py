@@ -17,7 +17,7 @@ from conftest import cli_command
 pytestmark = pytest.mark.slow
 
 # Small load levels: the CLI path is what is tested here; BENCHMARKS.md has the real scenario.
-FAST_BENCH = ["bench.batch_sizes=[1,2]", "bench.requests_per_level=2", "bench.repeats=1",
+FAST_BENCH = ["bench.batch_sizes=[1,2]", "bench.requests_per_level=2", "bench.repeats=2",
               "bench.warmup_requests=1", "bench.output_tokens=8", "bench.input_tokens=16"]
 SECRET = "hf_QuantgateTestSecret0123456789abcd"
 
@@ -51,7 +51,11 @@ def test_sweep_on_embedded_model_gates_and_logs(tmp_path):
     for run in children:
         # Cost is reported whatever the machine's speed: at the knee, or flagged at the best load (slo_met 0).
         assert {"gate/decision", "gate/exit_code", "fidelity/qg_policy_route/mcnemar_p", "cost/usd_per_1m_tokens",
-                "cost/slo_met"} <= set(run.data.metrics)
+                "cost/slo_met", "bench/conditions/load_avg_before"} <= set(run.data.metrics)
+    # Base and fp8 timed in one paired run: fp8's ratios vs the base; the base has none against itself.
+    by_quant = {r.data.tags["quantgate.quant"]: r.data.metrics for r in children}
+    assert {"bench/bs1/vs_base/output_tokens_per_s_ratio", "cost/saving_vs_base"} <= set(by_quant["fp8"])
+    assert "bench/bs1/vs_base/output_tokens_per_s_ratio" not in by_quant["none"]
     report = tmp_path / "cache" / "sweeps" / "e2e" / "report"
     assert any(report.glob("*.png")) and any(report.glob("*.md"))
     assert "canary-w2" in result.stdout and "REJECT" in result.stdout

@@ -10,8 +10,9 @@ Measured (the hardware the bench ran on, at the knee):
   Saving vs base (paired bench runs only): 1 - variant $/1M / base $/1M = 1 - base tokens/s / variant
   tokens/s at each one's cost level, its estimate and interval from the paired per-round ratios
   (geometric mean, t interval on log ratios; pipelines/ratios.py). It can differ slightly from
-  1 - the ratio of the two $/1M figures, which use mean tokens/s over rounds. Beside the measured figure: decode tokens/s at the cost level's batch
-  B (B / mean ITL) and the roofline's bound on it (B / decode step below).
+  1 - the ratio of the two $/1M figures, which use mean tokens/s over rounds.
+  Beside the measured figure: decode tokens/s at the cost level's batch B (B / mean ITL) and the
+  roofline's bound on it (B / decode step below).
 Projected (roofline, other hardware; always basis="projected", never mixed with measured), at
   B = the largest bench batch size whose weights + KV cache fit in the hardware's memory:
     decode step = max((weight_bytes + B * kv_bytes_per_token * context) / bandwidth, 2 * params * B / peak_flops)

@@ -37,8 +37,8 @@ Rules (each yields a `RuleResult` with observed value, bound, threshold and a me
   (batch 1 by default): single-stream decode speed, which weight-only schemes are meant to raise;
   capacity at the knee is what the cost rule already judges. Its interval and three outcomes are
   the cost rule's, against min_throughput_gain.
-A rule whose threshold the policy leaves unset is not evaluated; one without data is SKIPPED with its reason
-and never changes the decision.
+A rule whose threshold the policy leaves unset is not evaluated; one without data is SKIPPED
+with its reason and never changes the decision.
 REJECT if a blocking rule FAILs, else INCONCLUSIVE if a blocking rule is INCONCLUSIVE, else
 PROMOTE; non-blocking rules only add warnings to the reasons.
 """

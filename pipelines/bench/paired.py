@@ -45,7 +45,8 @@ def run_paired_benchmark(cfg: RunConfig, base: Variant, variant: Variant) -> tup
     if engine_class.runs_levels:
         raise ConfigError(f"bench.engine={cfg.bench.engine} times a served endpoint; it is not paired in process")
     versions = library_versions(*engine_class.libraries)
-    out_dir = Path(cfg.cache_dir) / "bench" / f"pair-{base.name}-{variant.name}-{pair_key(cfg, base, variant, versions)}"
+    key = pair_key(cfg, base, variant, versions)
+    out_dir = Path(cfg.cache_dir) / "bench" / f"pair-{base.name}-{variant.name}-{key}"
     if read_manifest(out_dir) and not cfg.overwrite:
         pair = [dataclasses.replace(load_record(BenchResult, out_dir / f"{role}-{RESULT_FILE}"), from_cache=True)
                 for role in ROLES]

@@ -20,14 +20,15 @@ Metrics (`<task>` is the lm-eval task name, `<k>` a batch size / concurrency lev
   served levels (bench=served) as `bench/<load>/...` (`c4`: 4 streams, `r2.5`: 2.5 requests/s, `sync`)
   with also `batch_size, errored_requests, incomplete_requests`;
   `bench/{knee_batch_size, peak_memory_bytes, checkpoint_bytes}`; paired runs, variant vs base per level:
-  `bench/<level>/vs_base/{output_tokens_per_s,ttft,itl}_ratio` with `_low`/`_high` (Fieller interval at
-  the gate's confidence; bounds left out when unbounded); `bench/conditions/{load_avg_before,
+  `bench/<level>/vs_base/{output_tokens_per_s,ttft,itl}_ratio` with `_low`/`_high` (t interval on per-round
+  log ratios at the gate's confidence; bounds left out when infinite); `bench/conditions/{load_avg_before,
   load_avg_after, steal_fraction, max_tokens_per_s_cv, noisy}` (1-minute load average; noisy 1: warned)
 - `cost/{usd_per_1m_tokens, output_tokens_per_s, replicas, monthly_usd, price_per_hour,
   decode_roofline_fraction, decode_tokens_per_s, decode_roofline_tokens_per_s, slo_met}` (slo_met 0:
   no load level met the SLO, the cost is at the best measured load; decode figures at the cost level's
-  batch, measured beside the roofline's bound); `cost/saving_vs_base` with `_low`/`_high` (paired runs only); `cost/projected/<hardware>/{usd_per_1m_tokens,
-  replicas, monthly_usd}` (roofline projections, never measured)
+  batch, measured beside the roofline's bound); `cost/saving_vs_base` with `_low`/`_high` (paired runs
+  only); `cost/projected/<hardware>/{usd_per_1m_tokens, replicas, monthly_usd}` (roofline
+  projections, never measured)
 - `variant/{size_bytes, quantize_seconds}`; `gate/decision` (1 PROMOTE, 0 INCONCLUSIVE, -1 REJECT);
   `gate/exit_code` (what the CLI exits with for this variant, also the tag `quantgate.exit_code`)
 - Headline copies a reviewer finds without reading code (the detailed names above stay):

@@ -151,3 +151,26 @@ def test_conditions_warn_on_background_load_steal_and_spread(load, steal, rounds
     assert [w[:len(expected)] for w, expected in zip(found.warnings, warned)] == warned
     assert len(found.warnings) == len(warned) and found.load_avg_after == [9.0, 9.0, 9.0]
     assert found.max_tokens_per_s_cv == pytest.approx(np.std(rounds, ddof=1) / np.mean(rounds))
+
+
+def test_records_of_different_bench_runs_give_no_ratio_and_no_saving(virtual):
+    from pipelines.cost import paired_cost_saving
+    from pipelines.ratios import level_ratios
+
+    base_bench, bench = paired_bench.run_paired_benchmark(virtual, variant("base", "b1"), variant("variant", "v1"))
+    other_base, _ = paired_bench.run_paired_benchmark(virtual, variant("base", "b2"), variant("variant", "v1"))
+    assert level_ratios(bench, base_bench, 0.95) and paired_cost_saving(bench, base_bench, 0.95) is not None
+    assert level_ratios(bench, other_base, 0.95) == [] and paired_cost_saving(bench, other_base, 0.95) is None
+
+
+def test_gpu_processes_and_utilisation_come_from_nvidia_smi_where_there_is_one(tmp_path, monkeypatch):
+    from pipelines.bench.conditions import gpu_status
+
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text('#!/bin/sh\ncase "$1" in\n  --query-gpu*) echo "NVIDIA H200, 87 %, 70000 MiB, 143771 MiB";;\n'
+                    '  *) echo "4242, python, 69000 MiB";;\nesac\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert gpu_status() == ["NVIDIA H200, 87 %, 70000 MiB, 143771 MiB", "4242, python, 69000 MiB"]
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    assert gpu_status() == []

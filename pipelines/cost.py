@@ -31,7 +31,7 @@ import math
 
 from pipelines.config import BenchConfig, HardwareConfig, PriceConfig, RunConfig, group_choices, load_group_config
 from pipelines.errors import ConfigError
-from pipelines.ratios import paired_ratio_interval, paired, saving_interval
+from pipelines.ratios import saving_interval, tokens_per_s_ratio
 from pipelines.records import BenchResult, CostEstimate, CostResult, LoadLevel, RatioInterval
 from pipelines.registry import did_you_mean
 from pipelines.sizing import ModelShape
@@ -79,18 +79,18 @@ def cost_level(bench: BenchResult) -> LoadLevel | None:
 
 def paired_cost_saving(bench: BenchResult | None, base_bench: BenchResult | None,
                        confidence: float) -> RatioInterval | None:
-    """1 - variant $/1M / base $/1M at each one's cost level, with its interval; None unless paired.
+    """1 - variant $/1M / base $/1M at each one's cost level, with its interval; None unless paired
+    (0 exactly for the base's benchmark against itself).
 
     At one price per hour the saving is 1 - base tokens/s / variant tokens/s, so it is the image of the
     interval of the variant/base ratio of per-round tokens/s (pipelines/ratios.py)."""
-    if not paired(bench, base_bench):
+    if bench is None or base_bench is None:
         return None
     level, base_level = cost_level(bench), cost_level(base_bench)
-    if level is None or base_level is None or min(len(level.repeat_output_tokens_per_s),
-                                                  len(base_level.repeat_output_tokens_per_s)) < 2:
+    if level is None or base_level is None:
         return None
-    return saving_interval(paired_ratio_interval(level.repeat_output_tokens_per_s,
-                                                  base_level.repeat_output_tokens_per_s, confidence))
+    ratio = tokens_per_s_ratio(bench, base_bench, level, base_level, confidence)
+    return saving_interval(ratio) if ratio else None
 
 
 def projected_estimate(shape: ModelShape, hardware: HardwareConfig, bench_cfg: BenchConfig) -> CostEstimate | None:

@@ -53,7 +53,7 @@ from pipelines.cost import paired_cost_saving
 from pipelines.errors import InputError
 from pipelines.intervals import (CLOPPER_PEARSON, TANGO, Interval, items_to_settle_paired, items_to_settle_rate,
                                  paired_counts_interval, rate_counts_interval)
-from pipelines.ratios import paired, paired_ratio_interval
+from pipelines.ratios import paired, tokens_per_s_ratio
 from pipelines.records import (BenchResult, CostResult, Fidelity, RatioInterval, RuleResult, TaskAgreement,
                                TaskFidelity, Verdict)
 
@@ -300,12 +300,8 @@ def throughput_rule(policy: GateConfig, bench: BenchResult | None, base_bench: B
         return _skipped("throughput", "tokens_per_s", "variant and base share no load level")
     level = next(lv for lv in bench.levels if lv.batch_size == shared[0])
     base_level = base_levels[shared[0]]
-    gain = None
-    if paired(bench, base_bench) and min(len(level.repeat_output_tokens_per_s),
-                                         len(base_level.repeat_output_tokens_per_s)) >= 2:
-        ratio = paired_ratio_interval(level.repeat_output_tokens_per_s, base_level.repeat_output_tokens_per_s,
-                                       policy.confidence)
-        gain = dataclasses.replace(ratio, estimate=ratio.estimate - 1, low=ratio.low - 1, high=ratio.high - 1)
+    ratio = tokens_per_s_ratio(bench, base_bench, level, base_level, policy.confidence)
+    gain = ratio and dataclasses.replace(ratio, estimate=ratio.estimate - 1, low=ratio.low - 1, high=ratio.high - 1)
     what = (f"output tokens/s gain at batch {shared[0]} ({level.output_tokens_per_s:.1f} vs "
             f"{base_level.output_tokens_per_s:.1f})")
     return _paired_minimum("throughput", f"bs{shared[0]}", gain, policy.min_throughput_gain, what,

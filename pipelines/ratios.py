@@ -30,10 +30,11 @@ import math
 import numpy as np
 from scipy.stats import t as student_t
 
-from pipelines.records import BenchResult, LevelRatio, RatioInterval
+from pipelines.records import BenchResult, LevelRatio, LoadLevel, RatioInterval
 
 FIELLER = "Fieller (paired rounds)"
 LOG_RATIO = "t on per-round log ratios"
+SELF = "the base's benchmark against itself"
 
 
 def paired_ratio_interval(numerators, denominators, confidence: float) -> RatioInterval:
@@ -88,6 +89,18 @@ def paired(bench: BenchResult | None, base_bench: BenchResult | None) -> bool:
     """True when both records come from one paired bench run of two different checkpoints."""
     return (bench is not None and base_bench is not None and bench is not base_bench
             and bench.pairing_id is not None and bench.pairing_id == base_bench.pairing_id)
+
+
+def tokens_per_s_ratio(bench: BenchResult, base_bench: BenchResult, level: LoadLevel, base_level: LoadLevel,
+                       confidence: float) -> RatioInterval | None:
+    """Variant/base output tokens/s of two levels of these records, from their paired rounds; exactly 1
+    for the base's benchmark against itself; None unless paired with >= 2 rounds each."""
+    if bench == base_bench:
+        return RatioInterval(1.0, 1.0, 1.0, confidence, level.repeats, SELF)
+    if not paired(bench, base_bench) or min(len(level.repeat_output_tokens_per_s),
+                                            len(base_level.repeat_output_tokens_per_s)) < 2:
+        return None
+    return paired_ratio_interval(level.repeat_output_tokens_per_s, base_level.repeat_output_tokens_per_s, confidence)
 
 
 def level_ratios(bench: BenchResult, base_bench: BenchResult, confidence: float) -> list[LevelRatio]:

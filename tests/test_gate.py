@@ -349,3 +349,12 @@ def test_agreement_inconclusive_names_the_items_that_settle_it():
 def test_non_blocking_agreement_only_warns():
     verdict = agreement_verdict(10, 20, blocking=False)
     assert verdict.decision == "PROMOTE" and any(r.startswith("warning agreement[fp8/t] FAIL") for r in verdict.reasons)
+
+
+def test_the_base_against_itself_saves_exactly_nothing():
+    same = bench(10.0, 4)
+    verdict = decide(policy(min_cost_saving=0.1, min_throughput_gain=0.0, blocking=["cost", "throughput"]),
+                     fidelity(task()), cost=cost(5.0), base_cost=cost(5.0), bench=same, base_bench=same)
+    rules = {r.rule: r for r in verdict.rules}
+    assert (rules["cost"].status, rules["cost"].low, rules["cost"].high) == ("FAIL", 0.0, 0.0)
+    assert (rules["throughput"].status, rules["throughput"].observed) == ("PASS", 0.0)

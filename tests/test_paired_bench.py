@@ -6,6 +6,8 @@ nice -n 10 python -m pytest tests/test_paired_bench.py -q
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -174,3 +176,13 @@ def test_gpu_processes_and_utilisation_come_from_nvidia_smi_where_there_is_one(t
     assert gpu_status() == ["NVIDIA H200, 87 %, 70000 MiB, 143771 MiB", "4242, python, 69000 MiB"]
     monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
     assert gpu_status() == []
+
+
+def test_a_tampered_cached_pair_is_timed_again(virtual):
+    paired_bench.run_paired_benchmark(virtual, variant("base", "b1"), variant("variant", "v1"))
+    bench_cache = Path(virtual.cache_dir) / "bench"
+    entry = next(bench_cache.glob("pair-*/variant-*"))
+    entry.write_text(entry.read_text().replace('"variant"', '"tampered"', 1))
+    again = paired_bench.run_paired_benchmark(virtual, variant("base", "b1"), variant("variant", "v1"))
+    assert VirtualEngine.built == ["base", "variant"] * 2 and not again[1].from_cache
+    assert any(bench_cache.glob("pair-*.corrupt-*"))

@@ -31,7 +31,7 @@ from pipelines.errors import ConfigError
 from pipelines.ratios import level_ratios
 from pipelines.records import BenchResult, Variant, load_record, save_record
 from pipelines.registry import BENCH_ENGINES, resolve
-from pipelines.storage import atomic_directory, library_versions, read_manifest, stable_hash, write_manifest
+from pipelines.storage import atomic_directory, cache_entry, library_versions, stable_hash, write_manifest
 
 ROLES = ("base", "variant")
 
@@ -47,11 +47,13 @@ def run_paired_benchmark(cfg: RunConfig, base: Variant, variant: Variant) -> tup
     versions = library_versions(*engine_class.libraries)
     key = pair_key(cfg, base, variant, versions)
     out_dir = Path(cfg.cache_dir) / "bench" / f"pair-{base.name}-{variant.name}-{key}"
-    if read_manifest(out_dir) and not cfg.overwrite:
-        pair = [dataclasses.replace(load_record(BenchResult, out_dir / f"{role}-{RESULT_FILE}"), from_cache=True)
-                for role in ROLES]
-    else:
-        pair = _time_pair(engine_class, cfg, {"base": base, "variant": variant}, versions, out_dir)
+    # Verified before reuse (storage.cache_entry); concurrent jobs time one pair once.
+    with cache_entry(out_dir, cfg.overwrite) as manifest:
+        if manifest is not None:
+            pair = [dataclasses.replace(load_record(BenchResult, out_dir / f"{role}-{RESULT_FILE}"), from_cache=True)
+                    for role in ROLES]
+        else:
+            pair = _time_pair(engine_class, cfg, {"base": base, "variant": variant}, versions, out_dir)
     base_bench, bench = pair
     # Recomputed on every read: the records keep the rounds, the confidence is today's gate's.
     bench.ratios = level_ratios(bench, base_bench, cfg.gate.confidence)

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from pipelines.bench.paired import run_paired_benchmark
-from pipelines.cost import cost_level, paired_cost_saving
+from pipelines.cost import paired_cost_saving
 from pipelines.models import offline_environment, resolve_base
 from pipelines.pipeline import BASELINE, compose_config
 from pipelines.ratios import fieller_ratio_interval
@@ -104,7 +104,7 @@ def saving_lines(pairs, quants: list[str]) -> list[str]:
     for (run, quant), (base_bench, bench, confidence) in pairs.items():
         s = paired_cost_saving(bench, base_bench, confidence)
         lines.append(f"- {run}, {quant}: saving in $/1M output tokens vs base at the cost level "
-                     f"(batch {cost_level(bench).batch_size} vs {cost_level(base_bench).batch_size}): "
+                     f"(batch {bench.cost_level().batch_size} vs {base_bench.cost_level().batch_size}): "
                      f"{s.estimate:+.1%}, {confidence:.0%} [{s.low:+.1%}, {s.high:+.1%}] over {s.rounds} rounds; "
                      f"warnings: {'; '.join(bench.conditions.warnings) or 'none'}")
     return lines

@@ -32,7 +32,7 @@ import math
 from pipelines.config import BenchConfig, HardwareConfig, PriceConfig, RunConfig, group_choices, load_group_config
 from pipelines.errors import ConfigError
 from pipelines.ratios import saving_interval, tokens_per_s_ratio
-from pipelines.records import BenchResult, CostEstimate, CostResult, LoadLevel, RatioInterval
+from pipelines.records import BenchResult, CostEstimate, CostResult, RatioInterval
 from pipelines.registry import did_you_mean
 from pipelines.sizing import ModelShape
 
@@ -55,7 +55,7 @@ def estimate_cost(bench: BenchResult, hardware: HardwareConfig, bench_cfg: Bench
 
 
 def measured_estimate(bench: BenchResult, hardware: HardwareConfig, bench_cfg: BenchConfig) -> CostEstimate | None:
-    level = cost_level(bench)
+    level = bench.cost_level()
     if level is None:
         return None
     if bench.knee_batch_size is None:
@@ -67,16 +67,6 @@ def measured_estimate(bench: BenchResult, hardware: HardwareConfig, bench_cfg: B
     return estimate
 
 
-def cost_level(bench: BenchResult) -> LoadLevel | None:
-    """The level cost is computed at: the knee, else (no level meets the SLO) the most output tokens/s."""
-    if not bench.levels:
-        return None
-    if bench.knee_batch_size is None:
-        return max(bench.levels, key=lambda lv: lv.output_tokens_per_s)
-    return next(lv for lv in bench.levels if lv.batch_size == bench.knee_batch_size
-                and (bench.knee_load is None or lv.load == bench.knee_load))
-
-
 def paired_cost_saving(bench: BenchResult | None, base_bench: BenchResult | None,
                        confidence: float) -> RatioInterval | None:
     """1 - variant $/1M / base $/1M at each one's cost level, with its interval; None unless paired
@@ -86,7 +76,7 @@ def paired_cost_saving(bench: BenchResult | None, base_bench: BenchResult | None
     interval of the variant/base ratio of per-round tokens/s (pipelines/ratios.py)."""
     if bench is None or base_bench is None:
         return None
-    level, base_level = cost_level(bench), cost_level(base_bench)
+    level, base_level = bench.cost_level(), base_bench.cost_level()
     if level is None or base_level is None:
         return None
     ratio = tokens_per_s_ratio(bench, base_bench, level, base_level, confidence)
@@ -140,7 +130,7 @@ def decode_beside_roofline(bench: BenchResult, hardware: HardwareConfig, bench_c
                            shape: ModelShape) -> tuple[float | None, float | None]:
     """At the cost level's batch B: measured decode tokens/s (B / mean ITL) and the roofline's bound on it
     (B / decode_step_bound_s: weights plus B sequences' KV cache read once per step); None without an ITL."""
-    level = cost_level(bench)
+    level = bench.cost_level()
     if level is None or not level.itl_mean_ms:
         return None, None
     context = bench_cfg.input_tokens + bench_cfg.output_tokens / 2

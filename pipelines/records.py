@@ -313,6 +313,20 @@ class BenchResult:
     ratios: list[LevelRatio] = field(default_factory=list)
     conditions: BenchConditions | None = None
 
+    def knee(self) -> LoadLevel | None:
+        """The knee the bench stage chose (knee_batch_size, and knee_load for served levels); None without one."""
+        if self.knee_batch_size is None:
+            return None
+        return next((lv for lv in self.levels if lv.batch_size == self.knee_batch_size
+                     and (self.knee_load is None or lv.load == self.knee_load)), None)
+
+    def cost_level(self) -> LoadLevel | None:
+        """The level cost is computed at: the knee, else (no level meets the SLO) the most output tokens/s.
+        Cost, report, tracker and gate all read this; none picks a level itself."""
+        if not self.levels:
+            return None
+        return self.knee() or max(self.levels, key=lambda lv: lv.output_tokens_per_s)
+
 
 @dataclass
 class CostEstimate:

@@ -170,10 +170,8 @@ def _decode(outcome: Outcome) -> str:
 
 
 def _throughput_level(outcome: Outcome) -> LoadLevel | None:
-    """The knee's load level (what cost is computed at), else the smallest one measured."""
-    levels = outcome.bench.levels if outcome.bench else []
-    knee = [lv for lv in levels if lv.batch_size == outcome.bench.knee_batch_size] if levels else []
-    return (knee or sorted(levels, key=lambda lv: lv.batch_size) or [None])[0]
+    """The level cost is computed at (BenchResult.cost_level: the knee, else the most tokens/s)."""
+    return outcome.bench.cost_level() if outcome.bench else None
 
 
 def _fmt(value: float | None, spec: str) -> str:

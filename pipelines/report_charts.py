@@ -90,9 +90,9 @@ def _latency(curves: list[tuple[str, BenchResult, str]], key: str, limit: float 
         levels = sorted(bench.levels, key=lambda level: level.batch_size)
         figure.add_trace(go.Scatter(x=[lv.batch_size for lv in levels], y=[getattr(lv, field).p95 for lv in levels],
                                     mode="lines+markers", name=name, line={"color": color}))
-        knee = [lv for lv in levels if lv.batch_size == bench.knee_batch_size]
+        knee = bench.knee()
         if knee:
-            figure.add_trace(go.Scatter(x=[knee[0].batch_size], y=[getattr(knee[0], field).p95], mode="markers",
+            figure.add_trace(go.Scatter(x=[knee.batch_size], y=[getattr(knee, field).p95], mode="markers",
                                         marker={"symbol": "star", "size": 14, "color": "black"}, showlegend=False,
                                         hovertemplate=f"knee of {name}: load %{{x}}<extra></extra>"))
     if limit is not None:

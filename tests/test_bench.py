@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from pipelines.bench.engines import RequestTiming
-from pipelines.bench.measure import knee_batch_size, request_meets_slo, summarize_level
+from pipelines.bench.measure import knee_level, request_meets_slo, summarize_level
 from pipelines.config import BenchConfig, SLOConfig
 from pipelines.cost import (decode_step_bound_s, estimate_cost, load_hardware, prefill_bound_s,
                             replicas_needed, usd_per_million_tokens)
@@ -16,7 +17,7 @@ from pipelines.errors import ConfigError
 from pipelines.records import BenchResult
 from pipelines.sizing import ModelShape, llama_parameter_count, read_model_shape
 
-from conftest import load_level
+from conftest import load_level, make_outcome
 
 LLAMA3_8B = {"hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
              "intermediate_size": 14336, "num_hidden_layers": 32, "vocab_size": 128256,
@@ -40,7 +41,9 @@ def level(batch_size: int, meets: bool, tokens_per_s: float = 100.0, e2e_mean_ms
 
 
 def bench_result(levels) -> BenchResult:
-    return BenchResult(variant="v", engine="hf", device="cpu", levels=levels, knee_batch_size=knee_batch_size(levels),
+    knee = knee_level(levels)
+    return BenchResult(variant="v", engine="hf", device="cpu", levels=levels,
+                       knee_batch_size=knee.batch_size if knee else None,
                        peak_memory_bytes=1, memory_kind="process_rss_peak_sampled", checkpoint_bytes=1)
 
 
@@ -78,7 +81,7 @@ def test_goodput_counts_requests_meeting_their_own_ttft_and_itl_p95():
 def test_level_meets_slo_on_pooled_p95_and_knee_is_largest_meeting_level():
     assert not summarize_level(2, REPEATS, SLOConfig(ttft_p95_ms=200)).meets_slo
     assert summarize_level(2, REPEATS, SLOConfig(ttft_p95_ms=300)).meets_slo
-    assert knee_batch_size([level(1, True), level(2, True), level(4, False)]) == 2
+    assert knee_level([level(1, True), level(2, True), level(4, False)]).batch_size == 2
 
 
 def test_no_level_meets_slo_reports_cost_at_best_measured_load_flagged():
@@ -246,3 +249,26 @@ def test_cpu_peak_memory_sees_a_freed_allocation(meter):
     assert psutil.Process().memory_info().rss < baseline + 32 * 2**20  # freed: only the peak remembers it
     # Kernel RSS counters are batched per thread (a few pages of slack): 60 of the 64 MiB must show.
     assert rss.peak() >= baseline + 60 * 2**20
+
+
+def test_served_rate_levels_sharing_a_batch_size_give_one_knee_to_cost_report_and_mlflow(tmp_path):
+    from pipelines.report import summary_rows
+    from pipelines.track.keys import headline_metrics
+
+    # Two rate levels both hold ~2 requests in flight; the knee is r4 (the higher rate), not r2.
+    levels = [load_level(batch_size=2, load="r2", output_tokens_per_s=50.0, e2e_mean_ms=500.0),
+              load_level(batch_size=2, load="r4", output_tokens_per_s=90.0, e2e_mean_ms=500.0)]
+    outcome = make_outcome(tmp_path)
+    outcome.bench = replace(outcome.bench, levels=levels, knee_batch_size=2, knee_load="r4")
+    outcome.cost = estimate_cost(outcome.bench, load_hardware("cpu-2core"), BenchConfig(name="t"),
+                                 ModelShape(5e6, 4, 4, 64, 20_000_000, "float32", "float32"))
+    header, rows = summary_rows([outcome])
+    assert outcome.bench.knee().load == outcome.bench.cost_level().load == "r4"
+    assert outcome.cost.measured.output_tokens_per_s == 90.0
+    assert rows[0][header.index("tok/s")] == "90.0"
+    assert headline_metrics(outcome)["throughput/knee_tokens_per_s"] == 90.0
+
+
+def test_without_a_knee_every_reader_takes_the_level_with_the_most_tokens_per_s():
+    bench = bench_result([level(1, False, tokens_per_s=40), level(4, False, tokens_per_s=70)])
+    assert bench.knee() is None and bench.cost_level().batch_size == 4

@@ -20,7 +20,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from pipelines.bench.conditions import conditions, snapshot, warn_if_noisy
-from pipelines.bench.measure import knee_batch_size, knee_level, summarize_level, summarize_served_level
+from pipelines.bench.measure import knee_level, summarize_level, summarize_served_level
 from pipelines.bench.scenarios import LevelPlan, ordinary_token_ids, plan_levels
 from pipelines.config import BenchConfig, RunConfig
 from pipelines.errors import ConfigError
@@ -95,9 +95,10 @@ def plan_prompts(cfg: RunConfig, variant: Variant) -> list[LevelPlan]:
 def in_process_result(cfg: RunConfig, variant: Variant, engine, levels: list[LoadLevel], versions: dict[str, str],
                       found: BenchConditions, memory_kind: str | None = None) -> BenchResult:
     warn_if_noisy(variant.name, found)
+    knee = knee_level(levels)
     return BenchResult(
         variant=variant.name, engine=cfg.bench.engine, device=cfg.hardware.device, levels=levels,
-        knee_batch_size=knee_batch_size(levels),
+        knee_batch_size=knee.batch_size if knee else None,
         peak_memory_bytes=max(level.peak_memory_bytes for level in levels),
         memory_kind=memory_kind or engine.memory_kind,
         checkpoint_bytes=variant.size_bytes, versions={**versions, "device_name": engine.device_name()},

@@ -13,7 +13,10 @@ Definitions (times are `time.perf_counter` seconds, reported in ms):
 - A request meets the SLO when, for every target set, its TTFT <= ttft_p95_ms, the p95 of its own
   ITLs <= itl_p95_ms and its E2E <= e2e_p95_ms. Goodput = such requests per second.
 - A level meets the SLO when its pooled p95 TTFT, ITL and E2E are each within the targets set.
-- The knee is the largest measured batch size whose level meets the SLO; None when none does.
+- The knee (`knee_level`, in-process and served alike) is the level meeting the SLO with the most
+  requests in flight (in process: the largest batch size); None when none does. The bench stage
+  stores it in the BenchResult (knee_batch_size, knee_load), whose `cost_level()` is what cost,
+  report, tracker and gate read: the knee, else the level with the most output tokens/s.
 - TPOT = (E2E - TTFT) / (N - 1) per request, N its output tokens (the first token excluded, as in
   vLLM's benchmarks; GuideLLM's own "time per output token" includes it, guidellm #1144).
 Served levels (bench.engine=openai, from `StreamTiming`s), where the same definitions hold except:
@@ -104,12 +107,6 @@ def summarize_level(batch_size: int, repeats: list[list[RequestTiming]], slo: SL
         repeat_output_tokens_per_s=[float(v) for v in tokens_per_s],
         repeat_ttft_mean_ms=[float(np.mean([ttft_s(t) for t in repeat]) * 1e3) for repeat in repeats],
         repeat_itl_mean_ms=[float(np.concatenate([itl_s(t) for t in repeat]).mean() * 1e3) for repeat in repeats])
-
-
-def knee_batch_size(levels: list[LoadLevel]) -> int | None:
-    """Largest measured batch size meeting the SLO; None when no level does (never a guess)."""
-    meeting = [level.batch_size for level in levels if level.meets_slo]
-    return max(meeting) if meeting else None
 
 
 def _p95_ms(values_s: np.ndarray) -> float:

@@ -158,10 +158,9 @@ def headline_metrics(outcome: Outcome) -> dict[str, float | None]:
         metrics.update({f"score/{_key(t.task)}": t.variant_score, f"delta/{_key(t.task)}": t.delta})
     if outcome.cost and outcome.cost.measured:
         metrics["cost/usd_per_1m_output_tokens"] = outcome.cost.measured.usd_per_million_output_tokens
-    levels = outcome.bench.levels if outcome.bench else []
-    knee = [lv for lv in levels if lv.batch_size == outcome.bench.knee_batch_size]
+    knee = outcome.bench.knee() if outcome.bench else None
     if knee:
-        metrics["throughput/knee_tokens_per_s"] = knee[0].output_tokens_per_s
+        metrics["throughput/knee_tokens_per_s"] = knee.output_tokens_per_s
     if outcome.variant:
         metrics["size/checkpoint_mb"] = outcome.variant.size_bytes / 2**20
     return metrics

@@ -29,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
@@ -199,6 +200,44 @@ def save(path: Path, result: dict, message: str) -> None:
     print(message, flush=True)
 
 
+def report(args: argparse.Namespace) -> None:
+    """Markdown tables: decode tokens/s per arm against the roofline, and each FP8 arm over BF16 with
+    the paired interval the gate uses (pipelines/ratios.py), Fieller's beside it."""
+    from pipelines.ratios import fieller_ratio_interval, paired_ratio_interval
+
+    result = json.loads(args.result.read_text())
+    bandwidth = result["copy_bandwidth_bytes_per_s"]
+    arms = list(result["rounds"][0]["arms"])
+    print(f"{result['machine']['gpu']}, {result['machine']['date']}, torch {result['machine']['torch']}, "
+          f"device-to-device copy {bandwidth / 1e12:.2f} TB/s (datasheet {DATASHEET_BANDWIDTH / 1e12:.1f})\n")
+    print("| batch | arm | decode tok/s, median of rounds (min-max) | weights read per step | roofline tok/s "
+          "(measured copy BW) | fraction of roofline |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for batch in sorted({row["batch_size"] for row in result["rounds"]}):
+        rates = per_arm_rates(result, batch)
+        for arm in arms:
+            roofline = batch * bandwidth / result["weight_bytes_per_token"][arm]
+            median = float(np.median(rates[arm]))
+            print(f"| {batch} | {arm} | {median:.1f} ({min(rates[arm]):.1f}-{max(rates[arm]):.1f}) | "
+                  f"{result['weight_bytes_per_token'][arm] / 1e9:.2f} GB | {roofline:.0f} | {median / roofline:.1%} |")
+    level = f"{args.confidence:.0%}"
+    print(f"\n| batch | arm over bf16 | rounds | decode tok/s ratio, paired log-ratio t interval ({level}) | "
+          f"Fieller ({level}) |")
+    print("| --- | --- | --- | --- | --- |")
+    for batch in sorted({row["batch_size"] for row in result["rounds"]}):
+        rates = per_arm_rates(result, batch)
+        for arm in arms[1:]:
+            paired = paired_ratio_interval(rates[arm], rates["bf16"], args.confidence)
+            fieller = fieller_ratio_interval(rates[arm], rates["bf16"], args.confidence)
+            print(f"| {batch} | {arm} | {paired.rounds} | {paired.estimate:.3f} [{paired.low:.3f}, {paired.high:.3f}] | "
+                  f"{fieller.estimate:.3f} [{fieller.low:.3f}, {fieller.high:.3f}] |")
+
+
+def per_arm_rates(result: dict, batch: int) -> dict[str, list[float]]:
+    rows = [row for row in result["rounds"] if row["batch_size"] == batch]
+    return {arm: [row["arms"][arm]["decode_tokens_per_s"] for row in rows] for arm in rows[0]["arms"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -209,8 +248,11 @@ def main() -> None:
     run.add_argument("--new-tokens", type=int, default=64)
     run.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     run.add_argument("--scratch", type=Path, default=None, help="where the FP8 checkpoint is written")
+    tables = commands.add_parser("report", help="intervals and roofline fractions of a measure result (here)")
+    tables.add_argument("result", type=Path)
+    tables.add_argument("--confidence", type=float, default=0.95)
     args = parser.parse_args()
-    measure(args)
+    (measure if args.command == "measure" else report)(args)
 
 
 if __name__ == "__main__":

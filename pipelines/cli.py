@@ -1,7 +1,8 @@
 """The command line's front door: every config a command would run is composed and validated
 before Hydra starts a job, so a bad name or value costs milliseconds, not a quantization.
 
-`python -m pipelines.run quant=nonsense` -> one line on stderr, exit code 2, no traceback.
+`python -m pipelines.run quant=nonsense` -> one line on stderr, exit code 2, no traceback; every other
+failure too ends in one line and its code (`report_failure`, pipelines/exit_codes.py).
 """
 
 from __future__ import annotations
@@ -12,17 +13,21 @@ import itertools
 import logging
 import os
 import sys
+import tempfile
+import traceback
 import typing
 from typing import Callable, Iterator
 
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException
+from hydra.errors import HydraException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from pipelines import exit_codes, interrupts
 from pipelines.config import GROUPS, RunConfig, register_schemas
-from pipelines.errors import ConfigError, UserError
+from pipelines.errors import ConfigError, UserError, failure_line, first_line
+from pipelines.redact import redact, remember_config_secrets
 from pipelines.registry import did_you_mean
 
 CONFIG_MODULE = "pipelines.conf"
@@ -36,9 +41,11 @@ _loader = None
 def to_run_config(cfg: DictConfig) -> RunConfig:
     """Convert once to the typed schema, so every `__post_init__` check runs."""
     try:
-        return OmegaConf.to_object(cfg)
+        run_cfg = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as error:
-        raise ConfigError(_first_line(error)) from error
+        raise ConfigError(redact(first_line(error))) from error
+    remember_config_secrets(dataclasses.asdict(run_cfg))  # hidden from every later log line and message
+    return run_cfg
 
 
 def is_multirun(argv: list[str]) -> bool:
@@ -187,22 +194,43 @@ def _compose(overrides: list[str], from_shell: bool = False) -> DictConfig:
         return GlobalHydra.instance().hydra.compose_config(config_name="config", overrides=overrides,
                                                            run_mode=RunMode.RUN, from_shell=from_shell)
     except (HydraException, OmegaConfBaseException) as error:
-        raise ConfigError(_first_line(error)) from error
+        raise ConfigError(first_line(error)) from error
 
 
-def _first_line(error: BaseException) -> str:
-    """Hydra wraps the useful reason (e.g. "Key 'bogus' not in 'QuantConfig'") as the cause."""
-    lines = []
-    while error is not None:
-        text = str(error).strip()
-        lines.append(next((part for part in text.splitlines() if part.strip()), type(error).__name__))
-        error = error.__cause__
-    return ": ".join(line.rstrip(".").replace("\t", " ") for line in lines)
-
-
-def fail(error: UserError, debug: bool = False) -> None:
-    """Print the one-line message and exit 2; `debug` (or hydra.verbose) keeps the traceback."""
+def report_failure(error: BaseException, debug: bool = False) -> int:
+    """One line on stderr for whatever ended the command, its traceback in a log file (and on the
+    console with `debug=true`); returns the exit code pipelines/exit_codes.py gives it."""
+    code = exit_codes.of_exception(error)
     if debug:
-        logging.getLogger("pipelines").exception("invalid input")
-    print(f"quantgate: error: {error}", file=sys.stderr)
-    sys.exit(error.exit_code)
+        traceback.print_exception(error)
+    if code in (exit_codes.INTERRUPTED, exit_codes.TERMINATED):
+        print(f"quantgate: {interrupts.message()}", file=sys.stderr)
+    elif code == exit_codes.INVALID_INPUT:
+        print(f"quantgate: error: {redact(_user_message(error))}", file=sys.stderr)
+    else:
+        print(f"quantgate: failed: {redact(failure_line(error))}; traceback in {log_traceback(error)}",
+              file=sys.stderr)
+    return code
+
+
+def _user_message(error: BaseException) -> str:
+    if isinstance(error, OverrideParseException):  # Hydra's grammar: a stray word, an unclosed bracket
+        return (f"cannot parse the overrides ({first_line(error)}); quote a value holding spaces, brackets "
+                "or commas, e.g. 'eval.tasks=[a,b]' or \"model.source='/my models/x'\"")
+    return str(error) if isinstance(error, UserError) else first_line(error)
+
+
+def log_traceback(error: BaseException) -> str:
+    """Write the traceback to the run's log file(s), or to a file of its own before a run has one;
+    returns where it went."""
+    record = logging.LogRecord("pipelines.failure", logging.ERROR, __file__, 0, "command failed", None,
+                               (type(error), error, error.__traceback__))
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    for handler in files:
+        handler.handle(record)
+    if files:
+        return ", ".join(h.baseFilename for h in files)
+    fd, path = tempfile.mkstemp(prefix="quantgate-failure-", suffix=".log")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(redact("".join(traceback.format_exception(error))))
+    return path

@@ -7,11 +7,12 @@ Hydra error and a bad value a `ConfigError` naming the field and how to fix it.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from pipelines.champion import POLICIES as CHAMPION_POLICIES
 from pipelines.errors import ConfigError
@@ -56,6 +57,8 @@ class ModelConfig:
     shape: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not self.source.strip():
+            raise ConfigError("model.source is empty; give 'embedded', a local model directory or a hub id")
         if self.dtype not in {"auto", "float32", "bfloat16", "float16"}:
             raise ConfigError(f"model.dtype={self.dtype} must be one of auto, float32, bfloat16, float16")
 
@@ -385,6 +388,9 @@ def register_schemas() -> None:
     store.store(name="run_schema", node=RunConfig)
     for group, schema in GROUPS.items():
         store.store(group=group, name=f"{group}_schema", node=schema)
+    # ${unique_id:} in hydra.run.dir / hydra.sweep.dir: two runs started in the same second get two
+    # folders. Cached per config (like Hydra's ${now:}), and Hydra copies that cache to sweep jobs.
+    OmegaConf.register_new_resolver("unique_id", lambda: secrets.token_hex(4), use_cache=True, replace=True)
 
 
 def group_choices(group: str) -> list[str]:
@@ -398,8 +404,6 @@ def group_choices(group: str) -> list[str]:
 def load_group_config(group: str, name: str) -> Any:
     """conf/<group>/<name>.yaml outside a Hydra compose, validated against the group's schema."""
     from importlib.resources import files
-
-    from omegaconf import OmegaConf
 
     node = OmegaConf.create((files("pipelines.conf") / group / f"{name}.yaml").read_text())
     node.pop("defaults", None)

@@ -87,15 +87,6 @@ def decide(policy: GateConfig, fidelity: Fidelity, cost: CostResult | None = Non
                    reasons=_reasons(rules), policy=policy.name)
 
 
-def exit_code(verdict: Verdict, policy: GateConfig) -> int:
-    """CLI status: 0 PROMOTE, 1 REJECT, INCONCLUSIVE 1 when policy.inconclusive_blocks else 0."""
-    if verdict.decision == PROMOTE:
-        return 0
-    if verdict.decision == INCONCLUSIVE and not policy.inconclusive_blocks:
-        return 0
-    return 1
-
-
 def tolerance_for(policy: GateConfig, task: TaskFidelity) -> float:
     """The largest acceptable drop for `task`, in the metric's own units."""
     tol: SuiteTolerance = policy.per_task.get(task.task, policy.tolerance)

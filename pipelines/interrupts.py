@@ -2,18 +2,17 @@
 
     quantgate: interrupted during evaluate; run the same command to resume
 
-Exit code 130 for SIGINT, 143 for SIGTERM (128 + the signal number, as shells report). SIGTERM is
+Exit code 130 for SIGINT, 143 for SIGTERM (pipelines/exit_codes.py). SIGTERM is
 turned into a KeyboardInterrupt subclass, so every cleanup path that already handles Ctrl-C
 (atomic_directory removing a partial checkpoint, MLflow runs marked FAILED) handles it too.
-Whatever a stage finished is cached, so the rerun resumes after it. `debug=true` keeps the traceback.
+Whatever a stage finished is cached, so the rerun resumes after it. `debug=true` keeps the traceback
+(pipelines/cli.py `report_failure` prints the line).
 Exercised by `python -m pipelines.run` and tests/test_new_user.py (a real signal to a subprocess).
 """
 
 from __future__ import annotations
 
 import signal
-import sys
-import traceback
 
 _stage = "startup"
 
@@ -32,16 +31,13 @@ def current_stage() -> str:
     return _stage
 
 
+def message() -> str:
+    return f"interrupted during {_stage}; run the same command to resume"
+
+
 def install() -> None:
     signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 def _raise_terminated(signum, frame) -> None:
     raise Terminated()
-
-
-def exit_interrupted(interrupt: KeyboardInterrupt, debug: bool = False) -> None:
-    if debug:
-        traceback.print_exception(interrupt)
-    print(f"quantgate: interrupted during {_stage}; run the same command to resume", file=sys.stderr)
-    sys.exit(128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT))

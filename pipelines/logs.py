@@ -1,6 +1,7 @@
 """Console or run.log: the console shows quantgate's own log lines, its errors and the progress
 bars; library chatter (lm-eval task loading, llm-compressor's "No accelerator available!",
-torchao, Python warnings) goes to the run's `run.log` only.
+torchao, Python warnings) goes to the run's `run.log` only. Every handler redacts secrets
+(pipelines/redact.py); tracebacks reach the console only with debug=true.
 
 `python -m pipelines.run` uses it through conf/hydra/job_logging/quantgate.yaml (the console
 filter) and pipelines/run.py (records from before Hydra has a run directory are kept and replayed
@@ -12,14 +13,18 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import sys
 from logging.handlers import MemoryHandler
 from typing import Iterator
+
+from pipelines.redact import RedactSecrets
 
 OWN_LOGGERS = ("pipelines", "__main__")
 # Records logged before Hydra opens run.log (config composition, preflight): at most this many are kept.
 EARLY_CAPACITY = 10_000
 _FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+DEBUG_ENV = "QUANTGATE_DEBUG"
 
 
 class OwnRecordsOnly(logging.Filter):
@@ -27,6 +32,25 @@ class OwnRecordsOnly(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.name.split(".")[0] in OWN_LOGGERS
+
+
+class ConsoleFormatter(logging.Formatter):
+    """The console's lines without tracebacks (run.log keeps them), unless the command has debug=true."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if os.environ.get(DEBUG_ENV) == "1":
+            return super().format(record)
+        kept = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = kept
+
+
+def show_tracebacks(debug: bool) -> None:
+    """debug=true: tracebacks on the console too, in this process and the jobs it starts."""
+    os.environ[DEBUG_ENV] = "1" if debug else "0"
 
 
 class _Buffer(MemoryHandler):
@@ -40,6 +64,7 @@ class _Buffer(MemoryHandler):
 
 
 _early = _Buffer(capacity=EARLY_CAPACITY)
+_early.addFilter(RedactSecrets())  # kept records are replayed into run.log: redacted before they are kept
 
 
 class _CurrentStderr(logging.StreamHandler):
@@ -63,7 +88,8 @@ def capture_early() -> None:
     console = _CurrentStderr()
     console.setLevel(logging.WARNING)
     console.addFilter(OwnRecordsOnly())
-    console.setFormatter(logging.Formatter(_FORMAT))
+    console.setFormatter(ConsoleFormatter(_FORMAT))
+    console.addFilter(RedactSecrets())
     for handler in (_early, console):
         root.addHandler(handler)
     logging.captureWarnings(True)

@@ -18,11 +18,12 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from pipelines import interrupts
+from pipelines import exit_codes, interrupts
 from pipelines.config import QuantConfig, RunConfig, load_group_config
-from pipelines.errors import UserError
+from pipelines.errors import UserError, failure_line
 from pipelines.records import (BenchResult, CostResult, EvalResult, Fidelity, Outcome, Variant, Verdict,
                                save_record)
+from pipelines.redact import redact
 from pipelines.serve import is_served, sigterm_as_interrupt
 from pipelines.stage_log import StageLog
 from pipelines.storage import atomic_write_text
@@ -64,12 +65,14 @@ def run_variant(cfg: RunConfig, output_dir: Path | None = None, parent_run_id: s
     try:
         outcome = _run_stages(cfg, output_dir)
         interrupts.entering("track")
-        _save(cfg, outcome, output_dir)
         _track(cfg, outcome, parent_run_id)
+        _save(outcome, output_dir)
     except KeyboardInterrupt:
         # outcome.json and summary.json mark a finished run; an interrupted one says so instead.
-        atomic_write_text(output_dir / INTERRUPTED,
-                          f"interrupted during {interrupts.current_stage()}; run the same command to resume\n")
+        atomic_write_text(output_dir / INTERRUPTED, f"{interrupts.message()}\n")
+        raise
+    except UserError as error:  # the folder still says what happened, with the code the process returns
+        _save(failed_outcome(cfg, error, output_dir), output_dir)
         raise
     except UserError as error:
         # The command stops with the error's one line; the run's folder still records what happened.
@@ -77,6 +80,12 @@ def run_variant(cfg: RunConfig, output_dir: Path | None = None, parent_run_id: s
                             error=f"invalid input: {error}", exit_code=error.exit_code), output_dir / "outcome.json")
         raise
     return outcome
+
+
+def failed_outcome(cfg: RunConfig, error: BaseException, output_dir: Path | None = None) -> Outcome:
+    """The record of a variant that ended before its gate: its error in one line, and its exit code."""
+    return Outcome(variant_name=cfg.quant.name, model=cfg.model.name, error=redact(failure_line(error)),
+                   output_dir=str(output_dir) if output_dir else None, exit_code=exit_codes.of_exception(error))
 
 
 def _run_stages(cfg: RunConfig, output_dir: Path) -> Outcome:
@@ -93,9 +102,11 @@ def _run_stages(cfg: RunConfig, output_dir: Path) -> Outcome:
         raise
     except Exception as failure:  # any stage's failure is this variant's failure; the sweep goes on
         log.exception("variant %s failed in stage %s", cfg.quant.name, run.failed)
-        error = f"{run.failed}: {type(failure).__name__}: {failure}"
-    return Outcome(variant_name=cfg.quant.name, model=cfg.model.name, output_dir=str(output_dir),
-                   stages=run.times, error=error, **run.results)
+        error = redact(f"{run.failed}: {failure_line(failure)}")
+    outcome = Outcome(variant_name=cfg.quant.name, model=cfg.model.name, output_dir=str(output_dir),
+                      stages=run.times, error=error, **run.results)
+    outcome.exit_code = exit_codes.of_outcome(outcome, cfg.gate)  # once per variant: every record carries it
+    return outcome
 
 
 def _stages(cfg: RunConfig, base, output_dir: Path, run: StageLog) -> None:
@@ -133,12 +144,10 @@ def _stages(cfg: RunConfig, base, output_dir: Path, run: StageLog) -> None:
         run.keep(verdict=_gate(cfg, fidelity, bench, base_bench, cost, base_cost))
 
 
-def _save(cfg: RunConfig, outcome: Outcome, output_dir: Path) -> None:
+def _save(outcome: Outcome, output_dir: Path) -> None:
     """outcome.json and summary.json, each with the exit code the process will return for this variant."""
-    from pipelines.sweep import exit_code_of
     from pipelines.track.keys import outcome_metrics, outcome_summary
 
-    outcome.exit_code = exit_code_of(outcome, cfg)
     save_record(outcome, output_dir / "outcome.json")
     summary = outcome_summary(outcome, outcome_metrics(outcome))
     atomic_write_text(output_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True, default=float) + "\n")
@@ -210,10 +219,16 @@ def _gate(cfg: RunConfig, fidelity: Fidelity, bench: BenchResult | None, base_be
 
 
 def _track(cfg: RunConfig, outcome: Outcome, parent_run_id: str | None) -> None:
+    """Log the outcome; a tracker that fails makes the variant a failed stage (exit 3), its verdict kept."""
     from pipelines.track import make_tracker
 
     tracker = make_tracker(cfg.tracking)
-    if tracker is not None:
-        is_base = cfg.quant.backend == "none"
+    if tracker is None:
+        return
+    try:
         outcome.run_id = tracker.log_outcome(outcome, resolved_config(cfg), parent_run_id=parent_run_id,
-                                             reference=is_base)
+                                             reference=cfg.quant.backend == "none")
+    except Exception as failure:
+        log.error("variant %s: tracking failed: %s", cfg.quant.name, failure_line(failure), exc_info=True)
+        outcome.error = redact(f"track: {failure_line(failure)}")
+        outcome.exit_code = exit_codes.of_outcome(outcome, cfg.gate)

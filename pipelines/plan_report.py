@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from pipelines import exit_codes
 from pipelines.config import RunConfig
 from pipelines.cost import price_per_hour, scaled_hardware
 from pipelines.plan import Plan, build_plan, duration
@@ -54,7 +55,7 @@ def print_plans(configs: list[RunConfig]) -> int:
     plans = [build_plan(cfg, count_items=True) for cfg in configs]
     for plan in plans:
         print(render(plan))
-    return 2 if any(plan.problems for plan in plans) else 0
+    return exit_codes.INVALID_INPUT if any(plan.problems for plan in plans) else exit_codes.OK
 
 
 def _split(cfg, task: str) -> str:

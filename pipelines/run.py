@@ -5,13 +5,15 @@
     python -m pipelines.run -m quant=fp8,w8a8,awq,gptq       # a sweep: one MLflow parent run
     python -m pipelines.run model=llama3-70b quant=awq plan=true   # sizes, GPUs, disk, time, cost; runs nothing
 
-Exit codes: 0 PROMOTE, 1 REJECT or blocking INCONCLUSIVE, 2 invalid input or configuration,
-3 a stage failed (a bug or a library failure: see the log and the FAILED MLflow run),
-130 / 143 interrupted by Ctrl-C / SIGTERM (one line; run the same command to resume).
+Exit codes (pipelines/exit_codes.py): 0 PROMOTE, 1 REJECT or blocking INCONCLUSIVE, 2 invalid input
+or configuration, 3 a stage failed (a bug or a library failure: see the log and the FAILED MLflow
+run), 130 / 143 interrupted by Ctrl-C / SIGTERM (one line; run the same command to resume).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -19,11 +21,13 @@ import hydra
 from omegaconf import DictConfig
 
 from pipelines import interrupts, logs, sweep
-from pipelines.cli import compose_command, fail, is_inspection, run_composed, to_run_config
+from pipelines.cli import compose_command, is_inspection, log_traceback, report_failure, run_composed, to_run_config
 from pipelines.config import RunConfig, register_schemas
-from pipelines.errors import UserError
+from pipelines.errors import failure_line
+from pipelines.storage import check_creatable
 
 register_schemas()
+log = logging.getLogger(__name__)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://pipelines.conf", config_name="config")
@@ -37,17 +41,19 @@ def run_job(run_cfg: RunConfig) -> None:
     """One variant against its base; preflight ran for every config of the command before any job."""
     from hydra.core.hydra_config import HydraConfig
 
-    from pipelines.pipeline import run_variant
+    from pipelines.pipeline import failed_outcome, run_variant
 
     logs.replay_early_records()
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        outcome = run_variant(run_cfg, Path(HydraConfig.get().runtime.output_dir), sweep.parent_run_id(),
-                              preflighted=True)
-    except UserError as error:
+        outcome = run_variant(run_cfg, output_dir, sweep.parent_run_id(), preflighted=True)
+    except Exception as error:
         if not sweep.active():
-            fail(error, run_cfg.debug)
-        outcome = sweep.failed_outcome(run_cfg, error)
-    sweep.record(outcome, run_cfg)
+            raise  # main() prints its one line and exits with its code
+        # A sweep goes on with the next variant; this one's outcome carries its code (2 for bad input).
+        log.error("variant %s: %s; traceback in %s", run_cfg.quant.name, failure_line(error), log_traceback(error))
+        outcome = failed_outcome(run_cfg, error, output_dir)
+    sweep.record(outcome)
 
 
 def main() -> None:
@@ -55,29 +61,33 @@ def main() -> None:
     if is_inspection(argv):
         job()
         return
+    logs.show_tracebacks("debug=true" in argv)
     logs.capture_early()
     interrupts.install()
     try:
-        sys.exit(_run(argv))
-    except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM through interrupts.install
-        interrupts.exit_interrupted(interrupt, debug="debug=true" in argv)
+        code = _run(argv)
+    except SystemExit:
+        raise
+    except BaseException as error:  # every way a command ends without a verdict: one line, one exit code
+        code = report_failure(error, debug="debug=true" in argv)
+    sys.exit(code)
 
 
 def _run(argv: list[str]) -> int:
-    try:
-        interrupts.entering("preflight")
-        configs, single_run = compose_command(argv)  # each config composed once, here
-        if configs[0].plan:  # plan=true: print what the run would need, then stop before any work
-            from pipelines.plan_report import print_plans
+    interrupts.entering("preflight")
+    configs, single_run = compose_command(argv)  # each config composed once, here
+    if configs[0].plan:  # plan=true: print what the run would need, then stop before any work
+        from pipelines.plan_report import print_plans
 
-            sys.exit(print_plans(configs))
-        sweep.preflight_all(configs)
-    except UserError as error:
-        fail(error, "debug=true" in argv)
+        return print_plans(configs)
+    if single_run is not None:  # the run's folder can be made: checked before the slower checks
+        check_creatable(Path(single_run.hydra.run.dir), "hydra.run.dir")
+    sweep.preflight_all(configs)
     if single_run is not None:
         run_composed(lambda _: run_job(configs[0]), single_run)
     else:
         sweep.start(configs)
+        os.environ["HYDRA_FULL_ERROR"] = "1"  # a launcher's failure reaches main(), not Hydra's exit 1
         job()  # Hydra's launcher runs the jobs
     interrupts.entering("report")
     return sweep.finish(configs)

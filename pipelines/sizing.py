@@ -79,18 +79,18 @@ class ModelSize:
 
 def read_config_json(model: ModelConfig) -> tuple[dict[str, Any], str]:
     """The model's config.json and where it came from: a local directory, the Hugging Face cache, model.shape."""
-    from pipelines.models import is_hub_id, local_model_directory
+    from pipelines.models import is_hub_id, local_model_directory, parse_config_json
 
     if not is_hub_id(model.source):
         path = local_model_directory(model) / "config.json"
         if not path.is_file():
             raise InputError(f"{path.parent} is not a model directory (no config.json)")
-        return json.loads(path.read_text()), str(path)
+        return parse_config_json(path), str(path)
     from huggingface_hub import try_to_load_from_cache
 
     cached = try_to_load_from_cache(model.source, "config.json", revision=model.revision)
     if isinstance(cached, str):
-        return json.loads(open(cached, encoding="utf-8").read()), cached
+        return parse_config_json(Path(cached)), cached
     if model.shape:
         return dict(model.shape), f"model.shape in conf/model/{model.name}.yaml (nothing downloaded)"
     raise InputError(f"the size of {model.source} is unknown here: fetch its config.json "

@@ -95,6 +95,17 @@ def check_writable(directory: Path, option: str) -> None:
                          f"choose a writable directory with {option}=...") from None
 
 
+def check_creatable(directory: Path, option: str) -> None:
+    """InputError naming the config option when `directory` could not be created and written; creates nothing."""
+    from pipelines.errors import InputError
+
+    existing = next(p for p in [directory, *directory.parents] if p.exists() or p == p.parent)
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        why = "is not a directory" if not existing.is_dir() else "is not writable"
+        raise InputError(f"{option}={directory} cannot be created: {existing} {why}; "
+                         f"choose a writable directory with {option}=...")
+
+
 def stable_hash(value: Any, length: int = 16) -> str:
     """Hash of a JSON-able value that does not depend on key order."""
     text = json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import time
 from pathlib import Path
 
+from pipelines import exit_codes
 from pipelines.config import RunConfig
-from pipelines.errors import UserError
 from pipelines.champion import choose
 from pipelines.records import ChampionDecision, Outcome, load_record, save_record
 from pipelines.track import Tracker, make_tracker, resolved_config
@@ -21,8 +22,6 @@ log = logging.getLogger(__name__)
 
 SWEEP_DIR_ENV = "QUANTGATE_SWEEP_DIR"
 PARENT_ENV = "QUANTGATE_PARENT_RUN_ID"
-# Exit code of a variant whose stage failed: not a verdict, not bad input (see pipelines/run.py).
-STAGE_FAILED = 3
 _single_run: list[Outcome] = []
 
 
@@ -43,7 +42,8 @@ def preflight_all(configs: list[RunConfig]) -> None:
 
 def start(configs: list[RunConfig]) -> None:
     cfg = configs[0]
-    name = cfg.sweep or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # Unnamed sweeps started in the same second must not share (and mix) their outcomes.
+    name = cfg.sweep or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
     directory = Path(cfg.cache_dir).resolve() / "sweeps" / name
     os.environ[SWEEP_DIR_ENV] = str(directory)
     tracker = make_tracker(cfg.tracking)
@@ -52,19 +52,8 @@ def start(configs: list[RunConfig]) -> None:
     log.info("sweep %s: %d variants; outcomes in %s", name, len(configs), directory)
 
 
-def failed_outcome(cfg: RunConfig, error: UserError) -> Outcome:
-    return Outcome(variant_name=cfg.quant.name, model=cfg.model.name, error=f"invalid input: {error}")
-
-
-def exit_code_of(outcome: Outcome, cfg: RunConfig) -> int:
-    """What the process exits with for this variant; run_variant writes it into every record."""
-    from pipelines.gate import exit_code
-
-    return exit_code(outcome.verdict, cfg.gate) if outcome.verdict else STAGE_FAILED
-
-
-def record(outcome: Outcome, cfg: RunConfig) -> None:
-    outcome.exit_code = exit_code_of(outcome, cfg)
+def record(outcome: Outcome) -> None:
+    """Keep a variant's outcome, its exit code already computed, for the command's report and exit code."""
     if active():
         name = Path(outcome.output_dir or outcome.variant_name).name
         save_record(outcome, Path(os.environ[SWEEP_DIR_ENV]) / "outcomes" / f"{name}.json")
@@ -92,7 +81,7 @@ def finish(configs: list[RunConfig]) -> int:
     elif tracker is not None and outcomes[0].run_id:  # a single run: its report goes with its run
         tracker.log_run_report(outcomes[0].run_id, files)
     print(f"report: {files[0]}")
-    return max((o.exit_code for o in outcomes), default=STAGE_FAILED)
+    return exit_codes.of_command(outcomes)
 
 
 def crown_champions(outcomes: list[Outcome], policy: str, tracker: Tracker | None) -> list[ChampionDecision]:

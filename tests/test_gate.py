@@ -14,7 +14,8 @@ from scipy.stats import norm
 
 from pipelines.config import GateConfig, SuiteTolerance
 from pipelines.errors import InputError
-from pipelines.gate import decide, drop_interval, exit_code, items_to_settle
+from pipelines.exit_codes import of_verdict
+from pipelines.gate import decide, drop_interval, items_to_settle
 from pipelines.records import BenchResult, CostEstimate, CostResult, Divergence, Fidelity, Percentiles, TaskFidelity
 
 from conftest import load_config_file, load_level
@@ -249,7 +250,7 @@ def test_throughput_rule_compares_batch_one_on_its_paired_interval():
 def test_exit_code(decision, inconclusive_blocks, code):
     verdict = decide(policy(), fidelity(task()))
     verdict.decision = decision
-    assert exit_code(verdict, policy(inconclusive_blocks=inconclusive_blocks)) == code
+    assert of_verdict(verdict, policy(inconclusive_blocks=inconclusive_blocks)) == code
 
 
 def test_no_tasks_is_invalid_input():

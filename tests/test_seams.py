@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import registry, sweep
+from pipelines import exit_codes, registry, sweep
 from pipelines.cli import compose_all
 from pipelines.errors import ConfigError, InputError
 from pipelines.records import Outcome, Variant
@@ -164,7 +164,7 @@ def test_a_registered_tracker_runs_preflight_and_the_sweep_without_mlflow(jsonl_
     sweep.start(configs)
     for cfg in configs:  # what each job records (here: failed variants, so no model is needed)
         sweep.record(Outcome(variant_name=cfg.quant.name, model=cfg.model.name, error="stage failed",
-                             output_dir=str(tmp_path / "out" / cfg.quant.name)), cfg)
+                             output_dir=str(tmp_path / "out" / cfg.quant.name), exit_code=exit_codes.STAGE_FAILED))
     exit_code = sweep.finish(configs)
 
     logged = [json.loads(line) for line in events.read_text().splitlines()]
@@ -172,7 +172,7 @@ def test_a_registered_tracker_runs_preflight_and_the_sweep_without_mlflow(jsonl_
     assert logged[-2] == {"event": "crown", "champion": None}  # every variant failed: no champion
     assert logged[-1]["event"] == "log_sweep_report" and logged[-1]["parent"] == "jsonl-parent"
     assert logged[-1]["variants"] == ["fp8", "w8a8"] and logged[-1]["files"] >= 1
-    assert exit_code == sweep.STAGE_FAILED
+    assert exit_code == exit_codes.STAGE_FAILED
     assert not (tmp_path / "mlruns").exists()
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 
-from pipelines import models, preflight, run, sweep
+from pipelines import exit_codes, models, preflight, run, sweep
 from pipelines.pipeline import compose_config, run_variant
 
 # Each check the issue found running only inside a stage, after quantization and evaluation.
@@ -100,7 +100,7 @@ def test_single_run_composes_once_and_preflights_once(spies, tmp_path, monkeypat
     code = cli(monkeypatch, "bench=off", "tracking=off", f"cache_dir={tmp_path / 'cache'}",
                f"hydra.run.dir={tmp_path / 'run'}")
     # The job ran (from the config composed up front) and stopped at the base load: a failed stage.
-    assert code == sweep.STAGE_FAILED and loads == ["tiny-llama"]
+    assert code == exit_codes.STAGE_FAILED and loads == ["tiny-llama"]
     assert "stopped before loading the base" in (tmp_path / "run" / "outcome.json").read_text()
     assert (tmp_path / "run" / "run.log").is_file()  # Hydra's job logging, as under @hydra.main
     assert composes.calls == 1 and preflights.calls == 1
@@ -111,7 +111,7 @@ def test_sweep_preflights_each_config_once(spies, tmp_path, monkeypatch, capsys)
     _, preflights, loads = spies
     code = cli(monkeypatch, "-m", "quant=none,fp8", "bench=off", "tracking=off", f"cache_dir={tmp_path / 'cache'}",
                f"hydra.sweep.dir={tmp_path / 'sweep'}")
-    assert code == sweep.STAGE_FAILED and loads == ["tiny-llama", "tiny-llama"]
+    assert code == exit_codes.STAGE_FAILED and loads == ["tiny-llama", "tiny-llama"]
     assert preflights.calls == 2  # by the CLI, once per variant; the jobs trust it
 
 

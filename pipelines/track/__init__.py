@@ -22,8 +22,8 @@ from omegaconf import OmegaConf
 
 from pipelines.config import RunConfig, TrackingConfig
 from pipelines.records import ChampionDecision, Contender, Outcome
+from pipelines.redact import redact_config
 from pipelines.registry import TRACKERS, resolve
-from pipelines.track.keys import redact_config
 
 
 class Tracker(Protocol):

@@ -51,30 +51,10 @@ import re
 from typing import Any
 
 from pipelines.records import BenchResult, CostResult, EvalResult, Fidelity, Outcome, RatioInterval
+from pipelines.redact import redact, redact_config
 
-REDACTED = "***"
-_SECRET_KEY = re.compile(r"(^|[_.-])(token|secret|password|passwd|api[_-]?key|access[_-]?key|credentials?)([_.-]|$)",
-                         re.IGNORECASE)
-_SECRET_VALUES = [(re.compile(r"hf_[A-Za-z0-9]{8,}"), REDACTED), (re.compile(r"//[^/@\s:]+:[^/@\s]+@"), "//***@")]
 _UNSAFE_KEY_CHARS = re.compile(r"[^\w./ -]")
 DECISION_CODES = {"PROMOTE": 1.0, "INCONCLUSIVE": 0.0, "REJECT": -1.0}
-
-
-def redact_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a nested config with secret-named keys and token-like values replaced by ***."""
-    clean: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            clean[key] = redact_config(value)
-        elif _SECRET_KEY.search(str(key)) and value not in (None, ""):
-            clean[key] = REDACTED
-        elif isinstance(value, str):
-            clean[key] = redact_value(value)
-        elif isinstance(value, list):
-            clean[key] = [redact_value(v) if isinstance(v, str) else v for v in value]
-        else:
-            clean[key] = value
-    return clean
 
 
 def flatten_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -86,12 +66,6 @@ def flatten_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             flat[f"{prefix}{key}"] = str(value)
     return flat
-
-
-def redact_value(text: str) -> str:
-    for pattern, replacement in _SECRET_VALUES:
-        text = pattern.sub(replacement, text)
-    return text
 
 
 def outcome_metrics(outcome: Outcome) -> dict[str, float]:
@@ -302,7 +276,7 @@ def outcome_tags(outcome: Outcome, config: dict[str, Any], role: str) -> dict[st
         tags["quantgate.reused"] = ",".join(s.stage for s in outcome.stages if s.from_cache) or "none"
     if outcome.error:
         tags["quantgate.error"] = outcome.error[:5000]
-    return {key: redact_value(str(value)) for key, value in tags.items() if value is not None}
+    return {key: redact(str(value)) for key, value in tags.items() if value is not None}
 
 
 def run_name(outcome: Outcome) -> str:

@@ -39,12 +39,12 @@ from pipelines.config import TrackingConfig
 from pipelines.errors import InputError
 from pipelines.champion import contender
 from pipelines.records import ChampionDecision, Contender, Outcome, save_record
+from pipelines.redact import redact, redact_config
 from pipelines.storage import check_writable, library_versions
 from pipelines.track import alias
 from pipelines.track.describe import (NOTE_TAG, VIEW_KEY, VIEW_TAG, champion_lines, decision_label, run_description,
                                       runs_view, sweep_table)
-from pipelines.track.keys import (flatten_params, metric_task, outcome_metrics, outcome_summary, outcome_tags,
-                                  redact_config, redact_value, run_name)
+from pipelines.track.keys import flatten_params, metric_task, outcome_metrics, outcome_summary, outcome_tags, run_name
 from pipelines.track.lineage import DatasetRef, create_checkpoint_model, dataset_refs, register_version
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def check(tracking: TrackingConfig) -> None:
     uri = tracking_uri(tracking)
     scheme = urlparse(uri).scheme
     if scheme not in {"sqlite", "http", "https"}:
-        raise InputError(f"tracking.uri={redact_value(uri)} has an unsupported scheme '{scheme}'; "
+        raise InputError(f"tracking.uri={redact(uri)} has an unsupported scheme '{scheme}'; "
                          "use sqlite:///<path>.db or http(s)://<mlflow server>")
 
 
@@ -83,10 +83,10 @@ def _check_http(uri: str) -> None:
     try:
         response = requests.get(f"{uri.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_S)
     except requests.RequestException as error:
-        raise InputError(f"tracking.uri={redact_value(uri)} is unreachable ({type(error).__name__}); "
+        raise InputError(f"tracking.uri={redact(uri)} is unreachable ({type(error).__name__}); "
                          "start the MLflow server or use tracking=local") from None
     if response.status_code != 200:
-        raise InputError(f"tracking.uri={redact_value(uri)}/health answered HTTP {response.status_code}; "
+        raise InputError(f"tracking.uri={redact(uri)}/health answered HTTP {response.status_code}; "
                          "is it an MLflow server?")
 
 
@@ -290,14 +290,21 @@ def _git_tags() -> dict[str, str]:
     return {"quantgate.git_commit": commit.stdout.strip(), "mlflow.source.git.commit": commit.stdout.strip()}
 
 
+# "database is locked": another writer holds the lock. "UNIQUE constraint failed": MLflow upserts a
+# tag by select-then-insert (session.merge), so two jobs setting the experiment's view tag at once
+# both insert and one fails; retried, the select finds the row and updates it. That failure, raised
+# after the job's run was FINISHED, once lost a joblib sweep job's outcome (a crash the test read as REJECT).
+_LOST_RACES = ("database is locked", "UNIQUE constraint failed")
+
+
 def _retry(call: Callable[..., T], *args: Any, attempts: int = 8, **kwargs: Any) -> T:
-    """Retry a store call while SQLite reports another writer holds the lock."""
+    """Retry a store call that lost a race with another process (sweep jobs share one SQLite store)."""
     for attempt in range(attempts - 1):
         try:
             return call(*args, **kwargs)
-        except Exception as error:  # MlflowException or sqlalchemy OperationalError, both carry the text
-            if "database is locked" not in str(error):
+        except Exception as error:  # MlflowException or sqlalchemy's errors, both carry the text
+            if not any(race in str(error) for race in _LOST_RACES):
                 raise
-            log.debug("sqlite busy (attempt %d): %s", attempt + 1, error)
+            log.debug("sqlite race (attempt %d): %s", attempt + 1, error)
             time.sleep(0.2 * 2**attempt)
     return call(*args, **kwargs)

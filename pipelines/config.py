@@ -202,6 +202,11 @@ class ServeConfig:
     models: dict[str, str] = field(default_factory=dict)
     # Name of the environment variable holding the endpoint's API key (the key itself is never logged).
     api_key_env: str | None = None
+    # serve=endpoint: score an endpoint whose checkpoint cannot be checked (its /v1/models names no
+    # root matching the checkpoint); the verdict is then at most INCONCLUSIVE and says why.
+    trust_endpoint: bool = False
+    # serve=endpoint: base and variant may be the same URL and model (comparing a server with itself).
+    allow_same_endpoint: bool = False
     startup_timeout_s: float = 600.0
     # Requests lm-eval keeps in flight while scoring through the endpoint.
     eval_concurrency: int = 4

@@ -33,6 +33,8 @@ Rules (each yields a `RuleResult` with observed value, bound, threshold and a me
   PASS when its lower bound >= the minimum, FAIL when its upper bound < it, otherwise INCONCLUSIVE
   with the items that would settle it if the rate held (20 of 20 agreeing bounds it at 0.83 at 95 %:
   72 of 72 clear 0.95); evaluated only when the fidelity record has them.
+- identity (served runs with serve.trust_endpoint=true): an endpoint not shown to serve the judged
+  checkpoint is a blocking INCONCLUSIVE whatever the policy, so such a run never PROMOTEs.
 - throughput: gain = variant / base output tokens/s - 1 at the smallest load level both ran
   (batch 1 by default): single-stream decode speed, which weight-only schemes are meant to raise;
   capacity at the knee is what the cost rule already judges. Its interval and three outcomes are
@@ -83,8 +85,17 @@ def decide(policy: GateConfig, fidelity: Fidelity, cost: CostResult | None = Non
         rules += [agreement_rule(policy, agreement) for agreement in fidelity.agreement]
     for rule in rules:
         rule.blocking = rule.rule in policy.blocking
+    rules += [identity_rule(role, why) for role, why in fidelity.unverified_endpoints.items()]
     return Verdict(variant=fidelity.variant, decision=_combine(rules), rules=rules,
                    reasons=_reasons(rules), policy=policy.name)
+
+
+def identity_rule(role: str, why: str) -> RuleResult:
+    """Scores from an endpoint not shown to serve the judged checkpoint (serve.trust_endpoint=true):
+    blocking whatever the policy says, so the verdict is at most INCONCLUSIVE."""
+    rule = _rule("identity", role, INCONCLUSIVE, None, None, None, f"served checkpoint not verified: {why}")
+    rule.blocking = True
+    return rule
 
 
 def tolerance_for(policy: GateConfig, task: TaskFidelity) -> float:

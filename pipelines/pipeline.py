@@ -182,6 +182,7 @@ def _serve_and_measure(cfg: RunConfig, variant: Variant, role: str,
     with make_server(cfg).serve(variant, role, output_dir) as served:
         result = run_evaluate(cfg, variant, served)
         bench = run_benchmark(cfg, variant, served) if cfg.bench.enabled else None
+    result.served_identity, result.served_identity_verified = served.identity, served.identity_verified
     # In-process scoring of the agreement items runs after the server is gone (memory).
     result.agreement = served_agreement(cfg, variant, result, "base" if role == "base" else cfg.quant.name)
     return result, bench
@@ -194,6 +195,9 @@ def _fidelity(cfg: RunConfig, base_eval: EvalResult, variant_eval: EvalResult) -
                        bootstrap_samples=cfg.eval.bootstrap_samples, seed=cfg.seed,
                        reference_name="base", variant_name=cfg.quant.name)
     fidelity.agreement = [*base_eval.agreement, *variant_eval.agreement]
+    fidelity.unverified_endpoints = {role: result.served_identity or "unverified"
+                                     for role, result in (("base", base_eval), ("variant", variant_eval))
+                                     if not result.served_identity_verified}
     return fidelity
 
 

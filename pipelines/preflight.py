@@ -46,11 +46,12 @@ def _check_paths_and_reachability(cfg: RunConfig) -> dict | None:
     complete checkpoint; returns its config.json (None for a hub id: it is checked when fetched)."""
     from pipelines.models import is_hub_id, local_model_directory, read_model_config
     from pipelines.plan import check_plan
-    from pipelines.serve import check_serve
+    from pipelines.serve import check_serve, check_serve_reachable
     from pipelines.track import check_reachable
 
     check_plan(cfg)  # fits the hardware, this machine and its disk; hub access: before anything is written
     check_serve(cfg)
+    check_serve_reachable(cfg)  # endpoints answer and serve their models: before anything is written
     check_writable(Path(cfg.cache_dir), "cache_dir")
     check_reachable(cfg.tracking)
     return None if is_hub_id(cfg.model.source) else read_model_config(local_model_directory(cfg.model), cfg.model)

@@ -52,6 +52,10 @@ class ServedModel:
     engine: str
     engine_version: str
     engine_args: dict[str, Any] = field(default_factory=dict)
+    # How quantgate knows the server serves this checkpoint (it started it, or the endpoint's root
+    # matches); False only when serve.trust_endpoint=true let an unchecked endpoint be scored.
+    identity: str = ""
+    identity_verified: bool = True
 
 
 @dataclass
@@ -124,6 +128,9 @@ class EvalResult:
     agreement: list[TaskAgreement] = field(default_factory=list)
     # Sequential runs (the variant's record): items used and why each task stopped.
     sequential: list[SequentialTask] = field(default_factory=list)
+    # Served runs: what served the scored checkpoint, as this run established it (ServedModel.identity).
+    served_identity: str | None = None
+    served_identity_verified: bool = True
 
 
 @dataclass
@@ -195,6 +202,8 @@ class Fidelity:
     divergence: Divergence | None
     # Served runs: served vs in-process agreement of the reference and the variant (gate rule `agreement`).
     agreement: list[TaskAgreement] = field(default_factory=list)
+    # Served runs: role -> why its endpoint's checkpoint is unverified (gate rule `identity`: never PROMOTE).
+    unverified_endpoints: dict[str, str] = field(default_factory=dict)
 
     def task_mean(self, name: str) -> float | None:
         """One TaskFidelity field (base_score, variant_score, delta) averaged over tasks; None without tasks."""

@@ -1,7 +1,8 @@
 """A stand-in for vLLM's OpenAI server process in lifecycle tests (never used to score anything).
 
 Run as `<python> fake_openai_server.py -m vllm.entrypoints.openai.api_server --port P ...`: it
-writes its pid and a child's pid to $FAKE_PIDFILE, then serves /v1/models and /version. With
+writes its pid and a child's pid to $FAKE_PIDFILE, then serves /v1/models (with `root`: the --model
+argument, as vLLM lists it) and /version. With
 FAKE_DIE=1 it prints an error and exits; with FAKE_HANG=1 every other request hangs (a busy server),
 after printing `hanging on <method> <path>`.
 """
@@ -15,6 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 port = int(sys.argv[sys.argv.index("--port") + 1])
 model = sys.argv[sys.argv.index("--served-model-name") + 1] if "--served-model-name" in sys.argv else "fake"
+# vLLM lists the checkpoint it loaded as the model's `root`; without --model the fake lists none.
+root = {"root": sys.argv[sys.argv.index("--model") + 1]} if "--model" in sys.argv else {}
 key = os.environ.get("FAKE_API_KEY")
 # A worker in the server's process group, like vLLM's engine core: stopping must take it too.
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
@@ -31,7 +34,7 @@ class Handler(BaseHTTPRequestHandler):
         if key and self.headers.get("Authorization") != f"Bearer {key}":
             return self._send(401, {"error": "unauthorized"})
         if self.path == "/v1/models":
-            return self._send(200, {"data": [{"id": model}]})
+            return self._send(200, {"data": [{"id": model, **root}]})
         if self.path == "/version":
             return self._send(200, {"version": "0.0-fake"})
         if os.environ.get("FAKE_HANG"):

@@ -253,6 +253,16 @@ def test_exit_code(decision, inconclusive_blocks, code):
     assert of_verdict(verdict, policy(inconclusive_blocks=inconclusive_blocks)) == code
 
 
+def test_an_unverified_endpoint_holds_the_verdict_at_inconclusive():
+    evidence = fidelity(task())
+    assert decide(policy(), evidence).decision == "PROMOTE"
+    evidence.unverified_endpoints = {"variant": "endpoint http://h/v1 reports no root"}
+    verdict = decide(policy(blocking=["accuracy"]), evidence)  # blocking whatever the policy lists
+    assert verdict.decision == "INCONCLUSIVE"
+    assert verdict.reasons == ["blocking identity[variant] INCONCLUSIVE: served checkpoint not verified: "
+                               "endpoint http://h/v1 reports no root"]
+
+
 def test_no_tasks_is_invalid_input():
     with pytest.raises(InputError, match="no tasks"):
         decide(policy(), fidelity())

@@ -166,7 +166,7 @@ def test_endpoint_checks_urls_and_key_and_never_exposes_the_key(tmp_path, fake_e
         _wait_for(f"http://127.0.0.1:{port}/v1", secret)
         url = f"http://127.0.0.1:{port}/v1"
         cfg = config(tmp_path, "serve=endpoint", f"serve.urls.base={url}", f"serve.urls.variant={url}",
-                     "serve.api_key_env=QG_TEST_KEY")
+                     "serve.api_key_env=QG_TEST_KEY", "serve.allow_same_endpoint=true", "serve.trust_endpoint=true")
         monkeypatch.setenv("QG_TEST_KEY", "wrong")
         with pytest.raises(InputError, match="HTTP 401"):
             with make_server(cfg).serve(variant(tmp_path), "base", tmp_path):
@@ -183,6 +183,72 @@ def test_endpoint_checks_urls_and_key_and_never_exposes_the_key(tmp_path, fake_e
         server.wait()
         for pid in pids(fake_env)[1:]:
             os.kill(pid, signal.SIGKILL)
+
+
+def test_one_endpoint_for_base_and_variant_is_refused_unless_allowed(tmp_path):
+    from pipelines.serve import check_serve
+
+    same = ["serve=endpoint", "serve.urls.base=http://h:8000/v1", "serve.urls.variant=http://h:8000/v1/"]
+    with pytest.raises(ConfigError, match="judged against itself; point each at its own server"):
+        check_serve(config(tmp_path, *same))
+    check_serve(config(tmp_path, *same, "serve.allow_same_endpoint=true"))
+    check_serve(config(tmp_path, *same, "serve.models.base=a", "serve.models.variant=b"))  # two models, one server
+
+
+@pytest.fixture
+def wrong_model_server(tmp_path, fake_env):
+    """A server that answers as 'tiny' but serves another checkpoint (its root is elsewhere)."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(FAKE_SERVER), "--port", str(port), "--served-model-name", "tiny",
+                               "--model", str(tmp_path / "some-other-checkpoint")])
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        _wait_for(url, None)
+        yield url
+    finally:
+        server.kill()
+        server.wait()
+        for pid in pids(fake_env)[1:]:
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow  # starts a (fake) server process
+def test_an_endpoint_serving_another_checkpoint_is_refused_or_unverified(tmp_path, wrong_model_server):
+    """Scoring is refused; trusted, the identity is recorded as unverified (the gate then never
+    PROMOTEs: tests/test_gate.py::test_an_unverified_endpoint_holds_the_verdict_at_inconclusive)."""
+    from pipelines.serve import make_server
+
+    (tmp_path / "some-other-checkpoint").mkdir()
+    other = config(tmp_path, "serve=endpoint", "serve.urls.base=http://127.0.0.1:1/v1",
+                   f"serve.urls.variant={wrong_model_server}")
+    with pytest.raises(InputError, match="not the variant checkpoint .*set serve.trust_endpoint=true"):
+        with make_server(other).serve(variant(tmp_path), "variant", tmp_path):
+            pass
+    trusted = dataclasses.replace(other, serve=dataclasses.replace(other.serve, trust_endpoint=True))
+    with make_server(trusted).serve(variant(tmp_path), "variant", tmp_path) as served:
+        assert not served.identity_verified and "some-other-checkpoint" in served.identity
+    # The same server, when its root is the variant's checkpoint, is verified.
+    right = variant(tmp_path)
+    right.checkpoint_dir = str(tmp_path / "some-other-checkpoint")
+    with make_server(other).serve(right, "variant", tmp_path) as served:
+        assert served.identity_verified and str(tmp_path / "some-other-checkpoint") in served.identity
+
+
+def test_an_unreachable_endpoint_fails_preflight_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    from pipelines import run
+
+    for name in ("QUANTGATE_SWEEP_DIR", "QUANTGATE_PARENT_RUN_ID", "QUANTGATE_DEBUG"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    monkeypatch.setattr(sys, "argv", ["pipelines.run", "serve=endpoint", f"serve.urls.base={url}",
+                                      f"serve.urls.variant={url}", "serve.models.variant=v", "tracking=off",
+                                      f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"])
+    with pytest.raises(SystemExit) as exit_info:
+        run.main()
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and err.startswith(f"quantgate: error: endpoint {url} is not reachable"), err
+    assert not (tmp_path / "run").exists()  # no config.yaml, no run.log
 
 
 def test_agreement_pairs_items_by_doc_id():

@@ -110,10 +110,12 @@ def test_endpoint_backend_scores_a_server_started_outside_the_pipeline(tmp_path)
         # The base against itself: no flip, but 20 items per task cannot certify a 2-point bound, so the
         # gate says INCONCLUSIVE; with gate.inconclusive_blocks=false that exits 0.
         result = cli(["serve=endpoint", f"serve.urls.base={url}", f"serve.urls.variant={url}", "quant=none",
-                      "bench=off", "gate.inconclusive_blocks=false"], tmp_path)
+                      "serve.allow_same_endpoint=true", "bench=off", "gate.inconclusive_blocks=false"], tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
         record = outcome(tmp_path)
         assert record["variant_eval"]["settings"]["serve"]["engine"] == "endpoint"
+        # vLLM lists the embedded checkpoint as the model's root: the identity was checked, and recorded.
+        assert record["variant_eval"]["served_identity_verified"] and str(EMBEDDED) in record["variant_eval"]["served_identity"]
         assert all(a["agreeing"] == a["n"] == ITEMS for a in record["fidelity"]["agreement"])
         assert server.poll() is None  # an endpoint is someone else's server: the pipeline leaves it running
     finally:

@@ -4,7 +4,7 @@
     python -m pipelines.run serve=endpoint serve.urls.base=http://h:8000/v1 serve.urls.variant=http://h:8001/v1
 
 A backend (registry.SERVERS, conf/serve/*.yaml) implements the `Server` protocol: `check(cfg)` is
-the cheap preflight, `libraries` the packages whose versions belong in cache keys, and
+the cheap preflight (a backend using servers it did not start adds `check_reachable(cfg)`), `libraries` the packages whose versions belong in cache keys, and
 `serve(variant, role, output_dir)` a context manager yielding the `ServedModel` scoring and
 benchmarking talk to (None for `inprocess`: transformers in this process, today's path). Whatever
 happens inside the `with` (an exception, Ctrl-C, SIGTERM), the server it started is stopped.
@@ -52,6 +52,14 @@ def check_serve(cfg: RunConfig) -> None:
     resolve(SERVERS, "serve backend", cfg.serve.backend).check(cfg)
 
 
+def check_serve_reachable(cfg: RunConfig) -> None:
+    """Preflight, before anything is written: a backend serving through servers it did not start
+    (`check_reachable`, e.g. serve=endpoint) contacts them."""
+    backend = resolve(SERVERS, "serve backend", cfg.serve.backend)
+    if hasattr(backend, "check_reachable"):
+        backend.check_reachable(cfg)
+
+
 def is_served(cfg: RunConfig) -> bool:
     return cfg.serve.backend != "inprocess"
 
@@ -59,7 +67,10 @@ def is_served(cfg: RunConfig) -> bool:
 def engine_identity(served: ServedModel) -> dict[str, Any]:
     """What makes two served results comparable: engine, version and the args that change outputs."""
     args = {key: value for key, value in served.engine_args.items() if key not in INSTANCE_ARGS}
-    return {"engine": served.engine, "engine_version": served.engine_version, "engine_args": args}
+    identity = {"engine": served.engine, "engine_version": served.engine_version, "engine_args": args}
+    if not served.identity_verified:  # scores from an unchecked server never stand in for checked ones
+        identity["unverified_endpoint"] = served.base_url
+    return identity
 
 
 @contextlib.contextmanager

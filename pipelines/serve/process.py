@@ -82,20 +82,22 @@ def server_version(base_url: str, api_key: str | None = None) -> dict[str, Any]:
         return {}
 
 
-def check_endpoint(base_url: str, model: str | None, api_key: str | None) -> list[str]:
-    """The model names an OpenAI-compatible endpoint serves; a one-line error if it cannot be reached."""
+def check_endpoint(base_url: str, model: str | None, api_key: str | None) -> list[dict[str, Any]]:
+    """The models an OpenAI-compatible endpoint lists (`id`, and vLLM's `root`: the checkpoint it
+    loaded); a one-line error if it cannot be reached or does not serve `model`."""
     try:
-        answer = http_json(f"{base_url.rstrip('/')}/models", api_key)
+        answer = http_json(f"{base_url.rstrip('/')}/models", api_key, timeout=5.0)
     except urllib.error.HTTPError as error:
         raise InputError(f"endpoint {base_url} answered /models with HTTP {error.code}; check the URL and "
                          "serve.api_key_env") from None
     except (OSError, ValueError) as error:
         raise InputError(f"endpoint {base_url} is not reachable ({error}); check serve.urls") from None
-    names = [entry.get("id") for entry in answer.get("data", [])]
+    entries = [entry for entry in answer.get("data", []) if isinstance(entry, dict)]
+    names = [entry.get("id") for entry in entries]
     if model is not None and model not in names:
         raise InputError(f"endpoint {base_url} does not serve model '{model}' (it serves {names}); "
                          "check serve.models")
-    return names
+    return entries
 
 
 def stop_process_group(process: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:

@@ -109,7 +109,8 @@ class VLLMServer:
                      time.perf_counter() - started)
             yield ServedModel(base_url=base_url, model=variant.name, tokenizer_dir=variant.checkpoint_dir,
                               engine="vllm", engine_version=str(info.get("version", "unknown")),
-                              engine_args=self.engine_args())
+                              engine_args=self.engine_args(),
+                              identity=f"quantgate started vLLM (pid {process.pid}) on {variant.checkpoint_dir}")
             if process.poll() is not None:
                 raise ServerDied(f"vLLM serving {variant.name} exited with {process.returncode} during the run; "
                                  f"log {log_path}: {log_tail(log_path)}")

@@ -18,7 +18,7 @@ import sys
 from logging.handlers import MemoryHandler
 from typing import Iterator
 
-from pipelines.redact import RedactSecrets
+from pipelines.redact import RedactSecrets, redact
 
 OWN_LOGGERS = ("pipelines", "__main__")
 # Records logged before Hydra opens run.log (config composition, preflight): at most this many are kept.
@@ -77,6 +77,31 @@ class _CurrentStderr(logging.StreamHandler):
     @stream.setter
     def stream(self, value) -> None:
         pass
+
+
+class _RedactingStream:
+    """sys.stdout / sys.stderr for the command's duration: what libraries print (a URL with its
+    password, a key in their arguments) leaves redacted too."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(redact(text))
+        return len(text)
+
+    def __getattr__(self, name: str):  # flush, fileno, isatty, encoding: the real stream's
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def redacted_console() -> Iterator[None]:
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _RedactingStream(stdout), _RedactingStream(stderr)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = stdout, stderr
 
 
 def capture_early() -> None:

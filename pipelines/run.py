@@ -61,16 +61,19 @@ def main() -> None:
     if is_inspection(argv):
         job()
         return
+    with logs.redacted_console():
+        code = _main(argv)
+    sys.exit(code)
+
+
+def _main(argv: list[str]) -> int:
     logs.show_tracebacks("debug=true" in argv)
     logs.capture_early()
     interrupts.install()
     try:
-        code = _run(argv)
-    except SystemExit:
-        raise
+        return _run(argv)
     except BaseException as error:  # every way a command ends without a verdict: one line, one exit code
-        code = report_failure(error, debug="debug=true" in argv)
-    sys.exit(code)
+        return report_failure(error, debug="debug=true" in argv)
 
 
 def _run(argv: list[str]) -> int:

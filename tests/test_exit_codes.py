@@ -149,3 +149,4 @@ def _raise(error: BaseException):
         raise error
 
     return raiser
+

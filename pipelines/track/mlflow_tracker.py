@@ -107,6 +107,8 @@ class MLflowTracker:
         # MLflow's HTTP client retries for minutes by default; a dead server should fail a run soon.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        # MLflow prints "View run ... at: <uri>" itself, credentials included; our log line says it redacted.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
         self.experiment_id = _retry(self._experiment_id)
 

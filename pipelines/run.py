@@ -83,8 +83,12 @@ def _run(argv: list[str]) -> int:
         from pipelines.plan_report import print_plans
 
         return print_plans(configs)
-    if single_run is not None:  # the run's folder can be made: checked before the slower checks
+    # The command's folder can be made: checked before the slower checks, creating nothing.
+    if single_run is not None:
         check_creatable(Path(single_run.hydra.run.dir), "hydra.run.dir")
+    else:  # Hydra's default sweep folder is under ./multirun; its dated parts do not exist yet either way
+        given = [arg.split("=", 1)[1] for arg in argv if arg.startswith("hydra.sweep.dir=")]
+        check_creatable(Path(given[-1] if given else "multirun"), "hydra.sweep.dir")
     sweep.preflight_all(configs)
     if single_run is not None:
         run_composed(lambda _: run_job(configs[0]), single_run)

@@ -73,6 +73,7 @@ BAD_INPUTS = {
     "malformed-config-json": (["model.source={bad}"], "is not valid JSON"),
     "malformed-config-json-plan": (["model.source={bad}", "plan=true"], "is not valid JSON"),
     "unwritable-run-dir": (["hydra.run.dir={bad}/config.json/run"], "hydra.run.dir="),
+    "unwritable-sweep-dir": (["-m", "quant=fp8,w8a8", "hydra.sweep.dir={bad}/config.json/x"], "hydra.sweep.dir="),
 }
 
 

@@ -4,10 +4,11 @@
     python -m pipelines.run serve=endpoint serve.urls.base=http://h:8000/v1 serve.urls.variant=http://h:8001/v1
 
 A backend (registry.SERVERS, conf/serve/*.yaml) implements the `Server` protocol: `check(cfg)` is
-the cheap preflight (a backend using servers it did not start adds `check_reachable(cfg)`), `libraries` the packages whose versions belong in cache keys, and
-`serve(variant, role, output_dir)` a context manager yielding the `ServedModel` scoring and
-benchmarking talk to (None for `inprocess`: transformers in this process, today's path). Whatever
-happens inside the `with` (an exception, Ctrl-C, SIGTERM), the server it started is stopped.
+the cheap preflight (a backend using servers it did not start adds `check_reachable(cfg)`),
+`libraries` the packages whose versions belong in cache keys, and `serve(variant, role, output_dir)`
+a context manager yielding the `ServedModel` scoring and benchmarking talk to (None for
+`inprocess`: transformers in this process, today's path). Whatever happens inside the `with` (an
+exception, Ctrl-C, SIGTERM), the server it started is stopped.
 Adding `serve=sglang` is one module here, one YAML in conf/serve/ and one registry line.
 
 Exercised by: pytest tests/test_serve.py

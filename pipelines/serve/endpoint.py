@@ -50,7 +50,8 @@ class EndpointServer:
         """Cheap, no network: a URL per role, http(s), the key's variable set, two different servers."""
         missing = [role for role in ROLES if not cfg.serve.urls.get(role)]
         if missing:
-            raise ConfigError(f"serve=endpoint needs a URL per role: set {' and '.join(f'serve.urls.{r}' for r in missing)} "
+            raise ConfigError("serve=endpoint needs a URL per role: set "
+                              f"{' and '.join(f'serve.urls.{r}' for r in missing)} "
                               "(e.g. http://host:8000/v1)")
         for role in ROLES:
             if not cfg.serve.urls[role].startswith(("http://", "https://")):

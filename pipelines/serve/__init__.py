@@ -25,6 +25,7 @@ from typing import Any, ContextManager, Protocol
 from pipelines import interrupts
 from pipelines.config import RunConfig
 from pipelines.records import ServedModel, Variant
+from pipelines.redact import redact
 from pipelines.registry import SERVERS, resolve
 
 # Engine args that name one server instance, not how it computes: left out of cache keys and comparisons.
@@ -70,7 +71,7 @@ def engine_identity(served: ServedModel) -> dict[str, Any]:
     args = {key: value for key, value in served.engine_args.items() if key not in INSTANCE_ARGS}
     identity = {"engine": served.engine, "engine_version": served.engine_version, "engine_args": args}
     if not served.identity_verified:  # scores from an unchecked server never stand in for checked ones
-        identity["unverified_endpoint"] = served.base_url
+        identity["unverified_endpoint"] = redact(served.base_url)
     return identity
 
 

@@ -31,6 +31,7 @@ from typing import Any
 from pipelines.config import RunConfig
 from pipelines.errors import ConfigError, InputError
 from pipelines.records import ServedModel, Variant
+from pipelines.redact import redact
 from pipelines.serve.process import check_endpoint, server_version
 from pipelines.storage import read_manifest
 
@@ -84,7 +85,7 @@ class EndpointServer:
             raise InputError(f"endpoint {base_url} serves {len(entries)} models {[e.get('id') for e in entries]}; "
                              f"choose one with serve.models.{role}")
         entry = next(e for e in entries if wanted is None or e.get("id") == wanted)
-        identity, verified = self._identity(entry, base_url, variant, role)
+        identity, verified = self._identity(entry, redact(base_url), variant, role)
         log.info("%s endpoint %s: %s", role, base_url, identity)
         version = server_version(base_url, self.api_key()).get("version", "unknown")
         yield ServedModel(base_url=base_url, model=entry["id"], tokenizer_dir=variant.checkpoint_dir,

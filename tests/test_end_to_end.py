@@ -19,7 +19,6 @@ pytestmark = pytest.mark.slow
 # Small load levels: the CLI path is what is tested here; BENCHMARKS.md has the real scenario.
 FAST_BENCH = ["bench.batch_sizes=[1,2]", "bench.requests_per_level=2", "bench.repeats=2",
               "bench.warmup_requests=1", "bench.output_tokens=8", "bench.input_tokens=16"]
-SECRET = "hf_QuantgateTestSecret0123456789abcd"
 
 
 def cli(args: list[str], tmp: Path, timeout: int = 900, **popen) -> subprocess.CompletedProcess:
@@ -149,19 +148,6 @@ def test_same_config_twice_gives_byte_identical_fidelity(tmp_path, tiny_llama_di
         outcome = run_variant(cfg, output_dir=tmp_path / attempt / "run")
         texts.append(save_record(outcome.fidelity, tmp_path / attempt / "fidelity.json").read_bytes())
     assert texts[0] == texts[1]
-
-
-def test_secrets_never_reach_mlflow_artifacts_or_logs(tmp_path, tiny_llama_dir):
-    result = cli(["quant=fp8", f"model.token={SECRET}", *tiny_args(tiny_llama_dir)], tmp_path)
-    assert result.returncode in (0, 1), result.stderr[-3000:]
-    client, runs = mlflow_runs(tmp_path)
-    assert runs
-    for run in runs:
-        assert SECRET not in json.dumps({**run.data.params, **run.data.tags})
-    assert SECRET not in result.stdout + result.stderr
-    for path in tmp_path.rglob("*"):
-        if path.is_file() and path.suffix != ".db":
-            assert SECRET.encode() not in path.read_bytes(), path
 
 
 def test_parallel_sweep_with_joblib_launcher(tmp_path, tiny_llama_dir):

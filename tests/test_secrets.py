@@ -20,6 +20,7 @@ from test_track import mlflow_server  # noqa: F401  (a fixture: a real MLflow se
 PASSWORD = "Pw0rdSECRET"
 API_KEY = "sk-quantgate-api-key-4242"
 HF_TOKEN = "hf_QuantgateTokenSecret0123456789"
+MODEL_TOKEN = "hf_QuantgateTestSecret0123456789abcd"
 
 
 def test_redact_hides_uri_credentials_tokens_and_remembered_secrets(monkeypatch):
@@ -55,7 +56,7 @@ def test_every_log_handler_redacts_messages_arguments_and_tracebacks():
 
 
 @pytest.mark.slow  # an MLflow server and a run of the tiny model
-def test_a_run_with_secrets_leaves_no_trace_of_them(mlflow_server, tmp_path, tiny_llama_dir):  # noqa: F811
+def test_a_run_with_secrets_leaves_no_trace_of_them_in_any_output_log_record_or_mlflow_field(mlflow_server, tmp_path, tiny_llama_dir):  # noqa: F811
     from mlflow.tracking import MlflowClient
 
     uri = mlflow_server.replace("http://", f"http://alice:{PASSWORD}@")
@@ -63,7 +64,7 @@ def test_a_run_with_secrets_leaves_no_trace_of_them(mlflow_server, tmp_path, tin
     env.pop("MLFLOW_TRACKING_URI", None)
     result = subprocess.run(
         [sys.executable, "-m", "pipelines.run", "quant=fp8", "tracking=server", f"tracking.uri={uri}",
-         "serve.api_key_env=QG_API_KEY", f"model.source={tiny_llama_dir}", "eval.limit=12", "bench=off",
+         "serve.api_key_env=QG_API_KEY", f"model.token={MODEL_TOKEN}", f"model.source={tiny_llama_dir}", "eval.limit=12", "bench=off",
          f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'outputs'}"],
         capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
     assert result.returncode in (0, 1), result.stderr[-3000:]
@@ -74,5 +75,5 @@ def test_a_run_with_secrets_leaves_no_trace_of_them(mlflow_server, tmp_path, tin
     fields = json.dumps([{**r.data.params, **r.data.tags, "name": r.info.run_name} for r in runs])
     outputs = [result.stdout, result.stderr, fields]
     outputs += [p.read_bytes().decode(errors="replace") for p in tmp_path.rglob("*") if p.is_file()]
-    for secret in (PASSWORD, API_KEY, HF_TOKEN):
+    for secret in (PASSWORD, API_KEY, HF_TOKEN, MODEL_TOKEN):
         assert not [line for text in outputs for line in text.splitlines() if secret in line], secret

@@ -8,6 +8,7 @@ through a real vLLM server are in tests/test_served_e2e.py.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -232,6 +233,26 @@ def test_an_endpoint_serving_another_checkpoint_is_refused_or_unverified(tmp_pat
     right.checkpoint_dir = str(tmp_path / "some-other-checkpoint")
     with make_server(other).serve(right, "variant", tmp_path) as served:
         assert served.identity_verified and str(tmp_path / "some-other-checkpoint") in served.identity
+
+
+@pytest.mark.slow  # a CLI run: preflight, quantization of the embedded model
+def test_the_issues_false_promote_now_exits_2_with_records_that_agree(tmp_path, wrong_model_server):
+    """Issue 27: both URLs at one server serving another checkpoint under the expected name ended
+    PROMOTE, exit 0. Now the shared URL is refused up front; allowed, the wrong root is refused."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    command = [sys.executable, "-m", "pipelines.run", "serve=endpoint", f"serve.urls.base={wrong_model_server}",
+               f"serve.urls.variant={wrong_model_server}", "bench=off", "tracking=off",
+               f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    shared = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+    assert shared.returncode == 2 and "judged against itself" in shared.stderr, shared.stderr[-2000:]
+    allowed = subprocess.run([*command, "serve.allow_same_endpoint=true"], capture_output=True, text=True,
+                             timeout=900, env=env, cwd=tmp_path)
+    assert allowed.returncode == 2, allowed.stderr[-2000:]
+    assert allowed.stderr.strip().splitlines()[-1].startswith("quantgate: error: endpoint ")
+    assert "cannot tell that it serves" in allowed.stderr
+    record = json.loads((tmp_path / "run" / "outcome.json").read_text())
+    assert record["exit_code"] == 2 and record["verdict"] is None
 
 
 def test_an_unreachable_endpoint_fails_preflight_before_anything_is_written(tmp_path, monkeypatch, capsys):

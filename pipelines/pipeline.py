@@ -74,18 +74,15 @@ def run_variant(cfg: RunConfig, output_dir: Path | None = None, parent_run_id: s
     except UserError as error:  # the folder still says what happened, with the code the process returns
         _save(failed_outcome(cfg, error, output_dir), output_dir)
         raise
-    except UserError as error:
-        # The command stops with the error's one line; the run's folder still records what happened.
-        save_record(Outcome(variant_name=cfg.quant.name, model=cfg.model.name, output_dir=str(output_dir),
-                            error=f"invalid input: {error}", exit_code=error.exit_code), output_dir / "outcome.json")
-        raise
     return outcome
 
 
 def failed_outcome(cfg: RunConfig, error: BaseException, output_dir: Path | None = None) -> Outcome:
     """The record of a variant that ended before its gate: its error in one line, and its exit code."""
-    return Outcome(variant_name=cfg.quant.name, model=cfg.model.name, error=redact(failure_line(error)),
-                   output_dir=str(output_dir) if output_dir else None, exit_code=exit_codes.of_exception(error))
+    code = exit_codes.of_exception(error)
+    text = f"invalid input: {error}" if code == exit_codes.INVALID_INPUT else failure_line(error)
+    return Outcome(variant_name=cfg.quant.name, model=cfg.model.name, error=redact(text),
+                   output_dir=str(output_dir) if output_dir else None, exit_code=code)
 
 
 def _run_stages(cfg: RunConfig, output_dir: Path) -> Outcome:

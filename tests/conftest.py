@@ -85,10 +85,17 @@ def tiny_base(tiny_llama_dir):
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
-def cli_command(args: list[str], tmp: Path) -> tuple[list[str], dict[str, str]]:
-    """The CLI with every output under tmp, and its environment (no MLFLOW_TRACKING_URI from outside)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def cli_env() -> dict[str, str]:
+    """This environment less what would make a child CLI something else: an MLFLOW_TRACKING_URI
+    from outside, and the QUANTGATE_* variables a sweep run in-process by an earlier test set."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("QUANTGATE_")}
     env.pop("MLFLOW_TRACKING_URI", None)
+    return {**env, "PYTHONUNBUFFERED": "1"}
+
+
+def cli_command(args: list[str], tmp: Path) -> tuple[list[str], dict[str, str]]:
+    """The CLI with every output under tmp, and its environment (`cli_env`)."""
+    env = cli_env()
     command = [sys.executable, "-m", "pipelines.run", *args, f"cache_dir={tmp / 'cache'}",
                f"tracking.uri=sqlite:///{tmp / 'mlruns' / 'mlflow.db'}",
                f"tracking.artifact_location={tmp / 'mlruns' / 'artifacts'}",

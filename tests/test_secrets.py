@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import subprocess
 import sys
 
@@ -15,6 +14,7 @@ import pytest
 from pipelines import redact
 from pipelines.redact import RedactSecrets
 
+from conftest import cli_env
 from test_track import mlflow_server  # noqa: F401  (a fixture: a real MLflow server on a free port)
 
 PASSWORD = "Pw0rdSECRET"
@@ -60,8 +60,7 @@ def test_a_run_with_secrets_leaves_no_trace_of_them_in_any_output_log_record_or_
     from mlflow.tracking import MlflowClient
 
     uri = mlflow_server.replace("http://", f"http://alice:{PASSWORD}@")
-    env = {**os.environ, "HF_TOKEN": HF_TOKEN, "QG_API_KEY": API_KEY, "PYTHONUNBUFFERED": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    env = {**cli_env(), "HF_TOKEN": HF_TOKEN, "QG_API_KEY": API_KEY}
     result = subprocess.run(
         [sys.executable, "-m", "pipelines.run", "quant=fp8", "tracking=server", f"tracking.uri={uri}",
          "serve.api_key_env=QG_API_KEY", f"model.token={MODEL_TOKEN}", f"model.source={tiny_llama_dir}", "eval.limit=12", "bench=off",

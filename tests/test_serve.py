@@ -22,7 +22,7 @@ from pipelines.errors import ConfigError, InputError
 from pipelines.records import Fidelity, TaskAgreement, TaskFidelity, Variant
 from pipelines.serve.process import ServerDied, free_port
 
-from conftest import interruptible
+from conftest import cli_env, interruptible
 
 FAKE_SERVER = Path(__file__).with_name("fake_openai_server.py")
 
@@ -239,8 +239,7 @@ def test_an_endpoint_serving_another_checkpoint_is_refused_or_unverified(tmp_pat
 def test_the_issues_false_promote_now_exits_2_with_records_that_agree(tmp_path, wrong_model_server):
     """Issue 27: both URLs at one server serving another checkpoint under the expected name ended
     PROMOTE, exit 0. Now the shared URL is refused up front; allowed, the wrong root is refused."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    env = cli_env()
     command = [sys.executable, "-m", "pipelines.run", "serve=endpoint", f"serve.urls.base={wrong_model_server}",
                f"serve.urls.variant={wrong_model_server}", "bench=off", "tracking=off",
                f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"]

@@ -52,7 +52,9 @@ def spies(monkeypatch):
 
     monkeypatch.setattr(models, "resolve_base", no_model)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv(sweep.SWEEP_DIR_ENV, raising=False)
+    for name in (sweep.SWEEP_DIR_ENV, sweep.PARENT_ENV):  # a sweep sets them: gone again after the test
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     return composes, preflights, loads
 
 

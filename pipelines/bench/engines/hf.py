@@ -7,7 +7,6 @@ Exercised by `pytest tests/test_bench.py -k hf_engine`.
 
 from __future__ import annotations
 
-import platform
 import threading
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Callable
 
 from transformers.generation.streamers import BaseStreamer
 
+from pipelines.bench.conditions import cpu_model
 from pipelines.bench.engines import RequestTiming
 from pipelines.config import ModelConfig
 from pipelines.models import load_causal_lm
@@ -160,7 +160,7 @@ class HFEngine:
     def device_name(self) -> str:
         if self.on_gpu:
             return self._torch.cuda.get_device_name()
-        return f"{_cpu_model()} ({self._torch.get_num_threads()} torch threads)"
+        return f"{cpu_model()} ({self._torch.get_num_threads()} torch threads)"
 
     def _synchronize(self) -> None:
         if self.on_gpu:
@@ -172,13 +172,3 @@ class HFEngine:
             return config.pad_token_id
         eos = config.eos_token_id
         return eos[0] if isinstance(eos, list) else eos
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()

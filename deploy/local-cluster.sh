@@ -9,7 +9,8 @@
 # and PID file; nothing is written under /etc. Ports are picked free at the first `up` and kept in
 # DIR/ports.env; a second `up` reuses what runs. Needs root (munged, slurmd and apt-get); PostgreSQL
 # runs as the user `postgres`. QUANTGATE_PYTHON names the Python that runs `mlflow server` (default:
-# the repository's .venv).
+# the repository's .venv). Exit codes: 0 done, 2 bad use (not root, unknown action, a daemon not
+# healthy in time), 4 a prerequisite cannot be installed here.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,6 +24,7 @@ export SLURM_CONF=$DIR/slurm.conf
 
 say() { echo "local-cluster: $*" >&2; }
 die() { say "error: $*"; exit 2; }
+missing() { say "cannot install: $*"; exit 4; }  # a prerequisite this machine cannot get
 
 alive() {  # alive PIDFILE: the process the file names is running
     [[ -s $1 ]] && kill -0 "$(head -n 1 "$1" 2>/dev/null)" 2>/dev/null
@@ -48,14 +50,18 @@ install_missing() {
             || ! command -v slurmdbd >/dev/null || ! command -v mariadbd >/dev/null; then
         say "installing slurmctld slurmd slurmdbd munge mariadb-server (apt-get)"
         apt-get install -y -q --no-install-recommends slurmctld slurmd slurmdbd slurm-client munge mariadb-server \
-            >/dev/null || die "apt-get could not install slurmctld slurmd slurmdbd munge mariadb-server"
+            >/dev/null || missing "apt-get could not install slurmctld slurmd slurmdbd munge mariadb-server"
     fi
-    [[ -n $PG_BIN && -x $PG_BIN/initdb ]] || die "PostgreSQL is not installed (apt-get install postgresql)"
+    if [[ -z $PG_BIN ]]; then
+        say "installing postgresql (apt-get)"
+        apt-get install -y -q --no-install-recommends postgresql >/dev/null || missing "apt-get could not install postgresql"
+        PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+    fi
     [[ -x $PYTHON ]] || die "no Python at $PYTHON: set QUANTGATE_PYTHON to the project's environment"
     if ! "$PYTHON" -c "import psycopg" 2>/dev/null; then
         say "installing the PostgreSQL driver (pip: psycopg[binary], the 'cluster' extra)"
         "$PYTHON" -m pip install -q -c "$REPO/constraints.txt" "psycopg[binary]>=3.1" \
-            || die "pip could not install psycopg[binary]"
+            || missing "pip could not install psycopg[binary]"
     fi
 }
 
@@ -110,6 +116,8 @@ SelectTypeParameters=CR_Core_Memory
 ReturnToService=2
 # scancel: SIGTERM, then SIGKILL after this many seconds.
 KillWait=5
+# A loaded machine can take a while to reap killed processes; past this SLURM drains the node.
+UnkillableStepTimeout=180
 StateSaveLocation=$DIR/slurm/state
 SlurmdSpoolDir=$DIR/slurm/spool
 SlurmctldPidFile=$DIR/slurm/slurmctld.pid
@@ -253,7 +261,18 @@ stop_pidfile() {  # stop_pidfile NAME PIDFILE [GROUP]: SIGTERM, wait up to 20 s,
     say "stopped $name"
 }
 
+cancel_jobs() {  # jobs still queued or running: their job steps would outlive slurmd
+    local jobs
+    alive "$DIR/slurm/slurmctld.pid" || return 0
+    jobs=$(squeue -h -o %A 2>/dev/null | sort -u)
+    [[ -n $jobs ]] || return 0
+    scancel $jobs 2>/dev/null || true
+    for _ in $(seq 30); do [[ -z $(squeue -h -o %A 2>/dev/null) ]] && break; sleep 1; done
+    say "cancelled jobs $(echo $jobs)"
+}
+
 down() {
+    cancel_jobs
     stop_pidfile "mlflow server" "$DIR/mlflow/mlflow.pid" group
     if alive "$DIR/postgres/data/postmaster.pid"; then
         pg_as_user "$PG_BIN/pg_ctl" -D "$DIR/postgres/data" -m fast -w stop >/dev/null && say "stopped postgresql"
@@ -272,6 +291,7 @@ status() {
         file=$DIR/${name#*:}
         if alive "$file"; then echo "${name%%:*}: running (pid $(head -n 1 "$file"))"; else echo "${name%%:*}: stopped"; rc=1; fi
     done
+    alive "$DIR/slurm/slurmctld.pid" && sinfo -h -N -o "node %N: %t %E"
     [[ -s $DIR/ports.env ]] && grep -v PASSWORD "$DIR/ports.env"
     return $rc
 }

@@ -78,7 +78,10 @@ def _run(argv: list[str]) -> int:
         run_composed(lambda _: run_job(configs[0]), single_run)
     else:
         sweep.start(configs)
-        job()  # Hydra's launcher runs the jobs
+        try:
+            job()  # Hydra's launcher runs the jobs
+        except SystemExit:  # the launcher gave up (Hydra printed why), e.g. a SLURM job left no result
+            pass  # the sweep still reports: such a variant is FAILED (exit 3), the others as they ended
     interrupts.entering("report")
     return sweep.finish(configs)
 

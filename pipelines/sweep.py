@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import Counter
 from pathlib import Path
 
 from pipelines.config import RunConfig
@@ -23,6 +24,8 @@ SWEEP_DIR_ENV = "QUANTGATE_SWEEP_DIR"
 PARENT_ENV = "QUANTGATE_PARENT_RUN_ID"
 # Exit code of a variant whose stage failed: not a verdict, not bad input (see pipelines/run.py).
 STAGE_FAILED = 3
+# A variant whose job ended without writing its outcome (SLURM's scancel, a node failure, a time limit).
+NO_RESULT = "its job ended without a result (cancelled, killed or out of time); run the same command to resume"
 _single_run: list[Outcome] = []
 
 
@@ -76,7 +79,7 @@ def finish(configs: list[RunConfig]) -> int:
     """Crown the champion, report every outcome, log the sweep's report, and return the command's exit code."""
     from pipelines.report import text_table, write_sweep_report
 
-    outcomes = _load_outcomes() if active() else list(_single_run)
+    outcomes = with_missing(_load_outcomes(), configs) if active() else list(_single_run)
     directory = Path(os.environ.get(SWEEP_DIR_ENV) or outcomes[0].output_dir or configs[0].cache_dir)
     tracker = make_tracker(configs[0].tracking)
     champions = crown_champions(outcomes, configs[0].gate.champion_policy, tracker)
@@ -109,6 +112,19 @@ def crown_champions(outcomes: list[Outcome], policy: str, tracker: Tracker | Non
 
 def resolved_configs(configs: list[RunConfig]) -> list[dict]:
     return [resolved_config(cfg) for cfg in configs]
+
+
+def with_missing(outcomes: list[Outcome], configs: list[RunConfig]) -> list[Outcome]:
+    """The outcomes, and a failed one for each configured variant that left none."""
+    left = Counter(outcome.variant_name for outcome in outcomes)
+    missing = []
+    for cfg in configs:
+        if left[cfg.quant.name] > 0:
+            left[cfg.quant.name] -= 1
+        else:
+            missing.append(Outcome(variant_name=cfg.quant.name, model=cfg.model.name, error=NO_RESULT,
+                                   exit_code=STAGE_FAILED))
+    return outcomes + missing
 
 
 def _print_verdict(outcome: Outcome) -> None:

@@ -4,6 +4,7 @@ serially in one process: wall time, base evaluations, exit code, machine load. B
 
     deploy/local-cluster.sh up && source .cluster/env
     python benchmarks/cluster_sweep.py --tracking-uri http://127.0.0.1:<port> -- eval=domain bench=off
+    python benchmarks/cluster_sweep.py --tracking-uri ... --order slurm,serial --out <json> -- eval=domain bench=off
 
 Each sweep starts from an empty cache (its own folder), so both quantize and evaluate everything.
 """
@@ -48,12 +49,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tracking-uri", required=True, help="the MLflow server `deploy/local-cluster.sh up` printed")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cluster_sweep.json"))
+    parser.add_argument("--order", default="serial,slurm", help="which sweep runs first (load drifts between them)")
     parser.add_argument("extra", nargs="*", help="overrides for both sweeps, after --")
     args = parser.parse_args()
     if "SLURM_CONF" not in os.environ:
         parser.error("SLURM_CONF is not set: source .cluster/env after deploy/local-cluster.sh up")
     work = Path(tempfile.mkdtemp(prefix="quantgate-cluster-sweep-"))
-    rows = [run_sweep(name, work, args.tracking_uri, args.extra) for name in LAUNCHERS]
+    rows = [run_sweep(name, work, args.tracking_uri, args.extra) for name in args.order.split(",")]
     record = {"cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": rows,
               "work_dir": str(work)}
     args.out.parent.mkdir(parents=True, exist_ok=True)

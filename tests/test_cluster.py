@@ -187,3 +187,21 @@ def test_a_variant_whose_job_left_no_outcome_is_reported_failed():
     outcomes = sweep.with_missing(written, configs)
     assert [(o.variant_name, o.exit_code, o.error) for o in outcomes] == [
         ("fp8", 1, None), ("fp8", 3, sweep.NO_RESULT), ("w8a8", 3, sweep.NO_RESULT)]
+
+
+def test_slurm_launcher_config_sets_resources_and_threads():
+    """hydra/launcher=slurm is submitit's SLURM launcher with the resources from its YAML, each
+    overridable, and torch's threads set to the CPUs SLURM grants."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from pipelines.config import register_schemas
+
+    register_schemas()
+    overrides = ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=4", "hydra.launcher.partition=gpu"]
+    with initialize_config_module(config_module="pipelines.conf", version_base="1.3"):
+        launcher = compose("config", overrides=overrides, return_hydra_config=True).hydra.launcher
+        resolved = OmegaConf.to_container(launcher, resolve=True)
+    assert resolved["_target_"].endswith("submitit_launcher.SlurmLauncher")
+    assert (resolved["cpus_per_task"], resolved["partition"], resolved["mem_gb"]) == (4, "gpu", 6)
+    assert resolved["setup"] == ["export OMP_NUM_THREADS=4"]

@@ -71,15 +71,16 @@ def sweep_command(cluster: Cluster, tmp: Path, quants: str, *extra: str) -> list
 
 
 def sweep_runs(cluster: Cluster, sweep: str):
-    """The sweep's parent run and its children, through the MLflow client of the tracking server."""
+    """The sweep's parent runs and the latest one's children, through the MLflow client of the server."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=cluster.tracking_uri)
     experiment = client.get_experiment_by_name("quantgate")
     runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`quantgate.sweep` = '{sweep}'")
     parents = [run for run in runs if run.data.tags.get("quantgate.role") == "sweep"]
+    latest = max(parents, key=lambda run: run.info.start_time)  # a rerun of the sweep starts a new parent
     children = client.search_runs([experiment.experiment_id],
-                                  filter_string=f"tags.`mlflow.parentRunId` = '{parents[-1].info.run_id}'")
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{latest.info.run_id}'")
     return parents, children
 
 

@@ -52,6 +52,7 @@ def cluster():
         if up.returncode == CANNOT_INSTALL:
             pytest.skip(up.stderr.strip().splitlines()[-1])
         assert up.returncode == 0, up.stderr
+        assert _script("up", directory).stdout == up.stdout  # a second `up` reuses what runs, same ports
         lines = dict(line.split(" ", 1)[1].split("=", 1) if line.startswith("export ") else ("", "")
                      for line in up.stdout.splitlines())
         uri = next(word.split("=", 1)[1] for word in up.stdout.split() if word.startswith("tracking.uri="))
@@ -60,8 +61,10 @@ def cluster():
         yield Cluster(directory, uri, env)
     finally:
         down = _script("down", directory)
+        status = _script("status", directory).stdout
         shutil.rmtree(directory, ignore_errors=True)
         assert down.returncode == 0, down.stderr
+        assert "running" not in status, status  # every daemon `up` started is stopped
 
 
 def sweep_command(cluster: Cluster, tmp: Path, quants: str, *extra: str) -> list[str]:

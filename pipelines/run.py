@@ -94,8 +94,11 @@ def _run(argv: list[str]) -> int:
         run_composed(lambda _: run_job(configs[0]), single_run)
     else:
         sweep.start(configs)
-        os.environ["HYDRA_FULL_ERROR"] = "1"  # a launcher's failure reaches main(), not Hydra's exit 1
-        job()  # Hydra's launcher runs the jobs
+        os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises the launcher's error instead of exiting 1
+        try:
+            job()  # Hydra's launcher runs the jobs
+        except Exception as error:  # the launcher gave up, e.g. a SLURM job left no result: the sweep still
+            log.warning("the launcher stopped: %s", failure_line(error))  # reports, such a variant FAILED (3)
     interrupts.entering("report")
     return sweep.finish(configs)
 

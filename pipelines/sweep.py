@@ -10,6 +10,7 @@ import logging
 import os
 import secrets
 import time
+from collections import Counter
 from pathlib import Path
 
 from pipelines import exit_codes
@@ -22,6 +23,8 @@ log = logging.getLogger(__name__)
 
 SWEEP_DIR_ENV = "QUANTGATE_SWEEP_DIR"
 PARENT_ENV = "QUANTGATE_PARENT_RUN_ID"
+# A variant whose job ended without writing its outcome (SLURM's scancel, a node failure, a time limit).
+NO_RESULT = "its job ended without a result (cancelled, killed or out of time); run the same command to resume"
 _single_run: list[Outcome] = []
 
 
@@ -65,7 +68,7 @@ def finish(configs: list[RunConfig]) -> int:
     """Crown the champion, report every outcome, log the sweep's report, and return the command's exit code."""
     from pipelines.report import text_table, write_sweep_report
 
-    outcomes = _load_outcomes() if active() else list(_single_run)
+    outcomes = with_missing(_load_outcomes(), configs) if active() else list(_single_run)
     directory = Path(os.environ.get(SWEEP_DIR_ENV) or outcomes[0].output_dir or configs[0].cache_dir)
     tracker = make_tracker(configs[0].tracking)
     champions = crown_champions(outcomes, configs[0].gate.champion_policy, tracker)
@@ -98,6 +101,19 @@ def crown_champions(outcomes: list[Outcome], policy: str, tracker: Tracker | Non
 
 def resolved_configs(configs: list[RunConfig]) -> list[dict]:
     return [resolved_config(cfg) for cfg in configs]
+
+
+def with_missing(outcomes: list[Outcome], configs: list[RunConfig]) -> list[Outcome]:
+    """The outcomes, and a failed one for each configured variant that left none."""
+    left = Counter(outcome.variant_name for outcome in outcomes)
+    missing = []
+    for cfg in configs:
+        if left[cfg.quant.name] > 0:
+            left[cfg.quant.name] -= 1
+        else:
+            missing.append(Outcome(variant_name=cfg.quant.name, model=cfg.model.name, error=NO_RESULT,
+                                   exit_code=exit_codes.STAGE_FAILED))
+    return outcomes + missing
 
 
 def _print_verdict(outcome: Outcome) -> None:

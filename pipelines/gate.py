@@ -26,8 +26,8 @@ Rules (each yields a `RuleResult` with observed value, bound, threshold and a me
   policy.confidence from the rounds the records keep (exact at any level, never rescaled).
   PASS when its low end >= min_cost_saving, FAIL when its high end < it, otherwise INCONCLUSIVE with
   ~how many more rounds would settle it (the half-width shrinking as 1/sqrt(rounds), as for items);
-  an unbounded interval, or base and variant not timed in one paired run (served benchmarks, one
-  repeat), is INCONCLUSIVE: a point estimate does not decide.
+  an unbounded interval, or base and variant not timed in one paired run (records of different bench
+  runs, one repeat), is INCONCLUSIVE: a point estimate does not decide.
 - agreement (served runs, per model and task): served vs in-process per-item agreement on
   serve.agreement_items items, a proportion with a Clopper-Pearson interval, against min_agreement:
   PASS when its lower bound >= the minimum, FAIL when its upper bound < it, otherwise INCONCLUSIVE
@@ -315,7 +315,7 @@ def _paired_minimum(rule: str, scope: str, interval: RatioInterval | None, minim
     """PASS when the interval's low end >= minimum, FAIL when its high end < minimum, else INCONCLUSIVE."""
     if interval is None:
         why = ("fewer than 2 paired rounds: set bench.repeats >= 2" if is_paired else
-               "base and variant were not timed in one paired bench run (served benchmarks are not paired)")
+               "base and variant were not timed in one paired bench run")
         return _rule(rule, scope, INCONCLUSIVE, None, None, minimum, f"{what}: no interval, {why}; "
                      "a point estimate does not decide")
     bounds = {"low": interval.low, "high": interval.high, "method": interval.method}

@@ -11,6 +11,7 @@ it is lost, because every stage caches its result on disk.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -107,18 +108,14 @@ def _run_stages(cfg: RunConfig, output_dir: Path) -> Outcome:
 
 
 def _stages(cfg: RunConfig, base, output_dir: Path, run: StageLog) -> None:
-    """quantize -> evaluate (or serve each, one server at a time) -> fidelity -> benchmark -> cost -> gate."""
+    """quantize -> evaluate (or serve both, score each, time them paired) -> fidelity -> benchmark -> cost -> gate."""
     with run.stage("quantize", cached=("variant",)):
         base_variant = run.keep(base_variant=_quantize(cfg, BASELINE, base))
         variant = run.keep(variant=_quantize(cfg, cfg.quant, base))
     base_bench = bench = base_cost = cost = None
-    if is_served(cfg):  # serve the base, score and time it, stop it; then the variant
-        with run.stage("serve base"):
-            base_eval, base_bench = _serve_and_measure(cfg, base_variant, "base", output_dir)
-            run.keep(base_eval=base_eval, base_bench=base_bench)
-        with run.stage("serve variant"):
-            variant_eval, bench = _serve_and_measure(cfg, variant, "variant", output_dir)
-            run.keep(variant_eval=variant_eval, bench=bench)
+    if is_served(cfg):  # serve and score the base, then the variant beside it; time both alternately
+        base_eval, variant_eval, base_bench, bench = _serve_and_measure(
+            cfg, {"base": base_variant, "variant": variant}, output_dir, run)
     else:
         with run.stage("evaluate", cached=("base_eval", "variant_eval")):
             if cfg.eval.sequential:  # both scored look by look until every blocking rule is decided
@@ -129,7 +126,7 @@ def _stages(cfg: RunConfig, base, output_dir: Path, run: StageLog) -> None:
                 variant_eval = run.keep(variant_eval=_evaluate(cfg, variant))
     with run.stage("fidelity"):
         fidelity = run.keep(fidelity=_fidelity(cfg, base_eval, variant_eval))
-    if cfg.bench.enabled and not is_served(cfg):
+    if cfg.bench.enabled and bench is None:
         with run.stage("benchmark", cached=("base_bench", "bench")):  # paired: both timed in one run
             base_bench, bench = _benchmark(cfg, base_variant, variant)
             run.keep(base_bench=base_bench, bench=bench)
@@ -168,21 +165,34 @@ def _evaluate_sequential(cfg: RunConfig, base_variant: Variant, variant: Variant
     return evaluate_sequential(cfg, base_variant, variant)
 
 
-def _serve_and_measure(cfg: RunConfig, variant: Variant, role: str,
-                       output_dir: Path) -> tuple[EvalResult, BenchResult | None]:
-    """Serve one checkpoint, score (and benchmark) it through the endpoint, stop it, check agreement."""
-    from pipelines.bench import run_benchmark
+def _serve_and_measure(cfg: RunConfig, variants: dict[str, Variant], output_dir: Path, run: StageLog
+                       ) -> tuple[EvalResult, EvalResult, BenchResult | None, BenchResult | None]:
+    """Serve and score the base, then the variant with the base's server still up; with a served bench
+    engine, time both endpoints in alternating rounds; stop both; then check agreement in process."""
+    from pipelines.bench import times_endpoint
+    from pipelines.bench.paired import run_paired_served_benchmark
     from pipelines.evaluate import run_evaluate
     from pipelines.evaluate.agreement import served_agreement
     from pipelines.serve import make_server
 
-    with make_server(cfg).serve(variant, role, output_dir) as served:
-        result = run_evaluate(cfg, variant, served)
-        bench = run_benchmark(cfg, variant, served) if cfg.bench.enabled else None
-    result.served_identity, result.served_identity_verified = served.identity, served.identity_verified
-    # In-process scoring of the agreement items runs after the server is gone (memory).
-    result.agreement = served_agreement(cfg, variant, result, "base" if role == "base" else cfg.quant.name)
-    return result, bench
+    server, served, evals, benches = make_server(cfg), {}, {}, (None, None)
+    with contextlib.ExitStack() as servers:  # both servers are stopped however this block ends
+        for role, variant in variants.items():
+            with run.stage(f"serve {role}"):
+                served[role] = servers.enter_context(server.serve(variant, role, output_dir))
+                evals[role] = run.keep(**{f"{role}_eval": run_evaluate(cfg, variant, served[role])})
+        if cfg.bench.enabled and times_endpoint(cfg):
+            with run.stage("benchmark", cached=("base_bench", "bench")):  # paired: alternating rounds
+                benches = run_paired_served_benchmark(cfg, variants, served)
+                run.keep(base_bench=benches[0], bench=benches[1])
+    for role, result in evals.items():
+        result.served_identity, result.served_identity_verified = served[role].identity, served[role].identity_verified
+    # In-process scoring of the agreement items runs after the servers are gone (memory).
+    with run.stage("agreement"):
+        for role, variant in variants.items():
+            evals[role].agreement = served_agreement(cfg, variant, evals[role],
+                                                     "base" if role == "base" else cfg.quant.name)
+    return evals["base"], evals["variant"], *benches
 
 
 def _fidelity(cfg: RunConfig, base_eval: EvalResult, variant_eval: EvalResult) -> Fidelity:

@@ -42,7 +42,9 @@ def paired_ratio_interval(numerators, denominators, confidence: float) -> RatioI
     y, x = np.asarray(numerators, dtype=float), np.asarray(denominators, dtype=float)
     if y.shape != x.shape or y.size < 2:
         raise ValueError(f"a paired ratio interval needs >= 2 paired rounds, got {y.size} and {x.size}")
-    if min(y.min(), x.min()) <= 0:  # a zero time or rate has no ratio: say so instead of failing
+    # A zero time or rate, or a round with no measurement (NaN: a served repeat without ITL), has no
+    # ratio: say so instead of failing.
+    if not (np.isfinite(y).all() and np.isfinite(x).all()) or min(y.min(), x.min()) <= 0:
         return RatioInterval(math.nan, -math.inf, math.inf, confidence, y.size, LOG_RATIO)
     logs = np.log(y / x)
     half = student_t.ppf(0.5 + confidence / 2, y.size - 1) * logs.std(ddof=1) / math.sqrt(y.size)

@@ -112,18 +112,28 @@ def _run_served(engine_class, cfg: RunConfig, variant: Variant, served: ServedMo
         before = snapshot()
         run = engine.run_levels(scratch)
         levels = [summarize_served_level(level, cfg.bench.slo) for level in run.levels]
-        found = conditions(before, snapshot(), levels)
-        warn_if_noisy(variant.name, found)
-        knee = knee_level(levels)
-        result = BenchResult(
-            variant=variant.name, engine=cfg.bench.engine, device=cfg.hardware.device, levels=levels,
-            knee_batch_size=knee.batch_size if knee else None, knee_load=knee.load if knee else None,
-            peak_memory_bytes=None, memory_kind=engine.memory_kind, checkpoint_bytes=variant.size_bytes,
-            versions={**versions, served.engine: served.engine_version, "device_name": engine.device_name()},
-            server=engine_identity(served), reports=[str(out_dir / path.name) for path in run.reports],
-            conditions=found)
+        result = served_result(cfg, variant, served, engine, levels, versions, conditions(before, snapshot(), levels),
+                               [str(out_dir / path.relative_to(scratch)) for path in run.reports])
         _write_result(result, scratch, cfg, variant)
     return result
+
+
+def served_result(cfg: RunConfig, variant: Variant, served: ServedModel, engine, levels: list[LoadLevel],
+                  versions: dict[str, str], found: BenchConditions, reports: list[str]) -> BenchResult:
+    """The BenchResult of levels timed through `served`'s endpoint by a level engine."""
+    warn_if_noisy(variant.name, found)
+    knee = knee_level(levels)
+    return BenchResult(
+        variant=variant.name, engine=cfg.bench.engine, device=cfg.hardware.device, levels=levels,
+        knee_batch_size=knee.batch_size if knee else None, knee_load=knee.load if knee else None,
+        peak_memory_bytes=None, memory_kind=engine.memory_kind, checkpoint_bytes=variant.size_bytes,
+        versions={**versions, served.engine: served.engine_version, "device_name": engine.device_name()},
+        server=engine_identity(served), reports=reports, conditions=found)
+
+
+def times_endpoint(cfg: RunConfig) -> bool:
+    """True when bench.engine drives a served endpoint (a level engine) rather than a model in process."""
+    return bool(resolve(BENCH_ENGINES, "bench engine", cfg.bench.engine).runs_levels)
 
 
 def _check_engine_params(engine_class, bench: BenchConfig) -> None:

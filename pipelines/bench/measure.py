@@ -27,6 +27,8 @@ Served levels (bench.engine=openai, from `StreamTiming`s), where the same defini
   requests in flight (sum of E2E / wall time, Little's law), rounded up. The knee is the level with
   the most requests in flight that meets the SLO (ties: the higher request rate).
 - Errored and incomplete requests are counted, not timed; a level where none succeeded is an error.
+- A repeat's mean ITL (what paired ITL ratios use) is the mean of its requests' chunk ITLs; NaN when
+  every request of the repeat came in one chunk.
 Exercised by `pytest tests/test_bench.py -k measure` and `pytest tests/test_bench_served.py`.
 """
 
@@ -175,7 +177,14 @@ def summarize_served_level(level: MeasuredLevel, slo: SLOConfig) -> LoadLevel:
         load=level.load, rate_rps=level.rate_rps, tpot_ms=percentiles_ms(tpots) if tpots.size else None,
         errored_requests=level.errored, incomplete_requests=level.incomplete,
         repeat_output_tokens_per_s=[float(v) for v in tokens_per_s],
-        repeat_ttft_mean_ms=[float(np.mean([stream_ttft_s(t) for t in repeat]) * 1e3) for repeat in repeats])
+        repeat_ttft_mean_ms=[float(np.mean([stream_ttft_s(t) for t in repeat]) * 1e3) for repeat in repeats],
+        repeat_itl_mean_ms=[_repeat_chunk_itl_mean_ms(repeat) for repeat in repeats])
+
+
+def _repeat_chunk_itl_mean_ms(repeat: list[StreamTiming]) -> float:
+    """Mean of the repeat's per-request chunk ITLs; NaN when every request came in one chunk (no gap)."""
+    itls = [itl for t in repeat if (itl := chunk_itl_s(t)) is not None]
+    return float(np.mean(itls) * 1e3) if itls else math.nan
 
 
 def knee_level(levels: list[LoadLevel]) -> LoadLevel | None:

@@ -5,7 +5,8 @@ Two shapes, both computing no metric (that is `pipelines.bench.measure`'s job):
   prompts at a time; the stage plans the batches (`scenarios`) and returns per-token timestamps.
 - `LevelEngine` (served, e.g. `openai`): drives a whole run of load levels itself against an
   endpoint (its library schedules the requests, rates and streaming) and returns, per level and
-  repeat, the per-request timings of what it measured, plus the reports it wrote.
+  repeat, the per-request timings of what it measured, plus the reports it wrote; `run_round`
+  runs one repeat of every level, so a paired run can alternate two endpoints round by round.
 Both declare `check(cfg)` (cheap validation, run by preflight before any work), `libraries`
 (whose versions belong in the cache key) and their constructor (whose extra keyword arguments are
 `bench.params`, checked against its signature). Adding an engine is one module, one
@@ -110,6 +111,10 @@ class LevelEngine(Protocol):
 
     def run_levels(self, out_dir: Path) -> LevelRun:
         """Run every load level of the config against the endpoint; write reports under `out_dir`."""
+
+    def run_round(self, out_dir: Path, repeat: int) -> LevelRun:
+        """One round: every load level once (repeat number `repeat`); a paired run alternates two
+        endpoints' rounds (pipelines/bench/paired.py)."""
 
     def device_name(self) -> str:
         """What served the requests (engine, version, endpoint model)."""

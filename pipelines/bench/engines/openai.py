@@ -76,34 +76,26 @@ class GuideLLMEngine:
             raise ConfigError("bench.params.max_worker_processes must be >= 1")
 
     def run_levels(self, out_dir: Path) -> LevelRun:
+        """Every level, `bench.repeats` GuideLLM runs in a row; their rounds merged per level."""
+        rounds = [self.run_round(out_dir, repeat) for repeat in range(self.bench.repeats)]
+        return combine_rounds(rounds, self.bench.requests_per_level * self.bench.repeats)
+
+    def run_round(self, out_dir: Path, repeat: int) -> LevelRun:
+        """One GuideLLM run of every level (round `repeat`): one repeat per level, its reports under `out_dir`."""
         from guidellm.benchmark import GenerativeBenchmarksReport
 
-        levels: dict[str, MeasuredLevel] = {}
-        reports: list[Path] = []
-        for repeat in range(self.bench.repeats):
-            paths = {kind: out_dir / f"guidellm-r{repeat}.{kind}" for kind in ("json", "html")}
-            log.info("GuideLLM %s run %d/%d against %s", self.profile, repeat + 1, self.bench.repeats,
-                     self.served.base_url)
-            # A fresh interpreter: GuideLLM pickles the loguru logger into its workers, and a sink
-            # another library added here (llm-compressor's, after quantizing) cannot be pickled.
-            scenario = out_dir / f"guidellm-r{repeat}-scenario.json"
-            scenario.write_text(json.dumps(self.scenario(paths)))
-            subprocess.run([sys.executable, "-m", __name__, str(scenario), str(self.max_worker_processes),
-                            self.api_key_env or ""], check=True)
-            reports += [paths["html"], paths["json"]]
-            for benchmark in GenerativeBenchmarksReport.load_file(paths["json"]).benchmarks:
-                measured = measured_level(benchmark, self.bench.warmup_requests)
-                kept = levels.setdefault(measured.load, MeasuredLevel(measured.load, measured.streams,
-                                                                      measured.rate_rps, repeats=[]))
-                kept.repeats += measured.repeats
-                kept.errored += measured.errored
-                kept.incomplete += measured.incomplete
-                kept.first_error = kept.first_error or measured.first_error
-        requested = self.bench.requests_per_level * self.bench.repeats
-        for load, count, asked in short_levels(list(levels.values()), requested):
-            log.warning("GuideLLM measured %d of the %d requests asked at %s (the rest were never started); "
-                        "its numbers rest on fewer samples: see %s", count, asked, load, reports[-1])
-        return LevelRun(levels=list(levels.values()), reports=reports)
+        paths = {kind: out_dir / f"guidellm-r{repeat}.{kind}" for kind in ("json", "html")}
+        log.info("GuideLLM %s run %d/%d against %s", self.profile, repeat + 1, self.bench.repeats,
+                 self.served.base_url)
+        # A fresh interpreter: GuideLLM pickles the loguru logger into its workers, and a sink
+        # another library added here (llm-compressor's, after quantizing) cannot be pickled.
+        scenario = out_dir / f"guidellm-r{repeat}-scenario.json"
+        scenario.write_text(json.dumps(self.scenario(paths)))
+        subprocess.run([sys.executable, "-m", __name__, str(scenario), str(self.max_worker_processes),
+                        self.api_key_env or ""], check=True)
+        benchmarks = GenerativeBenchmarksReport.load_file(paths["json"]).benchmarks
+        return LevelRun(levels=[measured_level(b, self.bench.warmup_requests) for b in benchmarks],
+                        reports=[paths["html"], paths["json"]])
 
     def device_name(self) -> str:
         return f"{self.served.engine} {self.served.engine_version} serving {self.served.model}"
@@ -185,6 +177,24 @@ def measured_level(benchmark, warmup_requests: int) -> MeasuredLevel:
         repeats=[[stream_timing(stats) for status, stats in measured if status == "successful"]],
         errored=len(errored), incomplete=sum(status == "incomplete" for status, _ in measured),
         first_error=next((str(stats.info.error).splitlines()[0] for stats in errored if stats.info.error), None))
+
+
+def combine_rounds(rounds: list[LevelRun], requested: int) -> LevelRun:
+    """The rounds of one endpoint as one LevelRun: per level (by load) its repeats in round order and the
+    summed error counts; a level GuideLLM kept fewer than `requested` requests of is logged."""
+    levels: dict[str, MeasuredLevel] = {}
+    for measured in (level for run in rounds for level in run.levels):
+        kept = levels.setdefault(measured.load, MeasuredLevel(measured.load, measured.streams, measured.rate_rps,
+                                                              repeats=[]))
+        kept.repeats += measured.repeats
+        kept.errored += measured.errored
+        kept.incomplete += measured.incomplete
+        kept.first_error = kept.first_error or measured.first_error
+    reports = [path for run in rounds for path in run.reports]
+    for load, count, asked in short_levels(list(levels.values()), requested):
+        log.warning("GuideLLM measured %d of the %d requests asked at %s (the rest were never started); "
+                    "its numbers rest on fewer samples: see %s", count, asked, load, reports[-1])
+    return LevelRun(levels=list(levels.values()), reports=reports)
 
 
 def short_levels(levels: list[MeasuredLevel], asked: int) -> list[tuple[str, int, int]]:

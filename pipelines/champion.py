@@ -7,7 +7,8 @@ A single run does the same, so a new PROMOTE never displaces a holder the policy
 
 Policies (each a total order; the variant name and content hash break exact ties, so the choice
 never depends on the order jobs finished in):
-- cheapest (default): lowest $/1M output tokens at the SLO, then smallest checkpoint, then most faithful;
+- cheapest (default): largest lower confidence bound of the paired cost saving vs base (variants with
+  one first), then lowest $/1M output tokens at the SLO, then smallest checkpoint, then most faithful;
 - smallest: smallest checkpoint, then cheapest, then most faithful;
 - most_faithful: highest mean accuracy delta vs base, then cheapest, then smallest.
 A contender without a measurement ranks after every one with it on that key.
@@ -17,17 +18,36 @@ Exercised by `python -m pytest tests/test_champion.py`.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from pipelines.records import ChampionDecision, Contender, Outcome
 
 POLICIES = ("cheapest", "smallest", "most_faithful")
 
 
-def cost_key(outcome: Outcome) -> float | None:
-    """What `cheapest` ranks by: the measured $/1M output tokens at the knee. None when no load level met
-    the SLO: that figure is at a load the variant cannot serve at, so it is no price to rank by."""
+def measured_cost(outcome: Outcome) -> float | None:
+    """The measured $/1M output tokens at the knee. None when no load level met the SLO: that figure is
+    at a load the variant cannot serve at, so it is no price to rank by."""
     measured = outcome.cost.measured if outcome.cost else None
     return measured.usd_per_million_output_tokens if measured and measured.slo_met else None
+
+
+def paired_saving_low(outcome: Outcome) -> float | None:
+    """The lower confidence bound of the paired cost saving vs base (CostResult.saving_vs_base); None
+    without a finite one, or without a cost at the SLO (`measured_cost`)."""
+    saving = outcome.cost.saving_vs_base if outcome.cost else None
+    if saving is None or measured_cost(outcome) is None or not math.isfinite(saving.low):
+        return None
+    return saving.low
+
+
+def cost_key(c: Contender) -> tuple[int, float, float]:
+    """What `cheapest` ranks by, lower first: variants with a paired saving vs base by its lower bound
+    (larger is cheaper: the saving the rounds guarantee at gate.confidence, so a noisy bench cannot
+    win on a lucky point), then by $/1M; after them those without one, by $/1M; no $/1M at the SLO last."""
+    if c.cost_saving_low is not None:
+        return (0, -c.cost_saving_low, _low(c.usd_per_million_output_tokens))
+    return (1, 0.0, _low(c.usd_per_million_output_tokens))
 
 
 def is_contender(outcome: Outcome) -> bool:
@@ -39,8 +59,8 @@ def is_contender(outcome: Outcome) -> bool:
 def contender(outcome: Outcome) -> Contender:
     fidelity = outcome.fidelity.task_mean("delta") if outcome.fidelity else None
     return Contender(variant=outcome.variant_name, content_hash=outcome.variant.content_hash,
-                     usd_per_million_output_tokens=cost_key(outcome), size_bytes=outcome.variant.size_bytes,
-                     mean_delta=fidelity)
+                     usd_per_million_output_tokens=measured_cost(outcome), size_bytes=outcome.variant.size_bytes,
+                     mean_delta=fidelity, cost_saving_low=paired_saving_low(outcome))
 
 
 def _low(value: float | None) -> float:
@@ -48,8 +68,8 @@ def _low(value: float | None) -> float:
     return math.inf if value is None else value
 
 
-def _keys(c: Contender) -> dict[str, float]:
-    return {"cost": _low(c.usd_per_million_output_tokens), "size": _low(c.size_bytes),
+def _keys(c: Contender) -> dict[str, Any]:
+    return {"cost": cost_key(c), "size": _low(c.size_bytes),
             "fidelity": _low(None if c.mean_delta is None else -c.mean_delta)}
 
 
@@ -85,6 +105,8 @@ def choose(outcomes: list[Outcome], policy: str, holder: Contender | None = None
 def describe(c: Contender) -> str:
     cost = ("no $/1M at the SLO" if c.usd_per_million_output_tokens is None
             else f"${c.usd_per_million_output_tokens:.4g}/1M tok")
+    if c.cost_saving_low is not None:
+        cost += f", saving vs base >= {c.cost_saving_low:.1%}"
     size = "-" if c.size_bytes is None else f"{c.size_bytes / 2**20:.2f} MiB"
     delta = "-" if c.mean_delta is None else f"{c.mean_delta:+.4f}"
     where = f", registry version {c.version}" if c.version else ""

@@ -409,6 +409,8 @@ class Contender:
     mean_delta: float | None
     # The registry version, for the alias holder of an earlier run (None: a variant of this command).
     version: str | None = None
+    # Lower confidence bound of the paired cost saving vs base (CostResult.saving_vs_base.low); None unpaired.
+    cost_saving_low: float | None = None
 
 
 @dataclass

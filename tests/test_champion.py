@@ -10,15 +10,17 @@ from dataclasses import replace
 
 import pytest
 
-from pipelines.champion import choose, contender, cost_key, rank
+from pipelines.champion import choose, contender, measured_cost, rank
 from pipelines.config import GateConfig
 from pipelines.errors import ConfigError
-from pipelines.records import Contender
+from pipelines.records import Contender, RatioInterval
 
 from conftest import make_outcome
 
 
-def promoted(tmp_path, name: str, usd: float | None, size: int, delta: float, decision: str = "PROMOTE"):
+def promoted(tmp_path, name: str, usd: float | None, size: int, delta: float, decision: str = "PROMOTE",
+             saving: tuple[float, float, float] | None = None):
+    """A PROMOTEd (by default) outcome; `saving` (low, estimate, high): a paired cost saving vs base."""
     outcome = make_outcome(tmp_path, name, decision=decision)
     outcome.variant = replace(outcome.variant, size_bytes=size)
     outcome.fidelity.tasks = [replace(outcome.fidelity.tasks[0], delta=delta)]
@@ -26,6 +28,7 @@ def promoted(tmp_path, name: str, usd: float | None, size: int, delta: float, de
         outcome.cost = None
     else:
         outcome.cost.measured = replace(outcome.cost.measured, usd_per_million_output_tokens=usd)
+        outcome.cost.saving_vs_base = saving and RatioInterval(saving[1], saving[0], saving[2], 0.95, 5, "t")
     return outcome
 
 
@@ -63,7 +66,7 @@ def test_exact_ties_on_every_key_are_broken_by_name(tmp_path):
 
 def test_a_variant_without_a_cost_ranks_after_every_measured_one(tmp_path):
     unmeasured, measured = promoted(tmp_path, "a", None, 10, 0.0), promoted(tmp_path, "b", 9.0, 999, -0.1)
-    assert cost_key(unmeasured) is None
+    assert measured_cost(unmeasured) is None
     assert [c.variant for c in rank([contender(unmeasured), contender(measured)], "cheapest")] == ["b", "a"]
 
 
@@ -105,6 +108,31 @@ def test_the_holders_checkpoint_promoted_again_competes_once(sweep):
     decision = choose(sweep, "cheapest", holder)
     assert [c.variant for c in decision.ranking].count("gptq") == 1 and not decision.kept
     assert decision.ranking[0].version is None  # this command's registration gets the alias
+
+
+def test_cheapest_ranks_paired_savings_by_their_lower_bound_before_unpaired_costs(tmp_path):
+    # A wide interval around a large saving guarantees less than a narrow one around a smaller saving;
+    # the unpaired variant's low $/1M (a figure from another bench run) ranks after both.
+    sure = promoted(tmp_path, "w8a8", 0.70, 100, 0.0, saving=(0.30, 0.35, 0.40))
+    lucky = promoted(tmp_path, "gptq", 0.40, 100, 0.0, saving=(0.05, 0.60, 0.90))
+    unpaired = promoted(tmp_path, "awq", 0.10, 100, 0.0)
+    decision = choose([unpaired, lucky, sure], "cheapest")
+    assert [c.variant for c in decision.ranking] == ["w8a8", "gptq", "awq"]
+    assert decision.ranking[0].cost_saving_low == 0.30 and "saving vs base >= 30.0%" in decision.reason
+
+
+def test_a_paired_saving_without_a_cost_at_the_slo_or_a_finite_bound_is_not_ranked_by(tmp_path):
+    missed_slo = promoted(tmp_path, "gptq", 0.1, 10, 0.0, saving=(0.5, 0.6, 0.7))
+    missed_slo.cost.measured = replace(missed_slo.cost.measured, slo_met=False)
+    unbounded = promoted(tmp_path, "fp8", 0.2, 10, 0.0, saving=(float("-inf"), 0.6, float("inf")))
+    assert contender(missed_slo).cost_saving_low is None and contender(unbounded).cost_saving_low is None
+    assert choose([missed_slo, unbounded], "cheapest").champion == "fp8"  # by $/1M at the SLO, as unpaired
+
+
+def test_equal_saving_bounds_fall_back_to_the_measured_cost(tmp_path):
+    same = [promoted(tmp_path, "a", 0.9, 10, 0.0, saving=(0.2, 0.3, 0.4)),
+            promoted(tmp_path, "b", 0.5, 10, 0.0, saving=(0.2, 0.25, 0.3))]
+    assert choose(same, "cheapest").champion == "b"
 
 
 def test_an_unknown_policy_is_a_config_error():

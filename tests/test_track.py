@@ -23,7 +23,7 @@ from pipelines.champion import choose
 from pipelines.config import TrackingConfig
 from pipelines.errors import InputError
 from pipelines.serve.process import free_port
-from pipelines.records import Percentiles
+from pipelines.records import Percentiles, RatioInterval
 from pipelines.track import make_tracker
 from pipelines.track.mlflow_tracker import MLflowTracker, check_reachable
 
@@ -152,6 +152,7 @@ def with_cost(outcome, usd: float):
 def test_champion_gets_the_alias_once_with_why_and_a_later_costlier_promote_does_not_displace_it(tracker, tmp_path):
     name, alias = tracker.tracking.registered_model, tracker.tracking.promote_alias
     cheap, costly = with_cost(make_outcome(tmp_path, "gptq"), 0.2), with_cost(make_outcome(tmp_path, "w8a8"), 0.3)
+    cheap.cost.saving_vs_base = RatioInterval(0.3, 0.2, 0.4, 0.95, 3, "t on per-round log ratios")
     cheap_run = tracker.log_outcome(cheap, CONFIG)
     tracker.log_outcome(costly, CONFIG)  # finished last: it used to take the alias
     tracker.crown(choose([costly, cheap], "cheapest", tracker.alias_holder("tiny-llama")))
@@ -163,6 +164,7 @@ def test_champion_gets_the_alias_once_with_why_and_a_later_costlier_promote_does
     holder = tracker.alias_holder("tiny-llama")
     assert (holder.variant, holder.usd_per_million_output_tokens, holder.size_bytes, holder.version) == (
         "gptq", 0.2, 7, str(version.version))
+    assert holder.cost_saving_low == 0.2  # the paired saving's lower bound, read back from its tag
     later = with_cost(make_outcome(tmp_path, "awq"), 0.25)  # a single run afterwards
     tracker.log_outcome(later, CONFIG)
     decision = choose([later], "cheapest", tracker.alias_holder("tiny-llama"))

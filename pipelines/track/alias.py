@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 Call = Callable[..., Any]
 # Registry version tags: what the policies rank by, and why a version holds the alias.
 COST_TAG, SIZE_TAG, DELTA_TAG = "quantgate.usd_per_1m_output_tokens", "quantgate.size_bytes", "quantgate.mean_delta"
+SAVING_TAG = "quantgate.cost_saving_vs_base_low"
 VARIANT_TAG, HASH_TAG = "quantgate.variant", "quantgate.content_hash"
 CHAMPION_PREFIX = "quantgate.champion."
 
@@ -25,7 +26,7 @@ CHAMPION_PREFIX = "quantgate.champion."
 def contender_tags(contender: Contender) -> dict[str, str]:
     """The ranking facts of a version, as tags (absent when not measured)."""
     values = {COST_TAG: contender.usd_per_million_output_tokens, SIZE_TAG: contender.size_bytes,
-              DELTA_TAG: contender.mean_delta}
+              DELTA_TAG: contender.mean_delta, SAVING_TAG: contender.cost_saving_low}
     return {key: repr(value) for key, value in values.items() if value is not None}
 
 
@@ -41,7 +42,7 @@ def holder(client, name: str, alias: str, call: Call) -> Contender | None:
     return Contender(variant=tags.get(VARIANT_TAG, f"version {version.version}"),
                      content_hash=tags.get(HASH_TAG, ""), usd_per_million_output_tokens=_number(tags.get(COST_TAG)),
                      size_bytes=_integer(tags.get(SIZE_TAG)), mean_delta=_number(tags.get(DELTA_TAG)),
-                     version=str(version.version))
+                     version=str(version.version), cost_saving_low=_number(tags.get(SAVING_TAG)))
 
 
 def crown(client, name: str, alias: str, decision: ChampionDecision, call: Call) -> str | None:

@@ -189,3 +189,22 @@ def test_the_pipeline_scores_each_server_then_times_both_while_both_are_up(cfg, 
     assert log == ["start base", "score base", "start variant", "score variant", "bench ['base', 'variant']",
                    "stop variant", "stop base", "agree base", f"agree {cfg.quant.name}"]
     assert [stage.stage for stage in run.times] == ["serve base", "serve variant", "benchmark", "agreement"]
+
+
+def test_a_failure_while_the_variant_is_scored_stops_both_servers(cfg, monkeypatch, tmp_path):
+    from pipelines import pipeline
+    from pipelines.stage_log import StageLog
+
+    def score(cfg, variant, endpoint):
+        if endpoint.model == "variant":
+            raise RuntimeError("HTTP 500 from the variant's server")
+        return SimpleNamespace(agreement=[])
+
+    log = []
+    monkeypatch.setattr("pipelines.serve.make_server", lambda cfg: TwoEndpoints(log))
+    monkeypatch.setattr("pipelines.evaluate.run_evaluate", score)
+    run = StageLog()
+    with pytest.raises(RuntimeError, match="HTTP 500"):
+        pipeline._serve_and_measure(cfg, {"base": variant("base", "b1"), "variant": variant("variant", "v1")},
+                                    tmp_path, run)
+    assert log == ["start base", "start variant", "stop variant", "stop base"] and run.failed == "serve variant"

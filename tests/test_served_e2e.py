@@ -27,8 +27,9 @@ VLLM_PYTHON = Path(os.environ.get("QUANTGATE_VLLM_PYTHON", REPO / ".venv-vllm" /
 EMBEDDED = REPO / "pipelines" / "embedded" / "tiny-llama"
 ITEMS = 20  # per task: every item is scored both ways, so agreement covers the whole run
 # Two load levels, few short requests: the path is what is tested here; BENCHMARKS.md has real numbers.
+# Two paired rounds: base and variant servers alternate, so the records carry ratios with intervals.
 SERVED_BENCH = ["bench=served", "bench.batch_sizes=[1,4]", "bench.requests_per_level=8", "bench.warmup_requests=1",
-                "bench.output_tokens=8", "bench.input_tokens=32"]
+                "bench.output_tokens=8", "bench.input_tokens=32", "bench.repeats=2"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not os.access(VLLM_PYTHON, os.X_OK),
@@ -73,9 +74,13 @@ def test_fp8_scored_through_vllm_agrees_with_in_process_and_is_gated_and_logged(
         if model == "base":  # float32: served and in-process scoring agree item for item
             assert a["agreeing"] == ITEMS, (task, a)
     assert any(r["rule"] == "agreement" for r in record["verdict"]["rules"])
-    for bench in (record["base_bench"], record["bench"]):  # GuideLLM through the same server
+    for bench in (record["base_bench"], record["bench"]):  # GuideLLM through both servers, paired
         assert [level["load"] for level in bench["levels"]] == ["c1", "c4"]
         assert bench["server"]["engine"] == "vllm" and all(lv["errored_requests"] == 0 for lv in bench["levels"])
+        assert all(lv["repeats"] == 2 for lv in bench["levels"])
+    assert record["bench"]["pairing_id"] == record["base_bench"]["pairing_id"] is not None
+    assert [ratio["load"] for ratio in record["bench"]["ratios"]] == ["c1", "c4"]
+    assert record["cost"]["saving_vs_base"]["rounds"] == 2
     assert (tmp_path / "outputs" / "serve" / "variant.log").is_file()
     assert not vllm_processes(), "a vLLM server outlived the run"
 

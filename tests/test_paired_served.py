@@ -54,8 +54,9 @@ class VirtualLevelEngine:
     def run_round(self, out_dir: Path, repeat: int) -> LevelRun:
         slowdown = self.clock.slowdown()
         self.clock.log.append((self.role, repeat))
+        count = self.bench.requests_per_level
         levels = [MeasuredLevel(load=f"c{streams}", streams=streams, rate_rps=None,
-                                repeats=[[self._request(streams * slowdown) for _ in range(self.bench.requests_per_level)]])
+                                repeats=[[self._request(streams * slowdown) for _ in range(count)]])
                   for streams in self.bench.batch_sizes]
         report = out_dir / f"guidellm-r{repeat}.html"
         report.write_text("<html></html>")

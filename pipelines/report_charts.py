@@ -115,6 +115,26 @@ def cost_figure(outcomes: list[Outcome]) -> go.Figure:
     return figure
 
 
+def saving_figure(outcomes: list[Outcome]) -> go.Figure | None:
+    """Each variant's paired cost saving vs base with its interval; None when no variant has a bounded one."""
+    paired = [(o, o.cost.saving_vs_base) for o in outcomes
+              if not is_base(o) and o.cost and o.cost.saving_vs_base and o.cost.saving_vs_base.bounded]
+    if not paired:
+        return None
+    figure = go.Figure(go.Scatter(
+        x=[100 * s.estimate for _, s in paired], y=[o.variant_name for o, _ in paired], mode="markers",
+        marker={"color": [COLORS.get(decision(o)) for o, _ in paired], "size": 10},
+        error_x={"type": "data", "symmetric": False, "array": [100 * (s.high - s.estimate) for _, s in paired],
+                 "arrayminus": [100 * (s.estimate - s.low) for _, s in paired]},
+        hovertemplate="%{y}: %{x:.1f} % saving vs base<extra></extra>"))
+    figure.add_vline(x=0, line_dash="dash", line_color="#666")
+    level = f"{paired[0][1].confidence:.0%}"
+    figure.update_layout(title=f"Cost saving vs base at the cost level, {level} interval over paired rounds",
+                         xaxis_title="% saving in $ per 1M output tokens (right of 0: cheaper than the base)",
+                         **LAYOUT)
+    return figure
+
+
 def pareto_figure(outcomes: list[Outcome]) -> go.Figure:
     """Cost against the worst task's delta bound; the frontier only over variants not REJECTed, the base a reference."""
     points = [o for o in outcomes if usd_per_million(o) is not None and worst_delta_bound(o) is not None]

@@ -24,7 +24,7 @@ from pipelines.champion import describe
 from pipelines.errors import InputError
 from pipelines.flips import SAME_SCORE, outcome_flips
 from pipelines.records import ChampionDecision, Outcome, RuleResult
-from pipelines.report_charts import cost_figure, forest_figures, latency_figures, pareto_figure
+from pipelines.report_charts import cost_figure, forest_figures, latency_figures, pareto_figure, saving_figure
 
 CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1200px;color:#222;padding:0 16px}
 h1{font-size:22px}h2{border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:36px}
@@ -148,7 +148,9 @@ def _listed(flips: list[dict[str, Any]], variant: str, task: str) -> int:
 def _speed_and_cost(outcomes: list[Outcome], slo: dict[str, Any]) -> str:
     figures = latency_figures(outcomes, slo)
     body = "".join(map(_figure, figures)) or "<p>no benchmark data</p>"
-    return _section("Speed and cost", body + _figure(cost_figure(outcomes)))
+    saving = saving_figure(outcomes)
+    paired = _figure(saving) if saving else "<p>no paired cost saving (unpaired or single-round benchmarks)</p>"
+    return _section("Speed and cost", body + _figure(cost_figure(outcomes)) + paired)
 
 
 def _provenance(outcomes: list[Outcome], configs: list[dict[str, Any]]) -> str:

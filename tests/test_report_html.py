@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import math
 import re
 import shutil
 from dataclasses import replace
@@ -19,6 +20,7 @@ from pipelines.champion import choose
 from pipelines.evaluate.items import write_items
 from pipelines.fidelity import compare_task
 from pipelines.flips import BETTER, SAME_SCORE, WORSE, answer, outcome_flips
+from pipelines.records import RatioInterval
 from pipelines.report import write_sweep_report
 
 from conftest import make_outcome
@@ -118,3 +120,15 @@ def test_latency_curves_show_the_slo_and_the_base_when_no_base_run_is_in_the_com
     names = [trace.name for trace in figures[0].data if trace.showlegend is not False]
     assert names == ["base (hf)", "fp8 (hf, PROMOTE)", "gptq (hf, PROMOTE)"]
     assert figures[0].layout.shapes[0].y0 == 200.0  # the SLO line
+
+
+def test_the_paired_cost_saving_is_drawn_with_its_interval_and_unpaired_variants_are_left_out(outcomes):
+    from pipelines.report_charts import saving_figure
+
+    assert saving_figure(outcomes) is None  # no variant has a paired saving: the page says so instead
+    outcomes[0].cost.saving_vs_base = RatioInterval(0.25, 0.10, 0.35, 0.95, 5, "t on per-round log ratios")
+    outcomes[1].cost.saving_vs_base = RatioInterval(0.5, -math.inf, math.inf, 0.95, 2, "t on per-round log ratios")
+    trace = saving_figure(outcomes).data[0]
+    assert list(trace.y) == ["fp8"]  # gptq's interval is unbounded: not drawn as if it were a measurement
+    assert trace.x[0] == pytest.approx(25.0)
+    assert (trace.error_x.arrayminus[0], trace.error_x.array[0]) == pytest.approx((15.0, 10.0))

@@ -16,6 +16,7 @@ from omegaconf import MISSING, OmegaConf
 
 from pipelines.champion import POLICIES as CHAMPION_POLICIES
 from pipelines.errors import ConfigError
+from pipelines.registry import SERVERS, resolve
 
 
 def _positive(owner: str, **values: float | int | None) -> None:
@@ -177,49 +178,42 @@ class SLOConfig:
 
 @dataclass
 class ServeConfig:
-    """How a checkpoint is served for scoring and timing; base and variant always share it."""
+    """What every serve backend shares; base and variant always share it. Each backend in
+    registry.SERVERS names its own schema (`config_schema`, a subclass holding its fields), registered
+    as serve/<backend>_schema, so a field of one backend is an unknown key under another."""
 
     name: str = MISSING
     # A name in registry.SERVERS: inprocess (transformers in this process) | vllm | endpoint.
     backend: str = "inprocess"
-    # The Python that runs vLLM's OpenAI server: vLLM lives in its own environment.
-    python: str = ".venv-vllm/bin/python"
-    # Engine dtype (vLLM --dtype); "auto" follows model.dtype.
-    dtype: str = "auto"
-    max_model_len: int | None = None
-    tensor_parallel_size: int = 1
-    pipeline_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.9
-    # vLLM --enforce-eager; None: on for CPU (torch.compile start-up costs more than it saves there).
-    enforce_eager: bool | None = None
-    # Further server arguments passed through untouched, e.g. ["--enable-prefix-caching"].
-    extra_args: list[str] = field(default_factory=list)
-    # Environment variables for the server process (e.g. VLLM_CPU_KVCACHE_SPACE on CPU).
-    env: dict[str, str] = field(default_factory=dict)
-    # serve=endpoint: already-running OpenAI-compatible servers, by role ("base", "variant").
-    urls: dict[str, str] = field(default_factory=dict)
-    # serve=endpoint: model name per role, when an endpoint serves more than one.
-    models: dict[str, str] = field(default_factory=dict)
-    # Name of the environment variable holding the endpoint's API key (the key itself is never logged).
-    api_key_env: str | None = None
-    # serve=endpoint: score an endpoint whose checkpoint cannot be checked (its /v1/models names no
-    # root matching the checkpoint); the verdict is then at most INCONCLUSIVE and says why.
-    trust_endpoint: bool = False
-    # serve=endpoint: base and variant may be the same URL and model (comparing a server with itself).
-    allow_same_endpoint: bool = False
-    startup_timeout_s: float = 600.0
     # Requests lm-eval keeps in flight while scoring through the endpoint.
     eval_concurrency: int = 4
     # Items per task scored both in-process and served, to report their per-item agreement (0: off).
     agreement_items: int = 0
 
     def __post_init__(self) -> None:
-        _positive("serve", max_model_len=self.max_model_len, tensor_parallel_size=self.tensor_parallel_size,
-                  pipeline_parallel_size=self.pipeline_parallel_size, startup_timeout_s=self.startup_timeout_s,
-                  eval_concurrency=self.eval_concurrency)
-        _fraction("serve", "gpu_memory_utilization", self.gpu_memory_utilization, closed_high=True)
+        _positive("serve", eval_concurrency=self.eval_concurrency)
         if self.agreement_items < 0:
             raise ConfigError(f"serve.agreement_items={self.agreement_items} must be >= 0")
+
+
+@dataclass
+class ParallelServerConfig(ServeConfig):
+    """A server quantgate starts, split over tensor_parallel_size x pipeline_parallel_size devices:
+    plan=true sizes it (GPUs, memory per GPU) from these fields."""
+
+    # null: the model's own context length.
+    max_model_len: int | None = None
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    # The fraction of each GPU's memory the server may take (weights, KV cache, activations).
+    gpu_memory_utilization: float = 0.9
+    startup_timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive("serve", max_model_len=self.max_model_len, tensor_parallel_size=self.tensor_parallel_size,
+                  pipeline_parallel_size=self.pipeline_parallel_size, startup_timeout_s=self.startup_timeout_s)
+        _fraction("serve", "gpu_memory_utilization", self.gpu_memory_utilization, closed_high=True)
 
 
 @dataclass
@@ -393,9 +387,16 @@ def register_schemas() -> None:
     store.store(name="run_schema", node=RunConfig)
     for group, schema in GROUPS.items():
         store.store(group=group, name=f"{group}_schema", node=schema)
+    for backend, schema in serve_schemas().items():  # conf/serve/<name>.yaml names /serve/<backend>_schema@serve
+        store.store(group="serve", name=f"{backend}_schema", node=schema)
     # ${unique_id:} in hydra.run.dir / hydra.sweep.dir: two runs started in the same second get two
     # folders. Cached per config (like Hydra's ${now:}), and Hydra copies that cache to sweep jobs.
     OmegaConf.register_new_resolver("unique_id", lambda: secrets.token_hex(4), use_cache=True, replace=True)
+
+
+def serve_schemas() -> dict[str, type[ServeConfig]]:
+    """Each registered serve backend's own schema (its `config_schema`), by backend name."""
+    return {name: resolve(SERVERS, "serve backend", name).config_schema for name in SERVERS}
 
 
 def group_choices(group: str) -> list[str]:

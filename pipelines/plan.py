@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines import plan_eval
-from pipelines.config import RunConfig
+from pipelines.config import ParallelServerConfig, RunConfig
 from pipelines.cost import decode_step_bound_s, prefill_bound_s, projected_estimate, scaled_hardware
 from pipelines.embedded import is_embedded
 from pipelines.errors import ConfigError, InputError
 from pipelines.plan_eval import EvalEstimate
 from pipelines.quantize.schemes import HESSIAN_METHODS, uses_calibration
+from pipelines.serve import gpu_memory_fraction, runs_here
 from pipelines.sizing import (GB, ModelSize, kv_tokens, model_size, quantize_memory, read_config_json,
                               roofline_shape, serve_gb_per_gpu, smallest_tensor_parallel, valid_tensor_parallel,
                               variant_bytes)
@@ -110,7 +111,7 @@ def _size_serving(plan: Plan) -> None:
     """GPUs and tensor parallelism that serving base and variant (same engine args) needs; problems if it cannot."""
     cfg, size, hw = plan.cfg, plan.size, plan.cfg.hardware
     tokens, largest = kv_tokens(cfg, size), max(plan.base_bytes, plan.variant_bytes)
-    if cfg.serve.backend == "endpoint":
+    if not runs_here(cfg):
         return
     if not hw.device.startswith("cuda"):
         need = serve_gb_per_gpu(size, largest, tokens, 1)
@@ -118,13 +119,13 @@ def _size_serving(plan: Plan) -> None:
             plan.problems.append(f"{cfg.model.name} needs ~{need:.0f} GB of memory to serve but hardware={hw.name} "
                                  f"has {hw.memory_gb:g} GB: choose GPU hardware (bench=gpu hardware=h100)")
         return
-    usable = hw.memory_gb * cfg.serve.gpu_memory_utilization
+    usable = hw.memory_gb * gpu_memory_fraction(cfg)
     plan.needed_tp = smallest_tensor_parallel(size, largest, tokens, usable)
-    if cfg.serve.backend == "inprocess":
+    if not isinstance(cfg.serve, ParallelServerConfig):  # one GPU: in process, or a server not split over GPUs
         plan.serve_gpus = 1
         need = serve_gb_per_gpu(size, largest, tokens, 1)
         if need > hw.memory_gb:
-            plan.problems.append(_inprocess_problem(plan, need))
+            plan.problems.append(_one_gpu_problem(plan, need))
         return
     tp, pp = cfg.serve.tensor_parallel_size, cfg.serve.pipeline_parallel_size
     plan.serve_gpus = tp * pp
@@ -142,10 +143,10 @@ def _size_serving(plan: Plan) -> None:
                              f"set serve.tensor_parallel_size={plan.needed_tp}")
 
 
-def _inprocess_problem(plan: Plan, need: float) -> str:
+def _one_gpu_problem(plan: Plan, need: float) -> str:
     fix = (f"serve=vllm serve.tensor_parallel_size={plan.needed_tp}" if plan.needed_tp
            else "hardware with more memory (e.g. hardware=h200)")
-    return (f"serve=inprocess loads {plan.cfg.model.name} onto one {plan.cfg.hardware.name} "
+    return (f"serve={plan.cfg.serve.name} loads {plan.cfg.model.name} onto one {plan.cfg.hardware.name} "
             f"({plan.cfg.hardware.memory_gb:g} GB) but it needs ~{need:.0f} GB: use {fix}")
 
 
@@ -154,8 +155,8 @@ def _stages(plan: Plan) -> list[Stage]:
     gpus = plan.serve_gpus
     served = serve_gb_per_gpu(size, max(plan.base_bytes, plan.variant_bytes), kv_tokens(cfg, size), max(gpus, 1))
     per_gpu = served if gpus else None
-    # Without GPUs the model, its KV cache and activations live in CPU RAM (against endpoints: elsewhere).
-    ram = served if not gpus and cfg.serve.backend != "endpoint" else None
+    # Without GPUs the model, its KV cache and activations live in CPU RAM (servers run elsewhere: not here).
+    ram = served if not gpus and runs_here(cfg) else None
     stages = [Stage("download", None, None, 0, plan.download_bytes / (ASSUMED_DOWNLOAD_MB_S * 1e6),
                     f"at {ASSUMED_DOWNLOAD_MB_S} MB/s (assumed)" if plan.download_bytes else "local: nothing to fetch")]
     if cfg.quant.method != "none":

@@ -6,9 +6,10 @@
 from __future__ import annotations
 
 from pipelines import exit_codes
-from pipelines.config import RunConfig
+from pipelines.config import ParallelServerConfig, RunConfig
 from pipelines.cost import price_per_hour, scaled_hardware
 from pipelines.plan import Plan, build_plan, duration
+from pipelines.serve import gpu_memory_fraction, runs_here
 from pipelines.sizing import GB, SERVE_OVERHEAD_GB, kv_tokens, serve_gb_per_gpu
 
 
@@ -85,18 +86,18 @@ def _stop(plan: Plan) -> str:
 
 def _serving_line(plan: Plan) -> str:
     cfg, hw = plan.cfg, plan.cfg.hardware
-    if cfg.serve.backend == "endpoint":
-        return "served by serve.urls: not sized here"
+    if not runs_here(cfg):
+        return f"served by servers serve={cfg.serve.name} does not start: not sized here"
     if not plan.serve_gpus:
         return f"on {hw.name} ({hw.memory_gb:g} GB), no GPU"
     tokens = kv_tokens(cfg, plan.size)
     per_gpu = serve_gb_per_gpu(plan.size, max(plan.base_bytes, plan.variant_bytes), tokens, plan.serve_gpus)
     needs = (f"needs {plan.needed_tp} x {hw.name} at tensor-parallel {plan.needed_tp}" if plan.needed_tp
              else f"does not fit on 8 x {hw.name}")
-    if plan.needed_tp and cfg.serve.backend == "vllm" and plan.serve_gpus > plan.needed_tp:
+    if plan.needed_tp and isinstance(cfg.serve, ParallelServerConfig) and plan.serve_gpus > plan.needed_tp:
         needs += f" (serve.tensor_parallel_size={plan.needed_tp} would do)"
     return (f"{needs}; configured {plan.serve_gpus} GPU(s): ~{per_gpu:.1f} GB per GPU of "
-            f"{hw.memory_gb * cfg.serve.gpu_memory_utilization:.0f} usable (weights + KV cache for {tokens:,} tokens "
+            f"{hw.memory_gb * gpu_memory_fraction(cfg):.0f} usable (weights + KV cache for {tokens:,} tokens "
             f"+ {SERVE_OVERHEAD_GB:g} GB overhead)")
 
 

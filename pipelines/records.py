@@ -56,6 +56,9 @@ class ServedModel:
     # matches); False only when serve.trust_endpoint=true let an unchecked endpoint be scored.
     identity: str = ""
     identity_verified: bool = True
+    # The key requests to the server carry (a Bearer header), when it needs one. Held in memory only:
+    # a ServedModel is never saved, and repr leaves the key out.
+    api_key: str | None = field(default=None, repr=False)
 
 
 @dataclass

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import ModelConfig, QuantConfig, RunConfig
+from pipelines.config import ModelConfig, ParallelServerConfig, QuantConfig, RunConfig
 from pipelines.errors import InputError
 from pipelines.quantize.schemes import HESSIAN_METHODS, compute_dtype, uses_calibration, weight_format
 
@@ -152,7 +152,8 @@ def quantize_memory(size: ModelSize, cfg: RunConfig) -> tuple[float, float]:
 def kv_tokens(cfg: RunConfig, size: ModelSize) -> int:
     """Tokens of KV cache to hold: the bench's largest load, and at least one full-length sequence (vLLM's check)."""
     largest = max(cfg.bench.batch_sizes) * (cfg.bench.input_tokens + cfg.bench.output_tokens) if cfg.bench.enabled else 0
-    return max(largest, cfg.serve.max_model_len or size.max_positions)
+    max_model_len = cfg.serve.max_model_len if isinstance(cfg.serve, ParallelServerConfig) else None
+    return max(largest, max_model_len or size.max_positions)
 
 
 def serve_gb_per_gpu(size: ModelSize, weight_bytes: float, tokens: int, tp: int) -> float:

@@ -123,10 +123,7 @@ def requested_settings(cfg: RunConfig, text: str | None, served: ServedModel | N
 def _runner(cfg: RunConfig, served: ServedModel | None) -> EvalRunner:
     if served is None:
         return resolve(EVAL_RUNNERS, "eval runner", cfg.eval.runner)(cfg.eval, cfg.model, cfg.hardware.device)
-    from pipelines.serve import make_server
-
-    api_key = getattr(make_server(cfg), "api_key", lambda: None)()
-    return ServedRunner(cfg.eval, cfg.model, cfg.hardware.device, served, cfg.serve, api_key)
+    return ServedRunner(cfg.eval, cfg.model, cfg.hardware.device, served, cfg.serve)
 
 
 def suite_hash(include: Path | None) -> str:

@@ -31,13 +31,12 @@ class ServedRunner(LMEvalRunner):
     """LMEvalRunner whose model is an OpenAI-compatible endpoint instead of weights in this process."""
 
     def __init__(self, eval_cfg: EvalConfig, model_cfg: ModelConfig, device: str, served: ServedModel,
-                 serve_cfg: ServeConfig, api_key: str | None = None) -> None:
+                 serve_cfg: ServeConfig) -> None:
         self.eval_cfg = eval_cfg
         self.model_cfg = model_cfg
         self.device = device
         self.served = served
         self.serve_cfg = serve_cfg
-        self._api_key = api_key
         self.check_params(eval_cfg)
 
     def model_args(self, checkpoint_dir: Path, add_bos_token: bool | None) -> dict[str, Any]:
@@ -57,8 +56,8 @@ class ServedRunner(LMEvalRunner):
         args = self.model_args(checkpoint_dir, add_bos_token)
         log.info("scoring %s through %s (lm-eval %s, add_bos_token=%s)", self.served.model, self.served.base_url,
                  LM_EVAL_MODEL, add_bos_token)
-        if self._api_key:
-            args["header"] = {"Authorization": f"Bearer {self._api_key}"}
+        if self.served.api_key:
+            args["header"] = {"Authorization": f"Bearer {self.served.api_key}"}
         return get_model(LM_EVAL_MODEL).create_from_arg_obj(args, {"batch_size": 1})
 
 

@@ -3,13 +3,16 @@
     python -m pipelines.run serve=vllm quant=fp8         # vLLM's OpenAI server, one per checkpoint
     python -m pipelines.run serve=endpoint serve.urls.base=http://h:8000/v1 serve.urls.variant=http://h:8001/v1
 
-A backend (registry.SERVERS, conf/serve/*.yaml) implements the `Server` protocol: `check(cfg)` is
-the cheap preflight (a backend using servers it did not start adds `check_reachable(cfg)`),
-`libraries` the packages whose versions belong in cache keys, and `serve(variant, role, output_dir)`
-a context manager yielding the `ServedModel` scoring and benchmarking talk to (None for
-`inprocess`: transformers in this process, today's path). Whatever happens inside the `with` (an
-exception, Ctrl-C, SIGTERM), the server it started is stopped.
-Adding `serve=sglang` is one module here, one YAML in conf/serve/ and one registry line.
+A backend (registry.SERVERS, conf/serve/*.yaml) implements the `Server` protocol: `config_schema`
+its own fields (a ServeConfig subclass, registered as serve/<backend>_schema, which its YAML names),
+the capabilities callers ask instead of its name (`in_process`, `starts_server`; a schema deriving
+from ParallelServerConfig is sized on GPUs by plan=true), `check(cfg)` the cheap preflight (a
+backend using servers it did not start adds `check_reachable(cfg)`), `libraries` the packages whose
+versions belong in cache keys, and `serve(variant, role, output_dir)` a context manager yielding the
+`ServedModel` scoring and benchmarking talk to (None in process: transformers here). Whatever
+happens inside the `with` (an exception, Ctrl-C, SIGTERM), the server it started is stopped.
+Adding `serve=sglang` is one module here, one YAML in conf/serve/ and one registry line
+(tests/test_serve_seam.py adds a fake backend that way).
 
 Exercised by: pytest tests/test_serve.py
 """
@@ -23,7 +26,8 @@ from pathlib import Path
 from typing import Any, ContextManager, Protocol
 
 from pipelines import interrupts
-from pipelines.config import RunConfig
+from pipelines.config import ParallelServerConfig, RunConfig, ServeConfig
+from pipelines.errors import ConfigError
 from pipelines.records import ServedModel, Variant
 from pipelines.redact import redact
 from pipelines.registry import SERVERS, resolve
@@ -34,6 +38,11 @@ INSTANCE_ARGS = frozenset({"host", "port", "served_model_name", "model", "api_ke
 
 class Server(Protocol):
     libraries: tuple[str, ...]
+    config_schema: type[ServeConfig]
+    # Scoring and timing run in this process (serve() yields None): no endpoint, no served bench.
+    in_process: bool
+    # quantgate starts the server on this machine (plan=true sizes it); False: servers run elsewhere.
+    starts_server: bool
 
     def __init__(self, cfg: RunConfig) -> None: ...
 
@@ -45,25 +54,49 @@ class Server(Protocol):
         """Serve `variant` (role "base" or "variant") for the duration of the `with` block."""
 
 
+def serve_backend(cfg: RunConfig) -> type[Server]:
+    """The backend class cfg.serve names: callers ask its capabilities, never its name."""
+    return resolve(SERVERS, "serve backend", cfg.serve.backend)
+
+
 def make_server(cfg: RunConfig) -> Server:
-    return resolve(SERVERS, "serve backend", cfg.serve.backend)(cfg)
+    return serve_backend(cfg)(cfg)
 
 
 def check_serve(cfg: RunConfig) -> None:
-    """Preflight: the backend exists and its config is usable."""
-    resolve(SERVERS, "serve backend", cfg.serve.backend).check(cfg)
+    """Preflight: the backend exists, its own schema holds the config, and its config is usable."""
+    backend = serve_backend(cfg)
+    if type(cfg.serve) is not backend.config_schema:
+        raise ConfigError(f"serve.backend={cfg.serve.backend} takes its fields from its own config: choose it with "
+                          f"serve=<its conf/serve YAML> rather than overriding serve.backend under serve={cfg.serve.name}")
+    backend.check(cfg)
 
 
 def check_serve_reachable(cfg: RunConfig) -> None:
     """Preflight, before anything is written: a backend serving through servers it did not start
     (`check_reachable`, e.g. serve=endpoint) contacts them."""
-    backend = resolve(SERVERS, "serve backend", cfg.serve.backend)
+    backend = serve_backend(cfg)
     if hasattr(backend, "check_reachable"):
         backend.check_reachable(cfg)
 
 
 def is_served(cfg: RunConfig) -> bool:
-    return cfg.serve.backend != "inprocess"
+    """Scored and timed through an endpoint (not in this process)."""
+    return not serve_backend(cfg).in_process
+
+
+def runs_here(cfg: RunConfig) -> bool:
+    """The served model takes this machine's memory (in process, or a server quantgate starts)."""
+    backend = serve_backend(cfg)
+    return backend.in_process or backend.starts_server
+
+
+def gpu_memory_fraction(cfg: RunConfig) -> float:
+    """The fraction of each GPU's memory serving may take: a parallel server's own setting, else the
+    default one would get (what plan=true's tensor-parallel advice assumes)."""
+    if isinstance(cfg.serve, ParallelServerConfig):
+        return cfg.serve.gpu_memory_utilization
+    return ParallelServerConfig.gpu_memory_utilization
 
 
 def engine_identity(served: ServedModel) -> dict[str, Any]:

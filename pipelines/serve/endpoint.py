@@ -25,10 +25,11 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import RunConfig
+from pipelines.config import RunConfig, ServeConfig
 from pipelines.errors import ConfigError, InputError
 from pipelines.records import ServedModel, Variant
 from pipelines.redact import redact
@@ -39,8 +40,28 @@ log = logging.getLogger(__name__)
 ROLES = ("base", "variant")
 
 
+@dataclass
+class EndpointServeConfig(ServeConfig):
+    """serve=endpoint's fields (conf/serve/endpoint.yaml)."""
+
+    # Already-running OpenAI-compatible servers, by role ("base", "variant").
+    urls: dict[str, str] = field(default_factory=dict)
+    # Model name per role, when an endpoint serves more than one.
+    models: dict[str, str] = field(default_factory=dict)
+    # Name of the environment variable holding the endpoints' API key (the key itself is never logged).
+    api_key_env: str | None = None
+    # Score an endpoint whose checkpoint cannot be checked (its /v1/models names no root matching the
+    # checkpoint); the verdict is then at most INCONCLUSIVE and says why.
+    trust_endpoint: bool = False
+    # Base and variant may be the same URL and model (comparing a server with itself).
+    allow_same_endpoint: bool = False
+
+
 class EndpointServer:
     libraries: tuple[str, ...] = ()
+    config_schema = EndpointServeConfig
+    in_process = False
+    starts_server = False  # the servers are someone else's: not started, stopped or sized here
 
     def __init__(self, cfg: RunConfig) -> None:
         self.check(cfg)
@@ -69,28 +90,25 @@ class EndpointServer:
     @staticmethod
     def check_reachable(cfg: RunConfig) -> None:
         """Preflight, before the run writes anything: each endpoint answers /models and serves its model."""
-        api_key = os.environ.get(cfg.serve.api_key_env) if cfg.serve.api_key_env else None
         for role in ROLES:
-            check_endpoint(cfg.serve.urls[role].rstrip("/"), cfg.serve.models.get(role) or None, api_key)
-
-    def api_key(self) -> str | None:
-        return os.environ.get(self.cfg.serve.api_key_env) if self.cfg.serve.api_key_env else None
+            check_endpoint(cfg.serve.urls[role].rstrip("/"), cfg.serve.models.get(role) or None, _api_key(cfg))
 
     @contextlib.contextmanager
     def serve(self, variant: Variant, role: str, output_dir: Path) -> Iterator[ServedModel]:
         base_url = self.cfg.serve.urls[role].rstrip("/")
         wanted = self.cfg.serve.models.get(role) or None
-        entries = check_endpoint(base_url, wanted, self.api_key())
+        api_key = _api_key(self.cfg)
+        entries = check_endpoint(base_url, wanted, api_key)
         if wanted is None and len(entries) != 1:
             raise InputError(f"endpoint {base_url} serves {len(entries)} models {[e.get('id') for e in entries]}; "
                              f"choose one with serve.models.{role}")
         entry = next(e for e in entries if wanted is None or e.get("id") == wanted)
         identity, verified = self._identity(entry, redact(base_url), variant, role)
         log.info("%s endpoint %s: %s", role, base_url, identity)
-        version = server_version(base_url, self.api_key()).get("version", "unknown")
+        version = server_version(base_url, api_key).get("version", "unknown")
         yield ServedModel(base_url=base_url, model=entry["id"], tokenizer_dir=variant.checkpoint_dir,
                           engine="endpoint", engine_version=str(version), engine_args={},
-                          identity=identity, identity_verified=verified)
+                          identity=identity, identity_verified=verified, api_key=api_key)
 
     def _identity(self, entry: dict[str, Any], base_url: str, variant: Variant, role: str) -> tuple[str, bool]:
         """How we know the endpoint serves `variant`, and whether we do; refuses when we do not, unless trusted."""
@@ -118,3 +136,7 @@ class EndpointServer:
             return True
         manifest = read_manifest(path)
         return manifest is not None and manifest.get("content_hash") == variant.content_hash
+
+
+def _api_key(cfg: RunConfig) -> str | None:
+    return os.environ.get(cfg.serve.api_key_env) if cfg.serve.api_key_env else None

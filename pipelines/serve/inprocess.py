@@ -9,12 +9,15 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipelines.config import RunConfig
+from pipelines.config import RunConfig, ServeConfig
 from pipelines.records import ServedModel, Variant
 
 
 class InProcessServer:
     libraries: tuple[str, ...] = ()
+    config_schema = ServeConfig  # no fields of its own
+    in_process = True
+    starts_server = False
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg

@@ -24,10 +24,11 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import RunConfig
+from pipelines.config import ParallelServerConfig, RunConfig
 from pipelines.errors import ConfigError
 from pipelines.quantize.schemes import weight_only_int
 from pipelines.records import ServedModel, Variant
@@ -38,8 +39,27 @@ log = logging.getLogger(__name__)
 ENTRY_POINT = "vllm.entrypoints.openai.api_server"
 
 
+@dataclass
+class VLLMServeConfig(ParallelServerConfig):
+    """serve=vllm's fields (conf/serve/vllm.yaml), beside the parallel layout every started server has."""
+
+    # The Python that runs vLLM's OpenAI server: vLLM lives in its own environment.
+    python: str = ".venv-vllm/bin/python"
+    # Engine dtype (vLLM --dtype); "auto" follows model.dtype.
+    dtype: str = "auto"
+    # vLLM --enforce-eager; None: on for CPU (torch.compile start-up costs more than it saves there).
+    enforce_eager: bool | None = None
+    # Further server arguments passed through untouched, e.g. ["--enable-prefix-caching"].
+    extra_args: list[str] = field(default_factory=list)
+    # Environment variables for the server process (e.g. VLLM_CPU_KVCACHE_SPACE on CPU).
+    env: dict[str, str] = field(default_factory=dict)
+
+
 class VLLMServer:
     libraries = ("vllm",)
+    config_schema = VLLMServeConfig
+    in_process = False
+    starts_server = True
 
     def __init__(self, cfg: RunConfig) -> None:
         self.check(cfg)

@@ -25,9 +25,12 @@ from typing import Any
 from pipelines.bench.engines import LevelRun, MeasuredLevel, StreamTiming
 from pipelines.errors import ConfigError
 from pipelines.records import ServedModel
+from pipelines.serve import is_served
 
 log = logging.getLogger(__name__)
 
+# The served endpoint's API key, handed to the GuideLLM child process in its environment.
+API_KEY_VARIABLE = "QUANTGATE_SERVED_API_KEY"
 PROFILES = ("synchronous", "concurrent", "constant", "poisson", "sweep", "knee")
 # GuideLLM's knee search needs at least five increasing concurrency points.
 KNEE_MIN_POINTS = 5
@@ -41,10 +44,9 @@ class GuideLLMEngine:
 
     def __init__(self, served: ServedModel, cfg, profile: str = "concurrent", rates: list[float] | None = None,
                  sweep_size: int = 5, max_worker_processes: int = 2, request_timeout_s: float | None = None):
-        # cfg is a RunConfig: bench says what to run, serve.api_key_env where a key is kept.
+        # cfg is a RunConfig: bench says what to run; `served` where, and the key it needs.
         self.served = served
         self.bench = cfg.bench
-        self.api_key_env = cfg.serve.api_key_env
         self.profile, self.rates, self.sweep_size = profile, list(rates or []), sweep_size
         self.max_worker_processes = max_worker_processes
         self.request_timeout_s = request_timeout_s
@@ -52,9 +54,9 @@ class GuideLLMEngine:
     @classmethod
     def check(cls, cfg) -> None:
         bench, params = cfg.bench, dict(cfg.bench.params)
-        if cfg.serve.backend == "inprocess":
-            raise ConfigError("bench.engine=openai benchmarks a served endpoint; add serve=vllm or serve=endpoint "
-                              "(or use bench=cpu for the in-process engine)")
+        if not is_served(cfg):
+            raise ConfigError(f"bench.engine=openai benchmarks a served endpoint but serve={cfg.serve.name} scores in "
+                              "process; add serve=vllm or serve=endpoint (or use bench=cpu for the in-process engine)")
         if importlib.util.find_spec("guidellm") is None:
             raise ConfigError("bench.engine=openai runs GuideLLM, which is not installed: "
                               "pip install -c constraints.txt -e '.[serve]'")
@@ -91,8 +93,10 @@ class GuideLLMEngine:
         # another library added here (llm-compressor's, after quantizing) cannot be pickled.
         scenario = out_dir / f"guidellm-r{repeat}-scenario.json"
         scenario.write_text(json.dumps(self.scenario(paths)))
-        subprocess.run([sys.executable, "-m", __name__, str(scenario), str(self.max_worker_processes),
-                        self.api_key_env or ""], check=True)
+        # The key travels in the child's environment, never in its arguments or the scenario file.
+        key = {API_KEY_VARIABLE: self.served.api_key} if self.served.api_key else {}
+        subprocess.run([sys.executable, "-m", __name__, str(scenario), str(self.max_worker_processes)], check=True,
+                       env={**os.environ, **key})
         benchmarks = GenerativeBenchmarksReport.load_file(paths["json"]).benchmarks
         return LevelRun(levels=[measured_level(b, self.bench.warmup_requests) for b in benchmarks],
                         reports=[paths["html"], paths["json"]])
@@ -136,7 +140,7 @@ class GuideLLMEngine:
         return {key: value for key, value in backend.items() if value is not None}
 
 
-def run_guidellm(scenario_path: str, max_worker_processes: int, api_key_env: str = "") -> None:
+def run_guidellm(scenario_path: str, max_worker_processes: int) -> None:
     """One GuideLLM run of every level (in its own interpreter); its JSON and HTML reports are the output."""
     from guidellm.benchmark import benchmark_generative_text
     from guidellm.schemas.benchmark import BenchmarkScenario
@@ -145,8 +149,8 @@ def run_guidellm(scenario_path: str, max_worker_processes: int, api_key_env: str
     # GuideLLM spawns worker processes; on a small machine their start-up dominates short runs.
     settings.max_worker_processes = max_worker_processes
     spec = json.loads(Path(scenario_path).read_text())
-    if api_key_env and os.environ.get(api_key_env):  # read here, so the key is never written to disk
-        spec["spec"]["backend"]["api_key"] = os.environ[api_key_env]
+    if os.environ.get(API_KEY_VARIABLE):  # read here, so the key is never written to disk
+        spec["spec"]["backend"]["api_key"] = os.environ[API_KEY_VARIABLE]
     scenario = BenchmarkScenario.model_validate(spec)
     asyncio.run(benchmark_generative_text(scenario, progress=False))
 
@@ -217,4 +221,4 @@ def stream_timing(stats) -> StreamTiming:
 
 
 if __name__ == "__main__":  # GuideLLM's spawned workers import this module again: run only here
-    run_guidellm(sys.argv[1], int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "")
+    run_guidellm(sys.argv[1], int(sys.argv[2]))

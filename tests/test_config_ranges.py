@@ -13,7 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from pipelines.cli import compose_all, to_run_config
-from pipelines.config import RunConfig
+from pipelines.config import RunConfig, serve_schemas
 from pipelines.errors import ConfigError
 
 # field -> values outside its range (fractions in [0, 1], prices >= 0, confidence in (0, 1), sizes > 0).
@@ -59,22 +59,25 @@ def numeric_fields(schema: type = RunConfig, prefix: str = "") -> set[str]:
 
 
 def test_table_covers_every_numeric_field():
-    assert numeric_fields() == set(OUT_OF_RANGE) | UNBOUNDED
+    # Each serve backend's own schema (its fields exist only under it) counts too.
+    served = {f"serve.{name}" for schema in serve_schemas().values() for name in numeric_fields(schema)}
+    assert numeric_fields() | served == set(OUT_OF_RANGE) | UNBOUNDED
 
 
 @pytest.fixture(scope="module")
 def composed():
+    """The default config, and one with serve=vllm (its schema holds every serve number)."""
     compose_all([])  # registers the schemas and proves the defaults are valid
     from hydra import compose, initialize_config_module
 
     with initialize_config_module(config_module="pipelines.conf", version_base="1.3"):
-        return compose(config_name="config")
+        return {"": compose(config_name="config"), "serve": compose(config_name="config", overrides=["serve=vllm"])}
 
 
 @pytest.mark.parametrize("key,value", [(k, v) for k, values in OUT_OF_RANGE.items() for v in values],
                          ids=lambda item: str(item))
 def test_out_of_range_value_is_refused_naming_the_field(composed, key, value):
-    cfg = composed.copy()
+    cfg = composed.get(key.split(".")[0], composed[""]).copy()
     OmegaConf.update(cfg, key, value, force_add=True)
     with pytest.raises(ConfigError) as error:
         to_run_config(cfg)
@@ -84,6 +87,6 @@ def test_out_of_range_value_is_refused_naming_the_field(composed, key, value):
 @pytest.mark.parametrize("key,value", [("gate.max_flip_rate", 1.0), ("gate.min_cost_saving", 0.0),
                                        ("hardware.price_per_hour.spot", 0), ("gate.min_throughput_gain", -0.1)])
 def test_values_at_the_edge_of_the_range_are_accepted(composed, key, value):
-    cfg = composed.copy()
+    cfg = composed[""].copy()
     OmegaConf.update(cfg, key, value)
     to_run_config(cfg)

@@ -55,8 +55,8 @@ class GuideLLMEngine:
     def check(cls, cfg) -> None:
         bench, params = cfg.bench, dict(cfg.bench.params)
         if not is_served(cfg):
-            raise ConfigError(f"bench.engine=openai benchmarks a served endpoint but serve={cfg.serve.name} scores in "
-                              "process; add serve=vllm or serve=endpoint (or use bench=cpu for the in-process engine)")
+            raise ConfigError("bench.engine=openai benchmarks a served endpoint; add serve=vllm or serve=endpoint "
+                              "(or use bench=cpu for the in-process engine)")
         if importlib.util.find_spec("guidellm") is None:
             raise ConfigError("bench.engine=openai runs GuideLLM, which is not installed: "
                               "pip install -c constraints.txt -e '.[serve]'")

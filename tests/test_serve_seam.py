@@ -98,11 +98,14 @@ def test_plan_sizes_nothing_for_a_backend_that_does_not_start_its_servers(fake_s
     assert "served by servers serve=fake does not start: not sized here" in capsys.readouterr().out
 
 
-def test_the_backends_own_schema_refuses_another_backends_field(fake_serve):
-    with pytest.raises(ConfigError, match="Key 'tensor_parallel_size' not in 'FakeServeConfig'"):
+def test_the_backends_own_schema_refuses_another_backends_field_naming_its_owner(fake_serve):
+    with pytest.raises(ConfigError, match="Key 'tensor_parallel_size' not in 'FakeServeConfig' "
+                                          r"\(serve.tensor_parallel_size is a field of the vllm serve backend"):
         compose_all([*fake_serve, "serve.tensor_parallel_size=2"])
-    with pytest.raises(ConfigError, match="Key 'base_url' not in 'VLLMServeConfig'"):
+    with pytest.raises(ConfigError, match="Key 'base_url' not in 'VLLMServeConfig' .*of the fake serve backend"):
         compose_all([fake_serve[1], "serve=vllm", "serve.base_url=http://h/v1"])
+    with pytest.raises(ConfigError, match="did you mean 'base_url'"):
+        compose_all([*fake_serve, "serve.base_ur=http://h/v1"])
 
 
 def served_through_the_seam(cfg, tmp_path):

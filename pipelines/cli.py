@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from pipelines import exit_codes, interrupts
-from pipelines.config import GROUPS, RunConfig, register_schemas, serve_schemas
+from pipelines.config import BACKEND_GROUPS, GROUPS, RunConfig, backend_schemas, register_schemas
 from pipelines.errors import ConfigError, UserError, failure_line, first_line
 from pipelines.redact import redact, remember_config_secrets
 from pipelines.registry import did_you_mean
@@ -195,21 +195,25 @@ def _compose(overrides: list[str], from_shell: bool = False) -> DictConfig:
         return GlobalHydra.instance().hydra.compose_config(config_name="config", overrides=overrides,
                                                            run_mode=RunMode.RUN, from_shell=from_shell)
     except (HydraException, OmegaConfBaseException) as error:
-        raise ConfigError(first_line(error) + _serve_key_hint(first_line(error))) from error
+        raise ConfigError(first_line(error) + _backend_key_hint(first_line(error))) from error
 
 
-def _serve_key_hint(message: str) -> str:
-    """For a key another serve backend's schema holds: which backends take it, or the close fields."""
-    schemas = serve_schemas()
+def _backend_key_hint(message: str) -> str:
+    """For a key another backend's schema holds: which backends take it, or the schema's close fields."""
     found = re.search(r"Key '(\w+)' not in '(\w+)'", message)
-    by_class = {schema.__name__: schema for schema in schemas.values()}
-    if found is None or found[2] not in by_class:
+    if found is None:
         return ""
     key = found[1]
-    owners = [name for name, schema in schemas.items() if key in _field_names(schema)]
-    if owners:
-        return f" (serve.{key} is a field of the {' and '.join(owners)} serve backend, not of this one)"
-    return f" ({did_you_mean('serve field', key, _field_names(by_class[found[2]]))})"
+    for group in BACKEND_GROUPS:
+        schemas = backend_schemas(group)
+        by_class = {schema.__name__: schema for schema in schemas.values()}
+        if found[2] not in by_class:
+            continue
+        owners = [name for name, schema in schemas.items() if key in _field_names(schema)]
+        if owners:
+            return f" ({group}.{key} is a field of the {' and '.join(owners)} {group} backend, not of this one)"
+        return f" ({did_you_mean(f'{group} field', key, _field_names(by_class[found[2]]))})"
+    return ""
 
 
 def _field_names(schema: type) -> list[str]:

@@ -16,7 +16,7 @@ from omegaconf import MISSING, OmegaConf
 
 from pipelines.champion import POLICIES as CHAMPION_POLICIES
 from pipelines.errors import ConfigError
-from pipelines.registry import SERVERS, resolve
+from pipelines.registry import SERVERS, TRACKERS, resolve
 
 
 def _positive(owner: str, **values: float | int | None) -> None:
@@ -333,25 +333,14 @@ class GateConfig:
 
 @dataclass
 class TrackingConfig:
+    """What every tracker shares. Each backend in registry.TRACKERS names its own schema
+    (`config_schema`, a subclass holding its fields, e.g. MLflow's URI), registered as
+    tracking/<backend>_schema; tracking=off uses this one."""
+
     name: str = MISSING
     enabled: bool = True
-    # Any MLflow tracking URI; MLFLOW_TRACKING_URI overrides it when set.
-    uri: str = "sqlite:///mlruns/mlflow.db"
-    artifact_location: str | None = "mlruns/artifacts"
-    experiment: str = "quantgate"
-    registered_model: str | None = None
-    promote_alias: str = "candidate"
     # Tracker backend, a name in registry.TRACKERS.
     backend: str = "mlflow"
-    # A promoted checkpoint up to this size is copied into its MLflow LoggedModel (the registered
-    # version's source); 0 (default) or a larger one stays where it is, named by a pointer file.
-    log_checkpoint_max_mb: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not self.promote_alias.strip():
-            raise ConfigError("tracking.promote_alias is empty: name the registry alias PROMOTE sets, e.g. candidate")
-        if self.log_checkpoint_max_mb < 0:
-            raise ConfigError(f"tracking.log_checkpoint_max_mb={self.log_checkpoint_max_mb} must be >= 0")
 
 
 @dataclass
@@ -380,6 +369,10 @@ GROUPS = {
     "hardware": HardwareConfig, "gate": GateConfig, "tracking": TrackingConfig,
 }
 
+# Groups whose backends bring their own schema (a subclass of the group's), so that a backend's
+# fields are validated by that backend and a new backend never edits a shared schema.
+BACKEND_GROUPS = {"serve": (SERVERS, "serve backend"), "tracking": (TRACKERS, "tracker")}
+
 
 def register_schemas() -> None:
     """Put every schema in Hydra's ConfigStore; the YAMLs name theirs in their defaults list."""
@@ -387,16 +380,18 @@ def register_schemas() -> None:
     store.store(name="run_schema", node=RunConfig)
     for group, schema in GROUPS.items():
         store.store(group=group, name=f"{group}_schema", node=schema)
-    for backend, schema in serve_schemas().items():  # conf/serve/<name>.yaml names /serve/<backend>_schema@serve
-        store.store(group="serve", name=f"{backend}_schema", node=schema)
+    for group in BACKEND_GROUPS:  # e.g. conf/serve/vllm.yaml names /serve/vllm_schema@serve
+        for backend, schema in backend_schemas(group).items():
+            store.store(group=group, name=f"{backend}_schema", node=schema)
     # ${unique_id:} in hydra.run.dir / hydra.sweep.dir: two runs started in the same second get two
     # folders. Cached per config (like Hydra's ${now:}), and Hydra copies that cache to sweep jobs.
     OmegaConf.register_new_resolver("unique_id", lambda: secrets.token_hex(4), use_cache=True, replace=True)
 
 
-def serve_schemas() -> dict[str, type[ServeConfig]]:
-    """Each registered serve backend's own schema (its `config_schema`), by backend name."""
-    return {name: resolve(SERVERS, "serve backend", name).config_schema for name in SERVERS}
+def backend_schemas(group: str) -> dict[str, type]:
+    """Each registered backend's own schema for `group` (the class's `config_schema`), by backend name."""
+    registry, kind = BACKEND_GROUPS[group]
+    return {name: resolve(registry, kind, name).config_schema for name in registry}
 
 
 def group_choices(group: str) -> list[str]:

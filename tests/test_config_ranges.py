@@ -13,7 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from pipelines.cli import compose_all, to_run_config
-from pipelines.config import RunConfig, serve_schemas
+from pipelines.config import BACKEND_GROUPS, RunConfig, backend_schemas
 from pipelines.errors import ConfigError
 
 # field -> values outside its range (fractions in [0, 1], prices >= 0, confidence in (0, 1), sizes > 0).
@@ -59,9 +59,10 @@ def numeric_fields(schema: type = RunConfig, prefix: str = "") -> set[str]:
 
 
 def test_table_covers_every_numeric_field():
-    # Each serve backend's own schema (its fields exist only under it) counts too.
-    served = {f"serve.{name}" for schema in serve_schemas().values() for name in numeric_fields(schema)}
-    assert numeric_fields() | served == set(OUT_OF_RANGE) | UNBOUNDED
+    # Each backend's own schema (its fields exist only under it) counts too.
+    own = {f"{group}.{name}" for group in BACKEND_GROUPS for schema in backend_schemas(group).values()
+           for name in numeric_fields(schema)}
+    assert numeric_fields() | own == set(OUT_OF_RANGE) | UNBOUNDED
 
 
 @pytest.fixture(scope="module")

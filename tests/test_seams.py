@@ -26,13 +26,21 @@ EMBEDDED = Path(__file__).resolve().parents[1] / "pipelines" / "embedded" / "tin
 TRACKER_MODULE = '''
 """A tracker writing one JSON line per event to the file tracking.uri names."""
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines.config import TrackingConfig
 from pipelines.errors import InputError
+
+
+@dataclass
+class JsonlTrackingConfig(TrackingConfig):
+    uri: str = ""
 
 
 class JsonlTracker:
     libraries = ()
+    config_schema = JsonlTrackingConfig
 
     def __init__(self, tracking):
         self.path = Path(tracking.uri)
@@ -132,11 +140,10 @@ def jsonl_tracker(tmp_path, monkeypatch):
     searchpath = register(tmp_path, monkeypatch, "tracking", "jsonl", registry.TRACKERS, TRACKER_MODULE,
                           "JsonlTracker", f"""\
         defaults:
-          - tracking_schema
+          - jsonl_schema
         name: jsonl
         backend: jsonl
         uri: {events}
-        artifact_location: null
         """)
     # A sweep must not reach MLflow by any path: its tracker is the configured one.
     from pipelines.track.mlflow_tracker import MLflowTracker
@@ -186,6 +193,14 @@ def test_a_registered_trackers_own_checks_are_preflight_errors(jsonl_tracker, tm
     missing_folder = compose_all(["tracking=jsonl", f"tracking.uri={tmp_path}/nowhere/e.jsonl", searchpath])[0]
     with pytest.raises(InputError, match="folder does not exist"):
         check_reachable(missing_folder.tracking)
+
+
+def test_a_registered_trackers_schema_holds_its_fields_and_no_other_trackers(jsonl_tracker, tmp_path):
+    searchpath, events = jsonl_tracker
+    (cfg,) = compose_all(["tracking=jsonl", searchpath])
+    assert type(cfg.tracking).__name__ == "JsonlTrackingConfig" and cfg.tracking.uri == str(events)
+    with pytest.raises(ConfigError, match="tracking.experiment is a field of the mlflow tracking backend"):
+        compose_all(["tracking=jsonl", "tracking.experiment=x", searchpath])
 
 
 @pytest.fixture

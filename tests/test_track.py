@@ -20,12 +20,11 @@ import requests
 import yaml
 
 from pipelines.champion import choose
-from pipelines.config import TrackingConfig
 from pipelines.errors import InputError
 from pipelines.serve.process import free_port
 from pipelines.records import Percentiles, RatioInterval
 from pipelines.track import make_tracker
-from pipelines.track.mlflow_tracker import MLflowTracker, check_reachable
+from pipelines.track.mlflow_tracker import MLflowTracker, MLflowTrackingConfig, check_reachable
 
 from conftest import T0, make_outcome
 
@@ -47,7 +46,7 @@ def store(tmp_path_factory) -> Path:
 @pytest.fixture
 def tracker(store, monkeypatch, request) -> MLflowTracker:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    tracking = TrackingConfig(name="test", uri=f"sqlite:///{store}/mlflow.db",
+    tracking = MLflowTrackingConfig(name="test", uri=f"sqlite:///{store}/mlflow.db",
                               artifact_location=str(store / "artifacts"), experiment="quantgate-test",
                               registered_model=f"tiny-{request.node.name}".replace("[", "-").replace("]", ""))
     return make_tracker(tracking)
@@ -249,7 +248,7 @@ def model_dir(model) -> Path:
 
 
 def _log_from_process(uri: str, artifacts: str, parent: str, tmp: str, names: list[str]) -> None:
-    tracker = MLflowTracker(TrackingConfig(name="t", uri=uri, artifact_location=artifacts, experiment="quantgate-test"))
+    tracker = MLflowTracker(MLflowTrackingConfig(name="t", uri=uri, artifact_location=artifacts, experiment="quantgate-test"))
     for name in names:
         tracker.log_outcome(make_outcome(Path(tmp), name, decision="REJECT"), CONFIG, parent)
 
@@ -274,7 +273,7 @@ def test_two_processes_log_to_one_sqlite_store_at_once(tracker, tmp_path):
 def test_closed_port_is_a_one_line_unreachable_error(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(InputError, match="unreachable") as error:
-        check_reachable(TrackingConfig(name="t", uri=f"http://127.0.0.1:{free_port()}"))
+        check_reachable(MLflowTrackingConfig(name="t", uri=f"http://127.0.0.1:{free_port()}"))
     assert "\n" not in str(error.value)
 
 
@@ -282,14 +281,14 @@ def test_closed_port_is_a_one_line_unreachable_error(monkeypatch):
 def test_unsupported_scheme(uri, message, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(InputError, match=message):
-        check_reachable(TrackingConfig(name="t", uri=uri))
+        check_reachable(MLflowTrackingConfig(name="t", uri=uri))
 
 
 def test_unwritable_sqlite_directory(tmp_path, monkeypatch):
     blocker = _write(tmp_path / "a-file", "x")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{blocker}/sub/mlflow.db")
     with pytest.raises(InputError, match="is not writable"):
-        check_reachable(TrackingConfig(name="t", uri="sqlite:///ignored.db"))
+        check_reachable(MLflowTrackingConfig(name="t", uri="sqlite:///ignored.db"))
 
 
 def _write(path: Path, text: str) -> Path:
@@ -339,7 +338,7 @@ def test_real_server_logs_reads_back_and_aliases_promote_only(mlflow_server, tmp
     import mlflow.artifacts
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    tracking = TrackingConfig(name="server", uri="http://unused:1", artifact_location=None, registered_model="tiny")
+    tracking = MLflowTrackingConfig(name="server", uri="http://unused:1", artifact_location=None, registered_model="tiny")
     check_reachable(tracking)
     tracker = MLflowTracker(tracking)
     parent = tracker.start_sweep("server", CONFIG)

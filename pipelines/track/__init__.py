@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Protocol
 from omegaconf import OmegaConf
 
 from pipelines.config import RunConfig, TrackingConfig
+from pipelines.errors import ConfigError
 from pipelines.records import ChampionDecision, Contender, Outcome
 from pipelines.redact import redact_config
 from pipelines.registry import TRACKERS, resolve
@@ -31,6 +32,8 @@ class Tracker(Protocol):
 
     # Its own libraries, whose versions it tags every run with (the records tag what the stages used).
     libraries: ClassVar[tuple[str, ...]]
+    # Its own fields: a TrackingConfig subclass, registered as tracking/<backend>_schema, its YAMLs name.
+    config_schema: ClassVar[type[TrackingConfig]]
 
     def __init__(self, tracking: TrackingConfig) -> None: ...
 
@@ -80,5 +83,8 @@ def check_reachable(tracking: TrackingConfig) -> None:
     """Fail fast (a UserError) before any quantization when the tracking store cannot be used."""
     if tracking.enabled:
         tracker_class = resolve(TRACKERS, "tracker", tracking.backend)
+        if type(tracking) is not tracker_class.config_schema:
+            raise ConfigError(f"tracking.backend={tracking.backend} does not take tracking={tracking.name}'s fields "
+                              f"({type(tracking).__name__}): choose a tracking config of that backend instead")
         tracker_class.check(tracking)
         tracker_class.check_reachable(tracking)

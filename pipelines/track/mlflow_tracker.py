@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 from urllib.parse import urlparse
@@ -36,7 +37,7 @@ import requests
 import yaml
 
 from pipelines.config import TrackingConfig
-from pipelines.errors import InputError
+from pipelines.errors import ConfigError, InputError
 from pipelines.champion import contender
 from pipelines.records import ChampionDecision, Contender, Outcome, save_record
 from pipelines.redact import redact, redact_config
@@ -52,11 +53,32 @@ T = TypeVar("T")
 HEALTH_TIMEOUT_S = 5.0
 
 
-def tracking_uri(tracking: TrackingConfig) -> str:
+@dataclass
+class MLflowTrackingConfig(TrackingConfig):
+    """The MLflow tracker's fields (conf/tracking/local.yaml, server.yaml)."""
+
+    # Any MLflow tracking URI; MLFLOW_TRACKING_URI overrides it when set.
+    uri: str = "sqlite:///mlruns/mlflow.db"
+    artifact_location: str | None = "mlruns/artifacts"
+    experiment: str = "quantgate"
+    registered_model: str | None = None
+    promote_alias: str = "candidate"
+    # A promoted checkpoint up to this size is copied into its MLflow LoggedModel (the registered
+    # version's source); 0 (default) or a larger one stays where it is, named by a pointer file.
+    log_checkpoint_max_mb: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.promote_alias.strip():
+            raise ConfigError("tracking.promote_alias is empty: name the registry alias PROMOTE sets, e.g. candidate")
+        if self.log_checkpoint_max_mb < 0:
+            raise ConfigError(f"tracking.log_checkpoint_max_mb={self.log_checkpoint_max_mb} must be >= 0")
+
+
+def tracking_uri(tracking: MLflowTrackingConfig) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or tracking.uri
 
 
-def check(tracking: TrackingConfig) -> None:
+def check(tracking: MLflowTrackingConfig) -> None:
     """Raise InputError for a tracking URI MLflow is not used with here (sqlite or an HTTP server)."""
     uri = tracking_uri(tracking)
     scheme = urlparse(uri).scheme
@@ -65,7 +87,7 @@ def check(tracking: TrackingConfig) -> None:
                          "use sqlite:///<path>.db or http(s)://<mlflow server>")
 
 
-def check_reachable(tracking: TrackingConfig) -> None:
+def check_reachable(tracking: MLflowTrackingConfig) -> None:
     """Raise InputError when the store cannot be reached or written; never waits more than seconds."""
     check(tracking)
     uri = tracking_uri(tracking)
@@ -93,10 +115,11 @@ def _check_http(uri: str) -> None:
 class MLflowTracker:
     # Tagged on every run; the stages' own libraries come from the records (pipelines/track/keys.py).
     libraries = ("mlflow",)
+    config_schema = MLflowTrackingConfig
     check = staticmethod(check)
     check_reachable = staticmethod(check_reachable)
 
-    def __init__(self, tracking: TrackingConfig) -> None:
+    def __init__(self, tracking: MLflowTrackingConfig) -> None:
         from mlflow import MlflowClient
 
         from pipelines.logs import adopt_library_logs

@@ -87,7 +87,7 @@ def _stop(plan: Plan) -> str:
 def _serving_line(plan: Plan) -> str:
     cfg, hw = plan.cfg, plan.cfg.hardware
     if not runs_here(cfg):
-        return f"served by servers serve={cfg.serve.name} does not start: not sized here"
+        return f"served by servers quantgate does not start (serve={cfg.serve.name}): not sized here"
     if not plan.serve_gpus:
         return f"on {hw.name} ({hw.memory_gb:g} GB), no GPU"
     tokens = kv_tokens(cfg, plan.size)

@@ -175,7 +175,7 @@ def test_endpoint_checks_urls_and_key_and_never_exposes_the_key(tmp_path, fake_e
         monkeypatch.setenv("QG_TEST_KEY", secret)
         with make_server(cfg).serve(variant(tmp_path), "variant", tmp_path) as served:
             assert (served.model, served.engine, served.engine_version) == ("m", "endpoint", "0.0-fake")
-            assert secret not in repr(served)
+            assert served.api_key == secret and secret not in repr(served)  # the key travels in the record
         from pipelines.track import resolved_config
 
         assert secret not in repr(resolved_config(cfg))

@@ -95,7 +95,7 @@ def test_plan_sizes_nothing_for_a_backend_that_does_not_start_its_servers(fake_s
     configs = compose_all([*fake_serve, "plan=true"])
     assert type(configs[0].serve).__name__ == "FakeServeConfig" and configs[0].bench.engine == "openai"
     assert print_plans(configs) == 0
-    assert "served by servers serve=fake does not start: not sized here" in capsys.readouterr().out
+    assert "served by servers quantgate does not start (serve=fake): not sized here" in capsys.readouterr().out
 
 
 def test_the_backends_own_schema_refuses_another_backends_field_naming_its_owner(fake_serve):
@@ -106,6 +106,14 @@ def test_the_backends_own_schema_refuses_another_backends_field_naming_its_owner
         compose_all([fake_serve[1], "serve=vllm", "serve.base_url=http://h/v1"])
     with pytest.raises(ConfigError, match="did you mean 'base_url'"):
         compose_all([*fake_serve, "serve.base_ur=http://h/v1"])
+
+
+def test_a_backend_given_another_backends_config_is_refused(fake_serve):
+    from pipelines.serve import check_serve
+
+    (cfg,) = compose_all([*fake_serve, "serve.backend=vllm"])
+    with pytest.raises(ConfigError, match=r"serve.backend=vllm does not take serve=fake's fields \(FakeServeConfig\)"):
+        check_serve(cfg)
 
 
 def served_through_the_seam(cfg, tmp_path):

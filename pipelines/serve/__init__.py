@@ -67,8 +67,8 @@ def check_serve(cfg: RunConfig) -> None:
     """Preflight: the backend exists, its own schema holds the config, and its config is usable."""
     backend = serve_backend(cfg)
     if type(cfg.serve) is not backend.config_schema:
-        raise ConfigError(f"serve.backend={cfg.serve.backend} takes its fields from its own config: choose it with "
-                          f"serve=<its conf/serve YAML> rather than overriding serve.backend under serve={cfg.serve.name}")
+        raise ConfigError(f"serve.backend={cfg.serve.backend} does not take serve={cfg.serve.name}'s fields "
+                          f"({type(cfg.serve).__name__}): choose a serve config of that backend instead")
     backend.check(cfg)
 
 

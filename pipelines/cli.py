@@ -138,6 +138,11 @@ def _initialize(config_dir: str | None) -> None:
 def _check_unknown_keys(overrides: list[str]) -> None:
     """`+key=` and `++key=` may add keys the typed schema lacks, which nothing would read: refuse them."""
     fields, open_dicts = _schema_keys(RunConfig)
+    for group in BACKEND_GROUPS:  # a backend's own fields, e.g. serve.env (vLLM) takes +serve.env.NAME=
+        for schema in backend_schemas(group).values():
+            backend_fields, backend_dicts = _schema_keys(schema, f"{group}.")
+            fields += backend_fields
+            open_dicts += backend_dicts
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.key_or_group
         if not (override.is_add() or override.is_force_add()) or "/" in key or key.startswith("hydra"):

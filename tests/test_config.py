@@ -26,6 +26,11 @@ def test_every_option_composes_and_validates(group, option):
     assert getattr(cfg, group).name == option
 
 
+def test_a_backends_own_dict_field_takes_new_keys():
+    (cfg,) = compose_all(["serve=vllm", "+serve.env.VLLM_CPU_KVCACHE_SPACE=2"])
+    assert cfg.serve.env == {"VLLM_CPU_KVCACHE_SPACE": "2"}
+
+
 def test_sweep_expands_to_one_config_per_value():
     configs = compose_all(["-m", "quant=fp8,awq,gptq"])
     assert [c.quant.name for c in configs] == ["fp8", "awq", "gptq"]

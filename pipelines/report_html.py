@@ -165,10 +165,17 @@ def _provenance(outcomes: list[Outcome], configs: list[dict[str, Any]]) -> str:
         "<table><tr><th>run</th><th>checkpoint hash</th><th>library versions</th><th>outputs</th><th>MLflow run id</th>"
         f"</tr>{rows}</table>"
         f"<table><tr><th>task</th><th>suite hash</th></tr>{suite_rows}</table>"
-        f"<p>MLflow: experiment <code>{_e(tracking.get('experiment'))}</code> at <code>{_e(tracking.get('uri'))}</code>"
-        f" (runs named <code>&lt;model&gt;/&lt;variant&gt;</code>; open with <code>mlflow ui --backend-store-uri "
-        f"{_e(tracking.get('uri'))}</code>).</p><details><summary>config (first run)</summary><pre>{_e(config)}</pre>"
+        f"{_tracked_where(tracking)}<details><summary>config (first run)</summary><pre>{_e(config)}</pre>"
         "</details>"))
+
+
+def _tracked_where(tracking: dict) -> str:
+    """Where the runs are in MLflow; a tracker without an MLflow URI (tracking=off, another backend) says so."""
+    if not tracking.get("enabled", True) or "uri" not in tracking or "experiment" not in tracking:
+        return f"<p>Not tracked in MLflow (tracking={_e(tracking.get('name'))}).</p>"
+    return (f"<p>MLflow: experiment <code>{_e(tracking['experiment'])}</code> at <code>{_e(tracking['uri'])}</code>"
+            f" (runs named <code>&lt;model&gt;/&lt;variant&gt;</code>; open with <code>mlflow ui --backend-store-uri "
+            f"{_e(tracking['uri'])}</code>).</p>")
 
 
 def _versions(outcome: Outcome) -> str:

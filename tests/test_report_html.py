@@ -132,3 +132,12 @@ def test_the_paired_cost_saving_is_drawn_with_its_interval_and_unpaired_variants
     assert list(trace.y) == ["fp8"]  # gptq's interval is unbounded: not drawn as if it were a measurement
     assert trace.x[0] == pytest.approx(25.0)
     assert (trace.error_x.arrayminus[0], trace.error_x.array[0]) == pytest.approx((15.0, 10.0))
+
+
+def test_the_page_says_where_runs_are_tracked_or_that_they_are_not():
+    from pipelines.report_html import _tracked_where
+
+    mlflow = {"name": "local", "enabled": True, "backend": "mlflow", "uri": "sqlite:///m.db", "experiment": "qg"}
+    assert "experiment <code>qg</code> at <code>sqlite:///m.db</code>" in _tracked_where(mlflow)
+    assert _tracked_where({"name": "off", "enabled": False, "backend": "mlflow"}) == \
+        "<p>Not tracked in MLflow (tracking=off).</p>"

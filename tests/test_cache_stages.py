@@ -55,7 +55,7 @@ def evaluate_setup(tmp_path, monkeypatch):
 
     calls: list[str] = []
     monkeypatch.setattr(evaluate, "_evaluate_into", fake_evaluation(calls))
-    monkeypatch.setattr(evaluate, "_runner", lambda cfg, served: None)
+    monkeypatch.setattr(evaluate, "eval_runner", lambda cfg, served: None)
     cfg = RunConfig(model=MODEL, eval=EvalConfig(name="t", tasks=["t"], include_path=None, reference_text=None),
                     hardware=HARDWARE, cache_dir=str(tmp_path / "cache"))
     base, variant = model("base", "basehash"), model("fp8", "varianthash")

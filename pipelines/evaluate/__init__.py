@@ -80,8 +80,7 @@ def run_evaluate(cfg: RunConfig, variant: Variant, served: ServedModel | None = 
     text = reference_text(cfg.eval.reference_text)
     settings = requested_settings(cfg, text, served)
     suite = suite_hash(include)
-    directory = Path(cfg.cache_dir) / "evals" / variant.content_hash / stable_hash({"settings": settings,
-                                                                                    "suite": suite})
+    directory = cache_directory(cfg, variant.content_hash, stable_hash({"settings": settings, "suite": suite}))
     # Parallel sweep jobs (joblib launcher) share the base: one evaluates it, the others wait and reuse.
     # Every file of a cached evaluation is hashed before it is read (small next to evaluating).
     with cache_entry(directory, cfg.overwrite) as manifest:
@@ -89,7 +88,7 @@ def run_evaluate(cfg: RunConfig, variant: Variant, served: ServedModel | None = 
             log.info("reusing cached evaluation of %s from %s", variant.name, directory)
             return load_cached(directory, variant.name)
         log.info("evaluating %s on %s", variant.name, ", ".join(cfg.eval.tasks))
-        runner = _runner(cfg, served)
+        runner = eval_runner(cfg, served)
         with atomic_directory(directory) as scratch:
             result = _evaluate_into(scratch, directory, runner, cfg, variant, settings, suite, include, text)
             write_manifest(scratch, {"stage": "evaluate", "model": variant.name,
@@ -120,7 +119,14 @@ def requested_settings(cfg: RunConfig, text: str | None, served: ServedModel | N
             "versions": library_versions(*runner_class.libraries)}
 
 
-def _runner(cfg: RunConfig, served: ServedModel | None) -> EvalRunner:
+def cache_directory(cfg: RunConfig, model_hash: str, key: str) -> Path:
+    """Where one model's evaluations under `key` are cached (fixed-n here, per-item and sequential in
+    pipelines/evaluate/item_cache.py and sequential.py): `<cache_dir>/evals/<model content hash>/<key>`."""
+    return Path(cfg.cache_dir) / "evals" / model_hash / key
+
+
+def eval_runner(cfg: RunConfig, served: ServedModel | None) -> EvalRunner:
+    """The runner scoring in process (eval.runner), or through `served`'s endpoint."""
     if served is None:
         return resolve(EVAL_RUNNERS, "eval runner", cfg.eval.runner)(cfg.eval, cfg.model, cfg.hardware.device)
     return ServedRunner(cfg.eval, cfg.model, cfg.hardware.device, served, cfg.serve)
@@ -171,7 +177,7 @@ def _evaluate_into(scratch: Path, final: Path, runner: EvalRunner, cfg: RunConfi
     tasks, suite_hashes = _write_tasks(results, scratch, final, suite, dict(cfg.eval.cluster_keys))
     reference_path = None
     if text is not None:
-        model, reference_tokenizer = _reference_model(None if served else lm, cfg, checkpoint)
+        model, reference_tokenizer = reference_model(None if served else lm, cfg, checkpoint)
         compute_reference_logprobs(model, reference_tokenizer, text, window=cfg.eval.reference_window,
                                    max_tokens=cfg.eval.reference_max_tokens, batch_size=cfg.eval.batch_size,
                                    add_bos_token=settings["add_bos_token"], out_path=scratch / REFERENCE_FILE)
@@ -211,7 +217,7 @@ def _write_tasks(results: dict[str, Any], scratch: Path, final: Path, suite: str
     return tasks, suite_hashes
 
 
-def _reference_model(lm, cfg: RunConfig, checkpoint: Path):
+def reference_model(lm, cfg: RunConfig, checkpoint: Path):
     """The model lm-eval already loaded (hf), or a transformers load of the checkpoint (vllm, served)."""
     if lm is not None and cfg.eval.runner == "hf":
         return lm.model, lm.tokenizer

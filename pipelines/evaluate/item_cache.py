@@ -29,8 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import RunConfig
-from pipelines.evaluate.items import cluster_key_for, items_from_samples, primary_metric
-from pipelines.records import Variant
+from pipelines.evaluate import RECORD_FILE, REFERENCE_FILE, cache_directory, eval_runner, reference_model
+from pipelines.evaluate.items import cluster_key_for, items_from_samples, primary_metric, read_items
+from pipelines.evaluate.reference import compute_reference_logprobs
+from pipelines.evaluate.suites import task_manager
+from pipelines.records import EvalResult, Variant, load_record
 from pipelines.storage import atomic_write_text, cache_entry, stable_hash, write_manifest
 
 log = logging.getLogger(__name__)
@@ -45,7 +48,7 @@ class ItemScorer:
         # the key, as the sequential settings do of every eval key (batch-mates, which vary, are accepted noise).
         key = stable_hash({"settings": {k: v for k, v in settings.items() if k != "limit"},
                            "suite": suite})
-        self.directory = Path(cfg.cache_dir) / "evals" / variant.content_hash / f"per-item-{key}"
+        self.directory = cache_directory(cfg, variant.content_hash, f"per-item-{key}")
         self.cfg, self.variant, self.settings, self.include = cfg, variant, settings, include
         # A finished fixed-n evaluation of the whole suite with the same settings (run_evaluate's
         # cache directory): its items are this model's results too, and are read, not rescored.
@@ -74,14 +77,9 @@ class ItemScorer:
         return {**meta, **(json.loads(path.read_text()) if path.is_file() else {})}
 
     def _full_run_tasks(self) -> list:
-        from pipelines.evaluate import RECORD_FILE
-        from pipelines.records import EvalResult, load_record
-
         return load_record(EvalResult, self.full_run / RECORD_FILE).tasks if self.full_run else []
 
     def _full_run_items(self, task: str) -> dict[int, dict]:
-        from pipelines.evaluate.items import read_items
-
         path = self.full_run / "items" / f"{task}.jsonl" if self.full_run else None
         return {item["doc_id"]: item for item in read_items(path)} if path and path.is_file() else {}
 
@@ -131,16 +129,12 @@ class ItemScorer:
                                         "model_hash": self.variant.content_hash})
 
     def runner(self):
-        from pipelines.evaluate import _runner
-
         if self._runner is None:
-            self._runner = _runner(self.cfg, None)
+            self._runner = eval_runner(self.cfg, None)
         return self._runner
 
     def manager(self):
         if self._manager is None:
-            from pipelines.evaluate.suites import task_manager
-
             self._manager = task_manager(self.cfg.eval.tasks, self.include)
         return self._manager
 
@@ -151,9 +145,6 @@ class ItemScorer:
 
     def reference_logprobs(self, text: str | None) -> str | None:
         """The reference-text log-probs of this model, computed on first use and then reused."""
-        from pipelines.evaluate import REFERENCE_FILE, _reference_model
-        from pipelines.evaluate.reference import compute_reference_logprobs
-
         if text is None:
             return None
         if self.full_run is not None and (self.full_run / REFERENCE_FILE).is_file():
@@ -162,7 +153,7 @@ class ItemScorer:
         with cache_entry(self.directory) as manifest:
             self._adopt(manifest)
             if not path.is_file():
-                model, tokenizer = _reference_model(self.lm(), self.cfg, Path(self.variant.checkpoint_dir))
+                model, tokenizer = reference_model(self.lm(), self.cfg, Path(self.variant.checkpoint_dir))
                 path.parent.mkdir(parents=True, exist_ok=True)
                 scratch = path.with_name(f".partial-{path.name}")  # hidden: never taken as part of the cache
                 compute_reference_logprobs(model, tokenizer, text, window=self.cfg.eval.reference_window,

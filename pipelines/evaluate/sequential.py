@@ -40,7 +40,10 @@ import numpy as np
 from pipelines.config import RunConfig
 from pipelines.confidence_sequence import METHOD, BettingConfidenceSequence, paired_to_unit, unit_to_drop
 from pipelines.errors import ConfigError, InputError
+from pipelines.evaluate import cache_directory, effective_add_bos_token, requested_settings, suite_hash
 from pipelines.evaluate.item_cache import ItemScorer
+from pipelines.evaluate.reference import reference_text
+from pipelines.evaluate.suites import resolve_include_path
 from pipelines.evaluate.items import choice_divergence
 from pipelines.records import EvalResult, SequentialTask, TaskResult, Variant, save_record
 from pipelines.storage import stable_hash, write_manifest
@@ -176,9 +179,6 @@ def _unit_score(item: dict) -> float:
 
 def evaluate_sequential(cfg: RunConfig, base: Variant, variant: Variant) -> tuple[EvalResult, EvalResult]:
     """Score base and variant look by look until every task stopped; returns both EvalResults."""
-    from pipelines.evaluate import requested_settings, suite_hash
-    from pipelines.evaluate.suites import resolve_include_path
-    from pipelines.evaluate.reference import reference_text
 
     start = time.perf_counter()
     include, text = resolve_include_path(cfg.eval.include_path), reference_text(cfg.eval.reference_text)
@@ -187,7 +187,7 @@ def evaluate_sequential(cfg: RunConfig, base: Variant, variant: Variant) -> tupl
                 (("base", base), ("variant", variant))}
     full = stable_hash({"settings": {**requested_settings(cfg, text), "limit": None}, "suite": suite})
     scorers = {role: ItemScorer(cfg, model, settings[role], suite, include,
-                                Path(cfg.cache_dir) / "evals" / model.content_hash / full)
+                                cache_directory(cfg, model.content_hash, full))
                for role, model in (("base", base), ("variant", variant))}
     plans = plan_tasks(cfg, scorers["base"].manager())
     monitors: dict[str, TaskMonitor] = {}
@@ -267,7 +267,6 @@ def _stop(plans: dict[str, TaskPlan], monitors: dict[str, TaskMonitor], active: 
 
 
 def _settings(cfg: RunConfig, model: Variant, settings: dict[str, Any]) -> dict[str, Any]:
-    from pipelines.evaluate import effective_add_bos_token
     from pipelines.models import load_tokenizer
 
     tokenizer = load_tokenizer(Path(model.checkpoint_dir), cfg.model.trust_remote_code)

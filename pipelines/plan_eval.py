@@ -22,6 +22,7 @@ from pipelines.config import GateConfig, RunConfig, TaskSize
 from pipelines.confidence_sequence import BettingConfidenceSequence
 from pipelines.cost import decode_step_bound_s, prefill_bound_s, scaled_hardware
 from pipelines.evaluate.sequential import KL_CLIP_FACTOR, looks_alpha
+from pipelines.evaluate.suites import local_item_counts, resolve_include_path
 from pipelines.sizing import roofline_shape
 
 # Prompt tokens per scored item of a local suite (a question plus few-shot examples): an assumption.
@@ -143,19 +144,10 @@ def best_case_stop(gate: GateConfig, chunk_size: int, multiple_choice: bool) -> 
 def suite_items(cfg: RunConfig) -> list[tuple[str, int | None]]:
     """Items per task: counted for local suites (lm-eval loads their files), from eval.task_sizes for hub
     datasets, None for hub datasets without one."""
-    from pipelines.evaluate.suites import leaf_tasks, quietly, resolve_include_path
-
     include = resolve_include_path(cfg.eval.include_path)
-    local: dict[str, int] = {}
-    if include:
-        from lm_eval.tasks import TaskManager
-
-        logging.getLogger("lm_eval").setLevel(logging.ERROR)  # per-task notes would bury the plan
-        manager = TaskManager(include_path=include, include_defaults=False)
-        for task in [t for t in cfg.eval.tasks if t in manager.all_tasks]:
-            for name, leaf in leaf_tasks(quietly(manager.load_task_or_group, [task])):
-                local[name] = len(list(leaf.eval_docs))
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)  # per-task notes would bury the plan
+    found = local_item_counts(cfg.eval.tasks, include) if include else {}
+    local = {name: n for leaves in found.values() for name, n in leaves.items()}
     sizes = {task: size.items for task, size in cfg.eval.task_sizes.items()}
-    counted = list(local.items()) + [(t, sizes.get(t)) for t in cfg.eval.tasks
-                                     if not include or t not in manager.all_tasks]
+    counted = list(local.items()) + [(t, sizes.get(t)) for t in cfg.eval.tasks if t not in found]
     return [(name, min(n, cfg.eval.limit) if n is not None and cfg.eval.limit else n) for name, n in counted]

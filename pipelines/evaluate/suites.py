@@ -5,8 +5,8 @@
     python -m pipelines.run eval.include_path=null eval.tasks=[hellaswag]   (a built-in lm-eval task)
 
 The one owner of: resolving `eval.include_path` (`embedded` is the bundled evalsuites/ package, any
-other value a folder, `~` expanded); building lm-eval's TaskManager, which indexes only the suite
-folder when it holds every task (indexing lm-eval's ~15k built-in tasks takes 10-30 s on 2 cores),
+other value a folder, `~` expanded); building lm-eval's TaskManager (also for plan=true's item
+counts, `local_item_counts`), which indexes only the suite folder when it holds every task (indexing lm-eval's ~15k built-in tasks takes 10-30 s on 2 cores),
 and the built-ins too when a config names one; and preflight's `check_suites` (every task exists,
 its YAML parses, every item renders, the reference text is there), before any model loads.
 Exercised by: pytest tests/test_bad_inputs.py tests/test_evaluate.py
@@ -38,12 +38,29 @@ def task_manager(tasks: list[str] | tuple[str, ...], include: Path | None):
     from lm_eval.tasks import TaskManager
 
     if include is not None:
-        manager = TaskManager(include_path=str(include), include_defaults=False)
+        manager = suite_folder_manager(include)
         if set(tasks) <= set(manager.all_tasks):
             return manager
     manager = TaskManager(include_path=str(include) if include else None)
     check_task_names(tasks, manager.all_tasks)
     return manager
+
+
+def suite_folder_manager(include: Path):
+    """lm-eval's task index of the suite folder alone (no built-in tasks: indexing those takes seconds)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(include), include_defaults=False)
+
+
+def local_item_counts(tasks: list[str] | tuple[str, ...], include: Path) -> dict[str, dict[str, int]]:
+    """Per task of `tasks` the suite folder holds: items of each of its leaf tasks (lm-eval loads their files)."""
+    manager = suite_folder_manager(include)
+    counts = {}
+    for task in [t for t in tasks if t in manager.all_tasks]:
+        loaded = quietly(manager.load_task_or_group, [task])
+        counts[task] = {name: len(list(leaf.eval_docs)) for name, leaf in leaf_tasks(loaded)}
+    return counts
 
 
 def check_task_names(tasks: list[str] | tuple[str, ...], known: list[str]) -> None:

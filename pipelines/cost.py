@@ -34,7 +34,7 @@ from pipelines.errors import ConfigError
 from pipelines.ratios import saving_interval, tokens_per_s_ratio
 from pipelines.records import BenchResult, CostEstimate, CostResult, RatioInterval
 from pipelines.registry import did_you_mean
-from pipelines.sizing import ModelShape
+from pipelines.shape import ModelShape
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ from typing import Any
 from pipelines.config import ModelConfig
 from pipelines.errors import InputError
 from pipelines.hub import download, is_hub_id
+from pipelines.shape import parse_config_json
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +52,6 @@ def read_model_config(path: Path, model: ModelConfig) -> dict[str, Any]:
     if config.get("auto_map") and not model.trust_remote_code:
         raise InputError(f"model '{model.name}' ships custom code (auto_map in {path / 'config.json'}); "
                          "set model.trust_remote_code=true only if you trust its source")
-    return config
-
-
-def parse_config_json(path: Path) -> dict[str, Any]:
-    """A checkpoint's config.json as a dict; an InputError naming the file when it is not one."""
-    try:
-        config = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as error:
-        raise InputError(f"{path} is not valid JSON ({error}); restore the checkpoint's config.json "
-                         "(re-download or re-save it)") from None
-    if not isinstance(config, dict):
-        raise InputError(f"{path} holds a JSON {type(config).__name__}, not an object of model fields; "
-                         "restore the checkpoint's config.json")
     return config
 
 

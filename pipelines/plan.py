@@ -23,7 +23,7 @@ from pipelines.errors import ConfigError, InputError
 from pipelines.plan_eval import EvalEstimate
 from pipelines.quantize.schemes import HESSIAN_METHODS, uses_calibration
 from pipelines.serve import gpu_memory_fraction, runs_here
-from pipelines.sizing import (GB, ModelSize, kv_tokens, model_size, quantize_memory, read_config_json,
+from pipelines.sizing import (GB, ModelShape, kv_tokens, model_size, quantize_memory, read_config_json,
                               roofline_shape, serve_gb_per_gpu, smallest_tensor_parallel, valid_tensor_parallel,
                               variant_bytes)
 
@@ -51,7 +51,7 @@ class Stage:
 @dataclass
 class Plan:
     cfg: RunConfig
-    size: ModelSize
+    size: ModelShape
     shape_source: str
     base_bytes: float
     variant_bytes: float
@@ -89,7 +89,7 @@ def build_plan(cfg: RunConfig, count_items: bool = False) -> Plan:
 REAL_MODEL_PARAMS = 100e6
 
 
-def real_model_warnings(cfg: RunConfig, size: ModelSize) -> list[str]:
+def real_model_warnings(cfg: RunConfig, size: ModelShape) -> list[str]:
     """One line each for a real model paired with the embedded model's toy suites, calibration or CPU."""
     if is_embedded(cfg.model.source) or size.params < REAL_MODEL_PARAMS:
         return []

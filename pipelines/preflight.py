@@ -14,7 +14,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from pipelines.config import ModelConfig, RunConfig
+from pipelines.errors import InputError
 from pipelines.registry import BENCH_ENGINES, EVAL_RUNNERS, check_name
+from pipelines.shape import parse_config_json
 from pipelines.storage import check_writable
 
 log = logging.getLogger(__name__)
@@ -83,8 +85,8 @@ def declared_shape(model: ModelConfig) -> dict:
 
     path = None if is_hub_id(model.source) else local_model_directory(model) / "config.json"
     try:
-        return json.loads(path.read_text()) if path is not None and path.is_file() else dict(model.shape)
-    except ValueError:  # malformed: the checkpoint directory check reports it
+        return parse_config_json(path) if path is not None and path.is_file() else dict(model.shape)
+    except InputError:  # malformed: the checkpoint directory check reports it
         return dict(model.shape)
 
 

@@ -4,82 +4,35 @@ No weights are read: parameters are counted from the config, bytes per parameter
 quantization scheme (pipelines/quantize/schemes.py), and memory per stage follows how the stage runs (llm-compressor's sequential
 onloading, vLLM's weights + KV cache per GPU). Every number is an estimate; `pipelines/plan.py`
 prints them and refuses what cannot fit.
-A written checkpoint's `ModelShape` (the roofline cost model's input, `read_model_shape`) is counted
-the same way: analytically for a Llama-style decoder (embeddings, attention with grouped KV heads,
-gated MLP, norms, untied lm_head unless `tie_word_embeddings`), since quantized checkpoints pack
-weights and counting tensor elements on disk would be wrong; its weight bytes are what is on disk.
+Every shape is the one `ModelShape` (pipelines/shape.py, which reads config.json and counts the
+parameters): the base's from config.json (`model_size`), a planned variant's (`roofline_shape`) and a
+written checkpoint's (`read_model_shape`, whose weight bytes are what is on disk; the quantize stage
+stores it in the Variant record, so the cost stage reads no config.json again).
 Exercised by `python -m pipelines.run model=llama3-70b quant=awq plan=true`, `pytest tests/test_plan.py`
 and `pytest tests/test_bench.py -k shape`.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from pipelines.config import ModelConfig, ParallelServerConfig, QuantConfig, RunConfig
 from pipelines.errors import InputError
 from pipelines.quantize.schemes import HESSIAN_METHODS, compute_dtype, uses_calibration, weight_format
+from pipelines.shape import DTYPE_BYTES, ModelShape, llama_parameter_count, parse_config_json, shape_from_config
 
 GB = 1e9
 # vLLM's memory besides weights and KV cache on each GPU (activations, CUDA graphs, NCCL buffers): an assumption.
 SERVE_OVERHEAD_GB = 2.0
 TENSOR_PARALLEL_CHOICES = (1, 2, 4, 8)
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float8": 1, "int8": 1}
 CONFIG_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    params: float
-    layers: int
-    kv_heads: int
-    head_dim: int
-    weight_bytes: int
-    # Activation and KV-cache dtype (the checkpoint's float dtype).
-    dtype: str
-    # Dtype the matmuls run in: float8 / int8 when activations are quantized, else `dtype`.
-    compute_dtype: str
-
-    @property
-    def kv_bytes_per_token(self) -> int:
-        """Keys and values of every layer for one token of context."""
-        return 2 * self.layers * self.kv_heads * self.head_dim * DTYPE_BYTES[self.dtype]
-
-
-@dataclass(frozen=True)
-class ModelSize:
-    params: float
-    linear_params: float  # decoder Linear weights: what quantization compresses
-    lm_head_params: float  # 0 when tied to the embeddings
-    layers: int
-    hidden: int
-    intermediate: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
-    max_positions: int
-    dtype: str
-
-    @property
-    def kv_bytes_per_token(self) -> int:
-        return 2 * self.layers * self.kv_heads * self.head_dim * DTYPE_BYTES[self.dtype]
-
-    @property
-    def base_bytes(self) -> float:
-        return self.params * DTYPE_BYTES[self.dtype]
-
-    @property
-    def layer_bytes(self) -> float:
-        return self.linear_params / self.layers * DTYPE_BYTES[self.dtype]
 
 
 def read_config_json(model: ModelConfig) -> tuple[dict[str, Any], str]:
     """The model's config.json and where it came from: a local directory, the Hugging Face cache, model.shape."""
-    from pipelines.models import is_hub_id, local_model_directory, parse_config_json
+    from pipelines.models import is_hub_id, local_model_directory
 
     if not is_hub_id(model.source):
         path = local_model_directory(model) / "config.json"
@@ -97,26 +50,20 @@ def read_config_json(model: ModelConfig) -> tuple[dict[str, Any], str]:
                      f"(hf download {model.source} config.json) or set model.shape to its config.json fields")
 
 
-def model_size(config: dict[str, Any], model: ModelConfig) -> ModelSize:
+def model_size(config: dict[str, Any], model: ModelConfig) -> ModelShape:
+    """The base's shape from config.json, in model.dtype (else config.json's), its weights dense."""
     text = config.get("text_config", config)
     missing = [name for name in CONFIG_FIELDS if name not in text]
     if missing:
         described = ", ".join(config.get("architectures") or []) or config.get("model_type", "an unknown model")
         raise InputError(f"the config.json of model={model.name} describes {described} and lacks "
                          f"{', '.join(missing)}: point model.source at a decoder (*ForCausalLM) checkpoint")
-    heads, hidden, layers = text["num_attention_heads"], text["hidden_size"], text["num_hidden_layers"]
-    kv_heads, head_dim = text.get("num_key_value_heads") or heads, text.get("head_dim") or hidden // heads
-    per_layer = hidden * head_dim * (2 * heads + 2 * kv_heads) + 3 * hidden * text["intermediate_size"]
-    tied = text.get("tie_word_embeddings", False)
     dtype = model.dtype if model.dtype != "auto" else str(config.get("torch_dtype") or config.get("dtype") or "float32")
-    return ModelSize(params=llama_parameter_count(text), linear_params=float(layers * per_layer),
-                     lm_head_params=0.0 if tied else float(text["vocab_size"] * hidden), layers=layers, hidden=hidden,
-                     intermediate=text["intermediate_size"], heads=heads, kv_heads=kv_heads, head_dim=head_dim,
-                     vocab=text["vocab_size"], max_positions=text.get("max_position_embeddings") or 2048,
-                     dtype=dtype if dtype in DTYPE_BYTES else "bfloat16")
+    dtype = dtype if dtype in DTYPE_BYTES else "bfloat16"
+    return shape_from_config(config, dtype, int(llama_parameter_count(text) * DTYPE_BYTES[dtype]), dtype)
 
 
-def variant_bytes(size: ModelSize, quant: QuantConfig) -> float:
+def variant_bytes(size: ModelShape, quant: QuantConfig) -> float:
     """Bytes of the variant's weights: quantized Linear layers, the rest (embeddings, norms) in the base dtype."""
     if quant.method == "none":
         return size.base_bytes
@@ -127,13 +74,12 @@ def variant_bytes(size: ModelSize, quant: QuantConfig) -> float:
     return quantized * bits / 8 + scales + (size.params - quantized) * DTYPE_BYTES[size.dtype]
 
 
-def roofline_shape(size: ModelSize, weight_bytes: float, scheme: str | None) -> ModelShape:
+def roofline_shape(size: ModelShape, weight_bytes: float, scheme: str | None) -> ModelShape:
     """The cost model's view of a checkpoint that does not exist yet."""
-    return ModelShape(params=size.params, layers=size.layers, kv_heads=size.kv_heads, head_dim=size.head_dim,
-                      weight_bytes=int(weight_bytes), dtype=size.dtype, compute_dtype=compute_dtype(scheme, size.dtype))
+    return replace(size, weight_bytes=int(weight_bytes), compute_dtype=compute_dtype(scheme, size.dtype))
 
 
-def quantize_memory(size: ModelSize, cfg: RunConfig) -> tuple[float, float]:
+def quantize_memory(size: ModelShape, cfg: RunConfig) -> tuple[float, float]:
     """(CPU RAM, GPU memory) bytes to quantize: llm-compressor keeps the model in CPU RAM and onloads one
     layer at a time; calibration activations between layers are offloaded to CPU."""
     quant, cal = cfg.quant, cfg.quant.calibration
@@ -149,25 +95,25 @@ def quantize_memory(size: ModelSize, cfg: RunConfig) -> tuple[float, float]:
     return cpu, size.layer_bytes + batch + hessians
 
 
-def kv_tokens(cfg: RunConfig, size: ModelSize) -> int:
+def kv_tokens(cfg: RunConfig, size: ModelShape) -> int:
     """Tokens of KV cache to hold: the bench's largest load, and at least one full-length sequence (vLLM's check)."""
     largest = max(cfg.bench.batch_sizes) * (cfg.bench.input_tokens + cfg.bench.output_tokens) if cfg.bench.enabled else 0
     max_model_len = cfg.serve.max_model_len if isinstance(cfg.serve, ParallelServerConfig) else None
     return max(largest, max_model_len or size.max_positions)
 
 
-def serve_gb_per_gpu(size: ModelSize, weight_bytes: float, tokens: int, tp: int) -> float:
+def serve_gb_per_gpu(size: ModelShape, weight_bytes: float, tokens: int, tp: int) -> float:
     """vLLM per GPU at tensor-parallel tp: weights / tp + KV cache (KV heads split up to their count) + overhead."""
     kv = tokens * size.kv_bytes_per_token / min(tp, size.kv_heads)
     return (weight_bytes / tp + kv) / GB + SERVE_OVERHEAD_GB
 
 
-def valid_tensor_parallel(size: ModelSize, tp: int) -> bool:
+def valid_tensor_parallel(size: ModelShape, tp: int) -> bool:
     """vLLM shards attention heads evenly over the GPUs."""
     return size.heads % tp == 0
 
 
-def smallest_tensor_parallel(size: ModelSize, weight_bytes: float, tokens: int, usable_gb: float) -> int | None:
+def smallest_tensor_parallel(size: ModelShape, weight_bytes: float, tokens: int, usable_gb: float) -> int | None:
     for tp in TENSOR_PARALLEL_CHOICES:
         if valid_tensor_parallel(size, tp) and serve_gb_per_gpu(size, weight_bytes, tokens, tp) <= usable_gb:
             return tp
@@ -175,36 +121,26 @@ def smallest_tensor_parallel(size: ModelSize, weight_bytes: float, tokens: int, 
 
 
 def read_model_shape(checkpoint_dir: str | Path) -> ModelShape:
-    directory = Path(checkpoint_dir)
-    config_path = directory / "config.json"
+    """A written checkpoint's shape; its weight bytes are what is on disk."""
+    config_path = Path(checkpoint_dir) / "config.json"
     if not config_path.is_file():
-        raise InputError(f"{directory} has no config.json; cannot read the model shape for the cost model")
-    config = json.loads(config_path.read_text())
-    text = config.get("text_config", config)
+        raise InputError(f"{config_path.parent} has no config.json; cannot read the model shape for the cost model")
+    return checkpoint_shape(Path(checkpoint_dir), parse_config_json(config_path))
+
+
+def checkpoint_shape(directory: Path, config: dict[str, Any]) -> ModelShape:
+    """The shape of the checkpoint in `directory` whose config.json (already read) is `config`."""
+    config_path = directory / "config.json"
+    dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32")
+    compute = _checkpoint_compute_dtype(config.get("quantization_config") or {}, dtype)
     try:
-        heads = text["num_attention_heads"]
-        shape = dict(layers=text["num_hidden_layers"], kv_heads=text.get("num_key_value_heads") or heads,
-                     head_dim=text.get("head_dim") or text["hidden_size"] // heads)
-        params = llama_parameter_count(text)
+        shape = shape_from_config(config, dtype, sum(p.stat().st_size for p in directory.glob("*.safetensors")),
+                                  compute)
     except KeyError as missing:
         raise InputError(f"{config_path} lacks {missing}; the cost model needs a decoder config") from missing
-    dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32")
     if dtype not in DTYPE_BYTES:
         raise InputError(f"{config_path} has dtype {dtype}; expected one of {', '.join(DTYPE_BYTES)}")
-    weight_bytes = sum(p.stat().st_size for p in directory.glob("*.safetensors"))
-    return ModelShape(params=params, weight_bytes=weight_bytes, dtype=dtype,
-                      compute_dtype=_checkpoint_compute_dtype(config.get("quantization_config") or {}, dtype), **shape)
-
-
-def llama_parameter_count(text: dict[str, Any]) -> float:
-    hidden, heads = text["hidden_size"], text["num_attention_heads"]
-    kv_heads = text.get("num_key_value_heads") or heads
-    head_dim = text.get("head_dim") or hidden // heads
-    attention = hidden * head_dim * (2 * heads + 2 * kv_heads)
-    mlp = 3 * hidden * text["intermediate_size"]
-    per_layer = attention + mlp + 2 * hidden
-    embeddings = text["vocab_size"] * hidden * (1 if text.get("tie_word_embeddings", False) else 2)
-    return float(text["num_hidden_layers"] * per_layer + embeddings + hidden)
+    return shape
 
 
 def _checkpoint_compute_dtype(quantization: dict[str, Any], dtype: str) -> str:

@@ -91,10 +91,11 @@ def test_serving_needs_the_smallest_tensor_parallel_size_that_fits(model_dirs, m
 
 def test_per_gpu_memory_by_hand():
     # Llama-3-70B bf16 on 4 GPUs: weights / 4 + KV for 64 x 640 tokens / 4 + 2 GB overhead.
-    from pipelines.sizing import ModelSize
+    from pipelines.shape import ModelShape
 
-    size = ModelSize(params=70.55e9, linear_params=0, lm_head_params=0, layers=80, hidden=8192, intermediate=28672,
-                     heads=64, kv_heads=8, head_dim=128, vocab=128256, max_positions=8192, dtype="bfloat16")
+    size = ModelShape(params=70.55e9, linear_params=0, lm_head_params=0, layers=80, hidden=8192, intermediate=28672,
+                      heads=64, kv_heads=8, head_dim=128, vocab=128256, max_positions=8192, dtype="bfloat16",
+                      weight_bytes=int(141.1e9), compute_dtype="bfloat16")
     kv_per_token = 2 * 80 * 8 * 128 * 2
     expected = (141.1e9 / 4 + 40960 * kv_per_token / 4) / 1e9 + 2.0
     assert serve_gb_per_gpu(size, 141.1e9, 40960, 4) == pytest.approx(expected)

@@ -11,14 +11,15 @@ Exercised by: pytest tests/test_served_e2e.py tests/test_serve.py
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from pipelines.config import EvalConfig, ModelConfig, ServeConfig
 from pipelines.evaluate.lmeval_runner import LMEvalRunner
+from pipelines.errors import InputError
 from pipelines.records import ServedModel
+from pipelines.shape import parse_config_json
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,8 @@ class ServedRunner(LMEvalRunner):
 def max_positions(checkpoint_dir: Path) -> int:
     """The checkpoint's context length from its config.json, so no prompt exceeds what the server accepts."""
     try:
-        config = json.loads((Path(checkpoint_dir) / "config.json").read_text())
-    except (OSError, ValueError):
+        config = parse_config_json(Path(checkpoint_dir) / "config.json")
+    except (OSError, InputError):
         return FALLBACK_MAX_LENGTH
     config = config.get("text_config", config)
     return int(config.get("max_position_embeddings") or FALLBACK_MAX_LENGTH)

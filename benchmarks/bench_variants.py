@@ -18,7 +18,7 @@ from pipelines.bench import run_benchmark
 from pipelines.cost import estimate_cost
 from pipelines.models import offline_environment, resolve_base
 from pipelines.pipeline import compose_config
-from pipelines.sizing import read_model_shape
+from pipelines.shape import read_model_shape
 
 HEADER = ("| variant | batch | out tok/s (± std) | req/s | TTFT p50/p95/p99 ms | ITL p50/p95/p99 ms "
           "| E2E p95 ms | goodput req/s | SLO | peak mem MiB |\n|" + "---|" * 10)

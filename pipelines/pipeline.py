@@ -215,11 +215,13 @@ def _benchmark(cfg: RunConfig, base_variant: Variant, variant: Variant) -> tuple
 
 
 def _cost(cfg: RunConfig, bench: BenchResult, variant: Variant, base_bench: BenchResult | None = None) -> CostResult:
-    from pipelines.sizing import read_model_shape
     from pipelines.cost import estimate_cost
+    from pipelines.shape import read_model_shape
 
-    return estimate_cost(bench, cfg.hardware, cfg.bench, read_model_shape(variant.checkpoint_dir), base_bench,
-                         cfg.gate.confidence)
+    # The quantize stage read the shape; it is None only where config.json describes no decoder,
+    # and reading it here again raises the error that says so.
+    shape = variant.shape or read_model_shape(variant.checkpoint_dir)
+    return estimate_cost(bench, cfg.hardware, cfg.bench, shape, base_bench, cfg.gate.confidence)
 
 
 def _gate(cfg: RunConfig, fidelity: Fidelity, bench: BenchResult | None, base_bench: BenchResult | None,

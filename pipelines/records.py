@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pipelines.shape import ModelShape
 from pipelines.storage import atomic_write_text
 
 R = TypeVar("R")
@@ -35,6 +36,13 @@ class Variant:
     quantize_seconds: float
     from_cache: bool
     versions: dict[str, str] = field(default_factory=dict)
+    # Provenance, resolved once by the quantize stage and kept out of every cache key: the checkpoint's
+    # shape from its config.json (None where it describes no decoder: the cost stage then says why), and
+    # the calibration data it was made from (None: its method reads none), as the resolved file or
+    # `hf:<dataset>` with its content hash (of the file; of the calibration settings for a hub dataset).
+    shape: ModelShape | None = None
+    calibration_source: str | None = None
+    calibration_hash: str | None = None
 
 
 @dataclass
@@ -134,6 +142,10 @@ class EvalResult:
     # Served runs: what served the scored checkpoint, as this run established it (ServedModel.identity).
     served_identity: str | None = None
     served_identity_verified: bool = True
+    # Provenance, resolved once by the evaluate stage and kept out of the cache key: the suite folder
+    # (None: lm-eval's built-in tasks) and the reference text file (None: no reference pass).
+    include_path: str | None = None
+    reference_text_path: str | None = None
 
 
 @dataclass

@@ -5,7 +5,9 @@ turns its fields into the `ModelShape` that sizing, the plan, the roofline cost 
 Variant record (its `shape`, read once by the quantize stage) all use. Parameters are counted
 analytically for a Llama-style decoder (embeddings, attention with grouped KV heads, gated MLP,
 norms, untied lm_head unless `tie_word_embeddings`): quantized checkpoints pack weights, so counting
-tensor elements on disk would be wrong. Imports nothing heavy (records.py carries the class).
+tensor elements on disk would be wrong. A written checkpoint's shape (`read_model_shape`) has the
+weight bytes on disk; the quantize stage stores it in the Variant record, so the cost stage reads no
+config.json again. Imports nothing heavy: records.py carries the class.
 Exercised by `pytest tests/test_bench.py -k shape` and `pytest tests/test_provenance.py`.
 """
 
@@ -94,3 +96,35 @@ def llama_parameter_count(text: dict[str, Any]) -> float:
     per_layer = attention + mlp + 2 * hidden
     embeddings = text["vocab_size"] * hidden * (1 if text.get("tie_word_embeddings", False) else 2)
     return float(text["num_hidden_layers"] * per_layer + embeddings + hidden)
+
+
+def read_model_shape(checkpoint_dir: str | Path) -> ModelShape:
+    """A written checkpoint's shape; its weight bytes are what is on disk."""
+    config_path = Path(checkpoint_dir) / "config.json"
+    if not config_path.is_file():
+        raise InputError(f"{config_path.parent} has no config.json; cannot read the model shape for the cost model")
+    return checkpoint_shape(Path(checkpoint_dir), parse_config_json(config_path))
+
+
+def checkpoint_shape(directory: Path, config: dict[str, Any]) -> ModelShape:
+    """The shape of the checkpoint in `directory` whose config.json (already read) is `config`."""
+    config_path = directory / "config.json"
+    dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32")
+    compute = _checkpoint_compute_dtype(config.get("quantization_config") or {}, dtype)
+    try:
+        shape = shape_from_config(config, dtype, sum(p.stat().st_size for p in directory.glob("*.safetensors")),
+                                  compute)
+    except KeyError as missing:
+        raise InputError(f"{config_path} lacks {missing}; the cost model needs a decoder config") from missing
+    if dtype not in DTYPE_BYTES:
+        raise InputError(f"{config_path} has dtype {dtype}; expected one of {', '.join(DTYPE_BYTES)}")
+    return shape
+
+
+def _checkpoint_compute_dtype(quantization: dict[str, Any], dtype: str) -> str:
+    """compressed-tensors: 8-bit input activations mean float8 or int8 matmuls; weight-only stays float."""
+    for group in (quantization.get("config_groups") or {}).values():
+        activations = group.get("input_activations") or {}
+        if activations.get("num_bits") == 8:
+            return "float8" if activations.get("type") == "float" else "int8"
+    return dtype

@@ -5,9 +5,7 @@ quantization scheme (pipelines/quantize/schemes.py), and memory per stage follow
 onloading, vLLM's weights + KV cache per GPU). Every number is an estimate; `pipelines/plan.py`
 prints them and refuses what cannot fit.
 Every shape is the one `ModelShape` (pipelines/shape.py, which reads config.json and counts the
-parameters): the base's from config.json (`model_size`), a planned variant's (`roofline_shape`) and a
-written checkpoint's (`read_model_shape`, whose weight bytes are what is on disk; the quantize stage
-stores it in the Variant record, so the cost stage reads no config.json again).
+parameters): the base's from config.json (`model_size`) and a planned variant's (`roofline_shape`).
 Exercised by `python -m pipelines.run model=llama3-70b quant=awq plan=true`, `pytest tests/test_plan.py`
 and `pytest tests/test_bench.py -k shape`.
 """
@@ -118,35 +116,3 @@ def smallest_tensor_parallel(size: ModelShape, weight_bytes: float, tokens: int,
         if valid_tensor_parallel(size, tp) and serve_gb_per_gpu(size, weight_bytes, tokens, tp) <= usable_gb:
             return tp
     return None
-
-
-def read_model_shape(checkpoint_dir: str | Path) -> ModelShape:
-    """A written checkpoint's shape; its weight bytes are what is on disk."""
-    config_path = Path(checkpoint_dir) / "config.json"
-    if not config_path.is_file():
-        raise InputError(f"{config_path.parent} has no config.json; cannot read the model shape for the cost model")
-    return checkpoint_shape(Path(checkpoint_dir), parse_config_json(config_path))
-
-
-def checkpoint_shape(directory: Path, config: dict[str, Any]) -> ModelShape:
-    """The shape of the checkpoint in `directory` whose config.json (already read) is `config`."""
-    config_path = directory / "config.json"
-    dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32")
-    compute = _checkpoint_compute_dtype(config.get("quantization_config") or {}, dtype)
-    try:
-        shape = shape_from_config(config, dtype, sum(p.stat().st_size for p in directory.glob("*.safetensors")),
-                                  compute)
-    except KeyError as missing:
-        raise InputError(f"{config_path} lacks {missing}; the cost model needs a decoder config") from missing
-    if dtype not in DTYPE_BYTES:
-        raise InputError(f"{config_path} has dtype {dtype}; expected one of {', '.join(DTYPE_BYTES)}")
-    return shape
-
-
-def _checkpoint_compute_dtype(quantization: dict[str, Any], dtype: str) -> str:
-    """compressed-tensors: 8-bit input activations mean float8 or int8 matmuls; weight-only stays float."""
-    for group in (quantization.get("config_groups") or {}).values():
-        activations = group.get("input_activations") or {}
-        if activations.get("num_bits") == 8:
-            return "float8" if activations.get("type") == "float" else "int8"
-    return dtype

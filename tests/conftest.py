@@ -19,6 +19,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from pipelines.config import CalibrationConfig
+from pipelines.evaluate.reference import reference_path
+from pipelines.evaluate.suites import resolve_include_path
+from pipelines.quantize.calibration import calibration_provenance
 from pipelines.records import (BenchResult, CostEstimate, CostResult, Divergence, EvalResult, Fidelity, LoadLevel,
                                Outcome, Percentiles, RuleResult, StageTime, TaskFidelity, TaskResult, Variant,
                                Verdict)
@@ -138,11 +142,14 @@ def make_outcome(tmp: Path, name: str = "gptq", decision: str | None = "PROMOTE"
     variant = Variant(name=name, base="tiny-llama", backend="llmcompressor", method="gptq", scheme="W4A16",
                       checkpoint_dir=str(checkpoint), size_bytes=7, content_hash=f"hash-{name}", cache_key="k",
                       quantize_seconds=8.0, from_cache=False, versions={"llmcompressor": "0.14.0.1"})
+    # Provenance as the quantize and evaluate stages record it (embedded calibration, suites, reference text).
+    variant.calibration_source, variant.calibration_hash = calibration_provenance(CalibrationConfig(source="embedded"))
     task_result = TaskResult(task="qg_invoice", version="1.0", output_type="multiple_choice", metric="acc",
                              value=0.79, stderr=0.02, n=200, items_path=str(items))
     evaluation = EvalResult(model=name, model_hash="h", settings={"reference_text_hash": "ref0123"}, settings_hash="s",
                             suite_hashes={"qg_invoice": "abc"}, tasks=[task_result],
-                            reference_logprobs_path=None, seconds=1.0)
+                            reference_logprobs_path=None, seconds=1.0,
+                            include_path=str(resolve_include_path("embedded")), reference_text_path=str(reference_path("embedded")))
     fidelity = Fidelity(variant=name, reference="base", variant_hash="v", reference_hash="b", settings_hash="s",
                         tasks=[TaskFidelity(task="qg_invoice", metric="acc", n=200, base_score=0.8, variant_score=0.79,
                                             delta=-0.01, ci_low=-0.018, ci_high=-0.002, confidence=0.95,

@@ -15,7 +15,7 @@ from pipelines.cost import (decode_step_bound_s, estimate_cost, load_hardware, p
                             replicas_needed, usd_per_million_tokens)
 from pipelines.errors import ConfigError
 from pipelines.records import BenchResult
-from pipelines.sizing import ModelShape, llama_parameter_count, read_model_shape
+from pipelines.shape import ModelShape, llama_parameter_count, read_model_shape
 
 from conftest import load_level, make_outcome
 

@@ -16,7 +16,8 @@ from pipelines.cli import compose_all
 from pipelines.config import CalibrationConfig, ModelConfig, QuantConfig
 from pipelines.errors import ConfigError
 from pipelines.models import BaseModel
-from pipelines.quantize import schemes, variant_key
+from pipelines.quantize import schemes, variant_key, with_provenance
+from pipelines.records import Variant
 from pipelines.serve.vllm_server import VLLMServer
 from pipelines.sizing import model_size, quantize_memory, roofline_shape, variant_bytes
 from pipelines.track.lineage import _calibration_ref
@@ -84,8 +85,16 @@ def test_the_old_call_sites_give_the_same_answers(name, run_configs):
     assert roofline_shape(sizes["bfloat16"], 1.0, q.scheme).compute_dtype == FACTS[name][3]
     assert quantize_memory(sizes["bfloat16"], run_configs[name]) == memory
     assert _key_follows_calibration(q) is key_follows
-    assert (_calibration_ref(dataclasses.asdict(q)) is not None) is lineage
+    assert (_calibration_ref(_recorded_variant(q)) is not None) is lineage
     assert _vllm_refuses_float32_on_cpu(name) is vllm_refuses
+
+
+def _recorded_variant(q: QuantConfig) -> Variant:
+    """The variant record as the quantize stage completes it: lineage reads its calibration from there."""
+    variant = Variant(name=q.name, base="b", backend=q.backend, method=q.method, scheme=q.scheme,
+                      checkpoint_dir="/nowhere", size_bytes=0, content_hash="h", cache_key="k", quantize_seconds=0.0,
+                      from_cache=False)
+    return with_provenance(variant, q)
 
 
 def _key_follows_calibration(q: QuantConfig) -> bool:

@@ -39,7 +39,7 @@ from typing import Any
 
 from pipelines.config import EvalConfig, RunConfig
 from pipelines.evaluate.items import cluster_key_for, items_from_samples, primary_metric, write_items
-from pipelines.evaluate.reference import compute_reference_logprobs, reference_text
+from pipelines.evaluate.reference import compute_reference_logprobs, reference_path, reference_text
 from pipelines.evaluate.runner import EvalRunner
 from pipelines.evaluate.served_runner import LM_EVAL_MODEL as SERVED_RUNNER
 from pipelines.evaluate.served_runner import ServedRunner
@@ -86,7 +86,7 @@ def run_evaluate(cfg: RunConfig, variant: Variant, served: ServedModel | None = 
     with cache_entry(directory, cfg.overwrite) as manifest:
         if manifest is not None:
             log.info("reusing cached evaluation of %s from %s", variant.name, directory)
-            return load_cached(directory, variant.name)
+            return with_provenance(load_cached(directory, variant.name), include, cfg.eval)
         log.info("evaluating %s on %s", variant.name, ", ".join(cfg.eval.tasks))
         runner = eval_runner(cfg, served)
         with atomic_directory(directory) as scratch:
@@ -150,6 +150,14 @@ def effective_add_bos_token(tokenizer, configured: bool | None) -> bool:
     return bos is not None and tokenizer("hello")["input_ids"][:1] == [bos]
 
 
+def with_provenance(result: EvalResult, include: Path | None, eval_cfg: EvalConfig) -> EvalResult:
+    """The record with where its suites and reference text came from, so tracking never resolves the
+    config again (records cached before these fields existed get them here too; neither is in the key)."""
+    reference = reference_path(eval_cfg.reference_text)
+    return dataclasses.replace(result, include_path=str(include) if include else None,
+                               reference_text_path=str(reference) if reference else None)
+
+
 def load_cached(directory: Path, name: str) -> EvalResult:
     """The cached record, with its file paths pointing at where the cache is now."""
     result = load_record(EvalResult, directory / RECORD_FILE)
@@ -175,16 +183,17 @@ def _evaluate_into(scratch: Path, final: Path, runner: EvalRunner, cfg: RunConfi
     lm = runner.build_lm(checkpoint, settings["add_bos_token"] if served else cfg.eval.add_bos_token)
     results = runner.evaluate(lm, manager)
     tasks, suite_hashes = _write_tasks(results, scratch, final, suite, dict(cfg.eval.cluster_keys))
-    reference_path = None
+    logprobs_path = None
     if text is not None:
         model, reference_tokenizer = reference_model(None if served else lm, cfg, checkpoint)
         compute_reference_logprobs(model, reference_tokenizer, text, window=cfg.eval.reference_window,
                                    max_tokens=cfg.eval.reference_max_tokens, batch_size=cfg.eval.batch_size,
                                    add_bos_token=settings["add_bos_token"], out_path=scratch / REFERENCE_FILE)
-        reference_path = str(final / REFERENCE_FILE)
+        logprobs_path = str(final / REFERENCE_FILE)
     result = EvalResult(model=variant.name, model_hash=variant.content_hash, settings=settings,
                         settings_hash=stable_hash(settings), suite_hashes=suite_hashes, tasks=tasks,
-                        reference_logprobs_path=reference_path, seconds=time.perf_counter() - start)
+                        reference_logprobs_path=logprobs_path, seconds=time.perf_counter() - start)
+    result = with_provenance(result, include, cfg.eval)
     save_record(result, scratch / RECORD_FILE)
     return result
 

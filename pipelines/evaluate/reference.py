@@ -29,6 +29,12 @@ FLOAT16_VOCAB_THRESHOLD = 32768
 
 def reference_text(setting: str | None) -> str | None:
     """`embedded` is the package's held-out domain text, anything else a text file; None disables."""
+    path = reference_path(setting)
+    return path.read_text() if path is not None else None
+
+
+def reference_path(setting: str | None) -> Path | None:
+    """The file eval.reference_text names, resolved (None: no reference pass)."""
     if setting is None:
         return None
     from pipelines.embedded import resolve_source
@@ -36,7 +42,7 @@ def reference_text(setting: str | None) -> str | None:
     path = resolve_source(setting, "reference")
     if not path.is_file():
         raise InputError(f"eval.reference_text={setting}: {path} does not exist; give a text file or null")
-    return path.read_text()
+    return path.resolve()
 
 
 def cut_windows(token_ids: list[int], window: int, max_tokens: int, bos_token_id: int | None) -> list[list[int]]:

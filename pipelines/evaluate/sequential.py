@@ -40,7 +40,8 @@ import numpy as np
 from pipelines.config import RunConfig
 from pipelines.confidence_sequence import METHOD, BettingConfidenceSequence, paired_to_unit, unit_to_drop
 from pipelines.errors import ConfigError, InputError
-from pipelines.evaluate import cache_directory, effective_add_bos_token, requested_settings, suite_hash
+from pipelines.evaluate import (cache_directory, effective_add_bos_token, requested_settings, suite_hash,
+                                with_provenance)
 from pipelines.evaluate.item_cache import ItemScorer
 from pipelines.evaluate.reference import reference_text
 from pipelines.evaluate.suites import resolve_include_path
@@ -297,6 +298,7 @@ def _result(cfg: RunConfig, scorer: ItemScorer, settings: dict[str, Any], suite:
                         settings_hash=stable_hash(settings), suite_hashes=suite_hashes, tasks=tasks,
                         reference_logprobs_path=reference, seconds=seconds, from_cache=scorer.scored == 0,
                         sequential=records)
+    result = with_provenance(result, scorer.include, cfg.eval)
     save_record(result, directory / "eval_result.json")
     write_manifest(directory, {"stage": "evaluate", "sequential": True, "model": scorer.variant.name})
     log.info("sequential evaluation of %s written to %s (%d items scored now, the rest from its per-item cache)",

@@ -6,8 +6,9 @@
 
 The one owner of: resolving `eval.include_path` (`embedded` is the bundled evalsuites/ package, any
 other value a folder, `~` expanded); building lm-eval's TaskManager (also for plan=true's item
-counts, `local_item_counts`), which indexes only the suite folder when it holds every task (indexing lm-eval's ~15k built-in tasks takes 10-30 s on 2 cores),
-and the built-ins too when a config names one; and preflight's `check_suites` (every task exists,
+counts, `local_item_counts`), which indexes only the suite folder when it holds every task
+(indexing lm-eval's ~15k built-in tasks takes 10-30 s on 2 cores), and the built-ins too when a
+config names one; and preflight's `check_suites` (every task exists,
 its YAML parses, every item renders, the reference text is there), before any model loads.
 Exercised by: pytest tests/test_bad_inputs.py tests/test_evaluate.py
 """

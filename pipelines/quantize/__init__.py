@@ -20,10 +20,12 @@ from typing import Any, ClassVar, Protocol
 from pipelines import storage
 from pipelines.config import QuantConfig
 from pipelines.models import BaseModel
-from pipelines.quantize.calibration import load_calibration
+from pipelines.errors import InputError
+from pipelines.quantize.calibration import calibration_provenance, load_calibration
 from pipelines.quantize.schemes import uses_calibration
 from pipelines.records import Variant
 from pipelines.registry import QUANTIZERS, resolve
+from pipelines.shape import ModelShape, checkpoint_shape, read_model_shape
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +64,9 @@ def run_quantize(quant: QuantConfig, base: BaseModel, cache_dir: Path, seed: int
     with storage.cache_entry(out_dir, overwrite) as manifest:
         if manifest:
             log.info("reusing cached variant at %s", out_dir)
-            return _variant(quant, base, out_dir, key, manifest, from_cache=True)
+            return with_provenance(_variant(quant, base, out_dir, key, manifest, from_cache=True), quant)
         manifest = _build(quant, base, calibration, versions, key, out_dir, seed)
-    return _variant(quant, base, out_dir, key, manifest, from_cache=False)
+    return with_provenance(_variant(quant, base, out_dir, key, manifest, from_cache=False), quant)
 
 
 def variant_key(base: BaseModel, quant: QuantConfig, calibration: list[str], versions: dict[str, str],
@@ -112,10 +114,25 @@ def _variant(quant: QuantConfig, base: BaseModel, out_dir: Path, key: str, manif
                    quantize_seconds=manifest["seconds"], from_cache=from_cache, versions=manifest["versions"])
 
 
+def with_provenance(variant: Variant, quant: QuantConfig) -> Variant:
+    """The variant with its shape (config.json read here, once) and calibration data recorded."""
+    source, digest = calibration_provenance(quant.calibration) if uses_calibration(quant) else (None, None)
+    return dataclasses.replace(variant, shape=_shape(Path(variant.checkpoint_dir)), calibration_source=source,
+                               calibration_hash=digest)
+
+
+def _shape(directory: Path, config: dict[str, Any] | None = None) -> ModelShape | None:
+    """None where config.json describes no decoder: the cost stage, which needs the shape, says why."""
+    try:
+        return read_model_shape(directory) if config is None else checkpoint_shape(directory, config)
+    except InputError:
+        return None
+
+
 def _baseline(quant: QuantConfig, base: BaseModel) -> Variant:
-    """quant=none: the base model is the variant; nothing is written."""
+    """quant=none: the base model is the variant; nothing is written (its config.json was read by resolve_base)."""
     log.info("quant=none: using the base model at %s unchanged", base.path)
     return Variant(name=quant.name, base=base.name, backend="none", method="none", scheme=None,
                    checkpoint_dir=str(base.path), size_bytes=storage.directory_size(base.path),
                    content_hash=base.fingerprint, cache_key=base.fingerprint, quantize_seconds=0.0,
-                   from_cache=False, versions={})
+                   from_cache=False, versions={}, shape=_shape(base.path, base.config))

@@ -11,12 +11,14 @@ An empty set is refused here: llm-compressor would otherwise fail deep inside wi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
 
 from pipelines.config import CalibrationConfig
 from pipelines.errors import InputError
+from pipelines.storage import hash_files, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,15 @@ def load_calibration(cal: CalibrationConfig, tokenizer_dir: Path | None = None) 
         raise InputError(f"calibration source {where} has no usable texts; {FIX}")
     log.info("calibration: %d texts from %s", len(texts), where)
     return texts
+
+
+def calibration_provenance(cal: CalibrationConfig) -> tuple[str, str]:
+    """(source, content hash) of the calibration data, for the Variant record: the resolved file and its
+    hash, or `hf:<dataset>` and the hash of the calibration settings (hub rows are not hashed offline)."""
+    if cal.source.startswith(HUB_PREFIX):
+        return cal.source, stable_hash(dataclasses.asdict(cal))
+    path = _local_path(cal.source)
+    return str(path.resolve()), hash_files([path])
 
 
 def _local_path(source: str) -> Path:

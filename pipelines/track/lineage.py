@@ -28,9 +28,9 @@ from typing import Any, Callable
 # How every store call is made: the tracker passes its retry-while-SQLite-is-locked wrapper.
 Call = Callable[..., Any]
 
-from pipelines.quantize.schemes import calibrates
-from pipelines.records import Outcome
-from pipelines.storage import hash_files, stable_hash
+from pipelines.quantize.calibration import HUB_PREFIX
+from pipelines.records import EvalResult, Outcome, Variant
+from pipelines.storage import library_versions
 
 CONTEXT_TAG = "mlflow.data.context"
 EXTERNAL_TAG = "mlflow.model.isExternal"
@@ -61,56 +61,40 @@ class DatasetRef:
         return DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(CONTEXT_TAG, self.context)])
 
 
-def dataset_refs(outcome: Outcome, config: dict[str, Any]) -> list[DatasetRef]:
-    """Every dataset the run's numbers came from: eval tasks, calibration data, reference text."""
-    refs = _eval_refs(outcome, config.get("eval") or {})
-    if (calibration := _calibration_ref(config.get("quant") or {})) is not None:
+def dataset_refs(outcome: Outcome) -> list[DatasetRef]:
+    """Every dataset the run's numbers came from, as its records state them: eval tasks, calibration
+    data, reference text (nothing here resolves the config again)."""
+    result = outcome.variant_eval or outcome.base_eval
+    refs = _eval_refs(result) if result is not None else []
+    if outcome.variant is not None and (calibration := _calibration_ref(outcome.variant)) is not None:
         refs.append(calibration)
-    if (reference := _reference_ref(outcome, config.get("eval") or {})) is not None:
+    if result is not None and (reference := _reference_ref(result)) is not None:
         refs.append(reference)
     return refs
 
 
-def _eval_refs(outcome: Outcome, eval_cfg: dict[str, Any]) -> list[DatasetRef]:
-    from pipelines.evaluate.suites import resolve_include_path
-    from pipelines.storage import library_versions
-
-    result = outcome.variant_eval or outcome.base_eval
-    if result is None:
-        return []
-    include = resolve_include_path(eval_cfg.get("include_path"))
-    source = str(include) if include else LM_EVAL_TASKS.format(version=library_versions("lm_eval").get("lm_eval"))
+def _eval_refs(result: EvalResult) -> list[DatasetRef]:
+    source = result.include_path or LM_EVAL_TASKS.format(version=library_versions("lm_eval").get("lm_eval"))
     return [DatasetRef(t.task, result.suite_hashes.get(t.task, t.version), source, "eval", t.task)
             for t in result.tasks]
 
 
-def _calibration_ref(quant: dict[str, Any]) -> DatasetRef | None:
-    calibration = quant.get("calibration") or {}
-    source = calibration.get("source")
-    if not source or not calibrates(quant.get("method"), quant.get("scheme"), bool(quant.get("needs_calibration"))):
+def _calibration_ref(variant: Variant) -> DatasetRef | None:
+    source = variant.calibration_source
+    if not source or not variant.calibration_hash:
         return None
-    if source.startswith("hf:"):
-        name = source.removeprefix("hf:")
-        return DatasetRef(name, stable_hash(calibration),
-                          f"https://huggingface.co/datasets/{name.split(':')[0]}", "calibration")
-    from pipelines.embedded import resolve_source
+    if source.startswith(HUB_PREFIX):
+        name = source.removeprefix(HUB_PREFIX)
+        return DatasetRef(name, variant.calibration_hash, f"https://huggingface.co/datasets/{name.split(':')[0]}",
+                          "calibration")
+    return DatasetRef(Path(source).name, variant.calibration_hash, source, "calibration")
 
-    path = resolve_source(source, "calibration")
-    if not path.is_file():
+
+def _reference_ref(result: EvalResult) -> DatasetRef | None:
+    digest = result.settings.get("reference_text_hash")
+    if not result.reference_text_path or not digest:
         return None
-    return DatasetRef(path.name, hash_files([path]), str(path.resolve()), "calibration")
-
-
-def _reference_ref(outcome: Outcome, eval_cfg: dict[str, Any]) -> DatasetRef | None:
-    result = outcome.variant_eval or outcome.base_eval
-    setting = eval_cfg.get("reference_text")
-    digest = result.settings.get("reference_text_hash") if result else None
-    if not setting or not digest:
-        return None
-    from pipelines.embedded import resolve_source
-
-    path = resolve_source(setting, "reference")
-    return DatasetRef(path.name, digest, str(path.resolve()), "reference")
+    return DatasetRef(Path(result.reference_text_path).name, digest, result.reference_text_path, "reference")
 
 
 def create_checkpoint_model(client, experiment_id: str, run_id: str, outcome: Outcome, tags: dict[str, str],

@@ -195,7 +195,7 @@ class MLflowTracker:
 
     def _log_results(self, run_id: str, outcome: Outcome, config: dict[str, Any], tags: dict[str, str],
                      reference: bool, timestamp_ms: int) -> None:
-        datasets = dataset_refs(outcome, config)
+        datasets = dataset_refs(outcome)
         if datasets:
             _retry(self.client.log_inputs, run_id, datasets=[d.as_input() for d in datasets])
         model_id = self._log_model(run_id, outcome, tags, reference) if outcome.variant else None

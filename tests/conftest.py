@@ -149,7 +149,8 @@ def make_outcome(tmp: Path, name: str = "gptq", decision: str | None = "PROMOTE"
     evaluation = EvalResult(model=name, model_hash="h", settings={"reference_text_hash": "ref0123"}, settings_hash="s",
                             suite_hashes={"qg_invoice": "abc"}, tasks=[task_result],
                             reference_logprobs_path=None, seconds=1.0,
-                            include_path=str(resolve_include_path("embedded")), reference_text_path=str(reference_path("embedded")))
+                            include_path=str(resolve_include_path("embedded")),
+                            reference_text_path=str(reference_path("embedded")))
     fidelity = Fidelity(variant=name, reference="base", variant_hash="v", reference_hash="b", settings_hash="s",
                         tasks=[TaskFidelity(task="qg_invoice", metric="acc", n=200, base_score=0.8, variant_score=0.79,
                                             delta=-0.01, ci_low=-0.018, ci_high=-0.002, confidence=0.95,

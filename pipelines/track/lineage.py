@@ -6,7 +6,8 @@ Exercised by `python -m pytest tests/test_track.py`.
   evaluated task (context `eval`, digest = the task's suite hash the evaluation cache is keyed by,
   source = the suite include path), the calibration data (context `calibration`, digest = hash of
   the calibration file) and the reference text (context `reference`, digest = its hash in the
-  eval settings). Metrics about one task are linked to that task's dataset.
+  eval settings), all read from the records (EvalResult, Variant) that the evaluate and quantize
+  stages resolved them into. Metrics about one task are linked to that task's dataset.
 - Model: the checkpoint as a LoggedModel owned by the run (the runs list's Model column), with its
   scheme, engine, size and location as params/tags. By default its weights stay where they are
   (an external model: MLmodel + a pointer file naming the directory and content hash);

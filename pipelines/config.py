@@ -80,6 +80,20 @@ class CalibrationConfig:
 
 
 @dataclass
+class PrecisionOverride:
+    """Modules quantized with another scheme than the recipe's (e.g. W8A8 layers inside a W4A16 recipe)."""
+
+    # llm-compressor targets: module names or `re:` patterns (e.g. `re:(.*\.)?layers\.3\.`).
+    targets: list[str] = MISSING
+    # compressed-tensors preset scheme for those modules.
+    scheme: str = MISSING
+
+    def __post_init__(self) -> None:
+        if not self.targets:
+            raise ConfigError(f"quant.precision_overrides: scheme {self.scheme} has no targets; name the modules")
+
+
+@dataclass
 class QuantConfig:
     name: str = MISSING
     # Which engine quantizes: none | llmcompressor | gptqmodel (legacy names give a routed error).
@@ -94,6 +108,8 @@ class QuantConfig:
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     # Library-specific knobs passed through untouched (e.g. AWQ duo_scaling, GPTQ dampening_frac).
     params: dict[str, Any] = field(default_factory=dict)
+    # Extra config groups: these modules get their own scheme (more specific targets win over "Linear").
+    precision_overrides: list[PrecisionOverride] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _positive("quant", group_size=self.group_size)

@@ -75,6 +75,9 @@ def variant_key(base: BaseModel, quant: QuantConfig, calibration: list[str], ver
     settings = dataclasses.asdict(quant)
     if not uses_calibration(quant):
         settings.pop("calibration")
+    if not quant.precision_overrides:
+        # Absent from the key when unused, so checkpoints cached before the field existed keep their keys.
+        settings.pop("precision_overrides")
     data = {"texts": storage.stable_hash(calibration), "seed": seed} if calibration else None
     return storage.stable_hash({"base": base.fingerprint, "quant": settings, "calibration": data,
                                 "versions": versions})

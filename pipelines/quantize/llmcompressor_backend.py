@@ -93,13 +93,17 @@ def _modifier(cls: type, kwargs: dict[str, Any]) -> Any:
 
 
 def _config_groups(quant: QuantConfig) -> dict[str, Any]:
-    """The preset scheme, with `quant.group_size` replacing the preset's group size (128) when set."""
+    """The preset scheme, with `quant.group_size` replacing the preset's group size (128) when set, then
+    one group per precision override: compressed-tensors gives a module matched by a name or `re:`
+    target that group's scheme rather than the class target "Linear" (utils/match.py `match_targets`)."""
     from compressed_tensors.quantization import preset_name_to_scheme
 
     scheme = preset_name_to_scheme(quant.scheme, ["Linear"])
     if quant.group_size is not None:
         scheme.weights.group_size = quant.group_size
-    return {"group_0": scheme}
+    overrides = {f"group_{index}": preset_name_to_scheme(override.scheme, list(override.targets))
+                 for index, override in enumerate(quant.precision_overrides, start=1)}
+    return {"group_0": scheme, **overrides}
 
 
 def _calibration_args(quant: QuantConfig, calibration: list[str]) -> dict[str, Any]:

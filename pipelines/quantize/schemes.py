@@ -31,6 +31,8 @@ PRESET_GROUP_SIZES: dict[str, int | None] = {
     "MXFP4A16": 32, "MXFP4": 32, "MXFP8A16": 32, "MXFP8": 32,
     **{f"W{w}A{a}": 128 for w in range(2, 9) for a in (4, 8, 16) if w <= a and f"W{w}A{a}" != "W8A8"},
 }
+# Methods whose recipe takes precision overrides (extra config groups); AWQ's smoothing assumes one scheme.
+OVERRIDE_METHODS = frozenset({"rtn", "gptq"})
 # Presets with static (calibrated) activation scales: data-free round-to-nearest cannot set them.
 STATIC_ACTIVATION_PRESETS = frozenset({"FP8", "NVFP4"})
 # Weight-only integer schemes W<bits>A16, symmetric unless _ASYM; their group size unless set: 128.
@@ -48,10 +50,23 @@ def check_scheme(quant: QuantConfig) -> None:
     if scheme not in PRESET_GROUP_SIZES:
         raise ConfigError("quant.scheme: " + did_you_mean("compressed-tensors scheme", quant.scheme or "",
                                                           PRESET_GROUP_SIZES))
+    _check_overrides(quant)
     if needs_calibration_data(quant.method, scheme) and not (quant.needs_calibration and quant.calibration.source):
         why = f"quant.method={quant.method}" if quant.method in CALIBRATED_METHODS else f"scheme {scheme}"
         raise ConfigError(f"{why} needs calibration data but none is configured; set "
                           "quant.needs_calibration=true and quant.calibration.source=embedded (or a .txt/.jsonl)")
+
+
+def _check_overrides(quant: QuantConfig) -> None:
+    if quant.precision_overrides and quant.method not in OVERRIDE_METHODS:
+        raise ConfigError(f"quant.precision_overrides work with quant.method {' or '.join(sorted(OVERRIDE_METHODS))}, "
+                          f"not {quant.method}; keep those layers unquantized with quant.ignore instead")
+    for override in quant.precision_overrides:
+        name = preset_name(override.scheme)
+        if name not in PRESET_GROUP_SIZES or name in STATIC_ACTIVATION_PRESETS:
+            raise ConfigError("quant.precision_overrides scheme: " + did_you_mean(
+                "data-free compressed-tensors scheme", override.scheme,
+                [p for p in PRESET_GROUP_SIZES if p not in STATIC_ACTIVATION_PRESETS]))
 
 
 def group_size(quant: QuantConfig) -> int | None:

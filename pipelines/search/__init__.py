@@ -1,0 +1,1 @@
+"""Recipe search (python -m pipelines.search): sensitivity, candidates."""

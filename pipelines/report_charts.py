@@ -13,6 +13,7 @@ from plotly.colors import qualitative
 
 from pipelines.pareto import frontier, is_base, slo_not_met, usd_per_million, worst_delta_bound
 from pipelines.records import BenchResult, Outcome
+from pipelines.search.sensitivity import Sensitivity
 
 COLORS = {"PROMOTE": "#17702c", "INCONCLUSIVE": "#c98a00", "REJECT": "#b3261e", "FAILED": "#777", "base": "#1f4e9c"}
 # bench.slo keys and the LoadLevel percentiles they bound.
@@ -168,3 +169,20 @@ def _pareto_point(outcome: Outcome, on_front: bool, color: str) -> go.Scatter:
     return go.Scatter(x=[usd_per_million(outcome)], y=[worst_delta_bound(outcome)], mode="markers", name=name,
                       marker={"symbol": symbol, "size": 16 if symbol == "star" else 12, "color": color},
                       hovertemplate=f"{name}: $%{{x:.4g}}/1M tok, worst delta bound %{{y:+.4f}}<extra></extra>")
+
+
+def sensitivity_figure(sensitivity: Sensitivity) -> go.Figure:
+    """KL of each unit quantized alone, with its interval: decoder layers, then whole module kinds."""
+    units = sensitivity.layers + sensitivity.kinds
+    low = [u.kl_mean - u.kl_ci_low if u.kl_ci_low is not None else 0.0 for u in units]
+    high = [u.kl_ci_high - u.kl_mean if u.kl_ci_high is not None else 0.0 for u in units]
+    figure = go.Figure(go.Bar(
+        x=[u.unit for u in units], y=[u.kl_mean for u in units],
+        marker={"color": [COLORS["base"]] * len(sensitivity.layers) + [COLORS["FAILED"]] * len(sensitivity.kinds)},
+        error_y={"type": "data", "symmetric": False, "array": high, "arrayminus": low},
+        hovertemplate="%{x}: KL %{y:.3g} nats/token<extra></extra>"))
+    figure.update_layout(title=f"Sensitivity to {sensitivity.label}: one unit quantized alone, "
+                               f"{sensitivity.confidence:.0%} interval ({sensitivity.tokens} {sensitivity.text_source} "
+                               "tokens)", xaxis_title="quantized alone (layers; grey: every module of a kind)",
+                         yaxis_title="KL(base || unit quantized), nats/token", **LAYOUT)
+    return figure

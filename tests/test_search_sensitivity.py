@@ -17,7 +17,9 @@ from conftest import TINY_TEXT, build_tokenizer
 from pipelines.config import PrecisionOverride, QuantConfig
 from pipelines.models import resolve_base
 from pipelines.search.candidates import build_candidates
-from pipelines.search.sensitivity import KIND_TARGETS, measure_sensitivity, sensitivity_metrics, layer_target
+from pipelines.records import from_dict
+from pipelines.search.sensitivity import (KIND_TARGETS, Sensitivity, UnitKL, layer_target, log_sensitivity,
+                                          measure_sensitivity, sensitivity_metrics)
 from pipelines.sizing import model_size
 
 FRAGILE_LAYER = 2
@@ -110,3 +112,43 @@ def test_a_keep_k_checkpoint_stores_the_kept_layer_in_its_precision_and_loads(ti
     if kept_scheme is None:  # vLLM skips exactly the modules the checkpoint's config lists as ignored
         ignored = json.loads((tmp_path / "config.json").read_text())["quantization_config"]["ignore"]
         assert "model.layers.1.mlp.down_proj" in ignored and "model.layers.0.mlp.down_proj" not in ignored
+
+
+def made_sensitivity() -> Sensitivity:
+    layers = [UnitKL("layer_0", layer_target(0), 0.002, 0.001, 0.003, 0.99),
+              UnitKL("layer_1", layer_target(1), 0.004, None, None, 0.98)]
+    kinds = [UnitKL("mlp", KIND_TARGETS["mlp"], 0.005, 0.004, 0.007, 0.97)]
+    return Sensitivity(scheme="W4A16", group_size=64, layers=layers, kinds=kinds, tokens=4096,
+                       text_source="reference", text_hash="h", base_fingerprint="f", confidence=0.95, seconds=3.0)
+
+
+class RecordingClient:
+    """An MlflowClient stand-in keeping what log_batch and log_dict received."""
+
+    def __init__(self) -> None:
+        self.metrics, self.dicts = {}, {}
+
+    def log_batch(self, run_id, metrics=()):
+        self.metrics.update({(run_id, m.key): m.value for m in metrics})
+
+    def log_dict(self, run_id, dictionary, artifact_file):
+        self.dicts[(run_id, artifact_file)] = json.loads(json.dumps(dictionary))
+
+
+def test_sensitivity_is_logged_to_mlflow_as_metrics_per_unit_and_the_record():
+    client = RecordingClient()
+    log_sensitivity(client, "run", made_sensitivity())
+    prefix = "sensitivity/W4A16_g64/"
+    assert client.metrics == {("run", prefix + key): value for key, value in {
+        "layer_0_kl": 0.002, "layer_0_kl_ci_low": 0.001, "layer_0_kl_ci_high": 0.003, "layer_1_kl": 0.004,
+        "mlp_kl": 0.005, "mlp_kl_ci_low": 0.004, "mlp_kl_ci_high": 0.007}.items()}
+    assert from_dict(Sensitivity, client.dicts[("run", "sensitivity/W4A16_g64.json")]) == made_sensitivity()
+
+
+def test_the_sensitivity_chart_draws_every_unit_with_its_interval():
+    from pipelines.report_charts import sensitivity_figure
+
+    bar = sensitivity_figure(made_sensitivity()).data[0]
+    assert list(bar.x) == ["layer_0", "layer_1", "mlp"] and list(bar.y) == [0.002, 0.004, 0.005]
+    assert list(bar.error_y.array) == pytest.approx([0.001, 0.0, 0.002])
+    assert list(bar.error_y.arrayminus) == pytest.approx([0.001, 0.0, 0.001])

@@ -138,7 +138,7 @@ def _probe(cfg: RunConfig, base: BaseModel, quant: QuantConfig, text: str, sourc
     base_file = scorer.score(model, "base")
     layers = model.config.get_text_config().num_hidden_layers
     units = [(f"layer_{index}", layer_target(index)) for index in range(layers)] + list(KIND_TARGETS.items())
-    results = [scorer.compare(base_file, unit, _quantized_copy(model, quant, target), target)
+    results = [scorer.compare(base_file, unit, quantized_copy(model, quant, target), target)
                for unit, target in units]
     log.info("sensitivity of %s to %s: %s", base.name, quant.scheme,
              ", ".join(f"{r.unit} {r.kl_mean:.2e}" for r in results))
@@ -175,7 +175,7 @@ class _Scorer:
                       kl_ci_high=divergence.kl_ci_high, top1_agreement=divergence.top1_agreement)
 
 
-def _quantized_copy(model, quant: QuantConfig, target: str):
+def quantized_copy(model, quant: QuantConfig, target: str):
     """A copy of `model` with only the modules `target` matches quantized in `quant`'s scheme."""
     from pipelines.logs import library_output_to_log
 

@@ -152,3 +152,14 @@ def test_the_sensitivity_chart_draws_every_unit_with_its_interval():
     assert list(bar.x) == ["layer_0", "layer_1", "mlp"] and list(bar.y) == [0.002, 0.004, 0.005]
     assert list(bar.error_y.array) == pytest.approx([0.001, 0.0, 0.002])
     assert list(bar.error_y.arrayminus) == pytest.approx([0.001, 0.0, 0.001])
+
+
+def test_a_model_without_llama_style_module_names_is_refused_before_probing():
+    import torch
+
+    from pipelines.errors import InputError
+    from pipelines.search.sensitivity import _check_targets
+
+    model = torch.nn.ModuleDict({"h": torch.nn.ModuleList([torch.nn.Linear(4, 4)]), "lm_head": torch.nn.Linear(4, 4)})
+    with pytest.raises(InputError, match="model m has no modules for layer_0, attention, mlp: the sensitivity probe"):
+        _check_targets(model, [("layer_0", layer_target(0)), *KIND_TARGETS.items()], "m")

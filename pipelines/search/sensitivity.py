@@ -27,7 +27,7 @@ from typing import Any
 
 from pipelines import storage
 from pipelines.config import QuantConfig, RunConfig
-from pipelines.errors import ConfigError
+from pipelines.errors import ConfigError, InputError
 from pipelines.models import BaseModel
 from pipelines.quantize.schemes import STATIC_ACTIVATION_PRESETS, preset_name
 from pipelines.records import load_record, save_record, to_dict
@@ -138,6 +138,7 @@ def _probe(cfg: RunConfig, base: BaseModel, quant: QuantConfig, text: str, sourc
     base_file = scorer.score(model, "base")
     layers = model.config.get_text_config().num_hidden_layers
     units = [(f"layer_{index}", layer_target(index)) for index in range(layers)] + list(KIND_TARGETS.items())
+    _check_targets(model, units, base.name)
     results = [scorer.compare(base_file, unit, quantized_copy(model, quant, target), target)
                for unit, target in units]
     log.info("sensitivity of %s to %s: %s", base.name, quant.scheme,
@@ -146,6 +147,16 @@ def _probe(cfg: RunConfig, base: BaseModel, quant: QuantConfig, text: str, sourc
                        kinds=results[layers:], tokens=scorer.tokens, text_source=source,
                        text_hash=storage.stable_hash(text), base_fingerprint=base.fingerprint,
                        confidence=cfg.gate.confidence, seconds=round(time.perf_counter() - started, 3))
+
+
+def _check_targets(model, units: list[tuple[str, str]], name: str) -> None:
+    """Every unit names modules: a target matching nothing would read as a unit that never hurts."""
+    from compressed_tensors.utils.match import match_named_modules
+
+    empty = [unit for unit, target in units if next(match_named_modules(model, [target]), None) is None]
+    if empty:
+        raise InputError(f"model {name} has no modules for {', '.join(empty)}: the sensitivity probe expects "
+                         "Llama-style module names (layers.<i>.self_attn.*, layers.<i>.mlp.*, lm_head)")
 
 
 class _Scorer:

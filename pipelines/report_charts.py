@@ -6,14 +6,16 @@ written on the plot. Exercised by `python -m pytest tests/test_report_html.py`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 
 from pipelines.pareto import frontier, is_base, slo_not_met, usd_per_million, worst_delta_bound
 from pipelines.records import BenchResult, Outcome
-from pipelines.search.sensitivity import Sensitivity
+
+if TYPE_CHECKING:  # the report reads the record's fields only; the search package is not a report dependency
+    from pipelines.search.sensitivity import Sensitivity
 
 COLORS = {"PROMOTE": "#17702c", "INCONCLUSIVE": "#c98a00", "REJECT": "#b3261e", "FAILED": "#777", "base": "#1f4e9c"}
 # bench.slo keys and the LoadLevel percentiles they bound.

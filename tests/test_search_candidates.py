@@ -133,7 +133,7 @@ def test_written_quant_yaml_composes_to_the_candidate_config(tmp_path, name):
     kls = {s.name: sensitivity([0.1, 0.5, 0.2, 0.05]) for s in schemes}
     candidate = by_name(build_candidates(schemes, kls, SHAPE, 2, None))[name]
     path = write_quant_yaml(candidate, tmp_path / "quant" / f"{name}.yaml")
-    assert path.read_text().startswith(f"# python -m pipelines.run quant={name} ")
+    assert path.read_text().startswith(f"# python -m pipelines.run quant={path} ")
     composed = compose_config([f"quant={name}", f"hydra.searchpath=[file://{tmp_path}]"])
     assert composed.quant == candidate.quant
     assert (CONF / "quant" / "fp8.yaml").is_file()  # the packaged group is still found beside it

@@ -136,8 +136,9 @@ class _PlainCosts:
 
 
 def write_quant_yaml(candidate: Candidate, path: Path) -> Path:
-    """The candidate as a conf/quant YAML: `python -m pipelines.run quant=<name>` with its folder on
-    hydra.searchpath (the file at <folder>/quant/<name>.yaml) composes exactly `candidate.quant`."""
+    """The candidate as a conf/quant YAML that composes exactly `candidate.quant`: at
+    <folder>/quant/<name>.yaml, `python -m pipelines.run quant=<path>` (or quant=<name> with
+    hydra.searchpath=[file://<folder>])."""
     fields = dataclasses.asdict(candidate.quant)
     if not uses_calibration(candidate.quant):
         fields.pop("calibration")
@@ -147,7 +148,7 @@ def write_quant_yaml(candidate: Candidate, path: Path) -> Path:
     kept = (", ".join(candidate.kept) + f" ({at or 'unquantized'})") if candidate.kept else "none"
     cost = (f"${candidate.predicted_cost_per_mtok:.4g} / 1M output tokens"
             if candidate.predicted_cost_per_mtok is not None else "cost not predicted")
-    header = (f"# python -m pipelines.run quant={candidate.name}   ({candidate.quant.scheme}; kept at higher precision: "
+    header = (f"# python -m pipelines.run quant={path}   ({candidate.quant.scheme}; kept at higher precision: "
               f"{kept})\n# predicted, not measured: {candidate.predicted_bytes} weight bytes, {cost}\n")
     body = yaml.safe_dump({"defaults": ["quant_schema"], **fields}, sort_keys=False)
     return atomic_write_text(Path(path), header + body)

@@ -1,4 +1,4 @@
-"""Does layer sensitivity predict invoice flips? The numbers in BENCHMARKS.md, "Layer sensitivity on the embedded model".
+"""Does layer sensitivity predict invoice flips? BENCHMARKS.md, "Layer sensitivity on the embedded model".
 
     HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/layer_sensitivity.py [quant=fp8] [other overrides]
 
@@ -7,8 +7,9 @@ decoder layer quantized at a time), then quantizes each layer alone the same way
 in process) and answers every qg_invoice_total item greedily with the task's own token budget and
 answer regex (pipelines/embedded/sensitivity.py `generation_correct`), counting flips against the
 base (right->wrong + wrong->right, the gate's flip rate) with a Clopper-Pearson interval. Prints a
-Markdown table and the Spearman rank correlation between layer KL and layer flip count (scipy),
-with its exact permutation p-value (every ordering of the layers). All decoder layers quantized
+Markdown table and the Spearman rank correlation between KL and flip count (scipy), with its
+exact permutation p-value (every ordering), over the layers and over every unit (layers and the
+module kinds: attention, MLP, lm_head, each quantized alone). All decoder layers quantized
 together (the plain scheme, lm_head kept) is the last row, for comparison with the pipeline's own
 count.
 """
@@ -58,7 +59,7 @@ def main(overrides: list[str]) -> None:
     print(f"| {cfg.quant.name} quantized | KL nats/token [{level}] | right->wrong | wrong->right | "
           f"flip rate [{level} Clopper-Pearson] | s |\n|---|---|---|---|---|---|")
     counts = []
-    for unit in sensitivity.layers:
+    for unit in sensitivity.layers + sensitivity.kinds:
         worse, better, seconds = invoice_flips(quantized_copy(model, cfg.quant, unit.target), tokenizer, items,
                                                base_correct)
         counts.append(worse + better)
@@ -67,12 +68,17 @@ def main(overrides: list[str]) -> None:
     worse, better, seconds = invoice_flips(quantized_copy(model, cfg.quant, ALL_DECODER_LAYERS), tokenizer, items,
                                            base_correct)
     print(row("all decoder layers", "", worse, better, len(items), cfg.gate.confidence, seconds))
-    kls = np.array([unit.kl_mean for unit in sensitivity.layers])
+    kls = np.array([unit.kl_mean for unit in sensitivity.layers + sensitivity.kinds])
+    layers = len(sensitivity.layers)
+    print(rank_correlation("layers", kls[:layers], counts[:layers]))
+    print(rank_correlation("every unit", kls, counts))
+
+
+def rank_correlation(what: str, kls: np.ndarray, counts: list[int]) -> str:
     rho = spearmanr(kls, counts).statistic
     exact = permutation_test((kls,), lambda x: spearmanr(x, counts).statistic, permutation_type="pairings",
                              alternative="two-sided")
-    print(f"Spearman rho(layer KL, layer flips) = {rho:.3f}, exact permutation p = {exact.pvalue:.3f} "
-          f"(n = {len(kls)} layers)")
+    return f"Spearman rho(KL, flips) over {what} = {rho:.3f}, exact permutation p = {exact.pvalue:.3f} (n = {len(kls)})"
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""A keep-k checkpoint is served by vLLM unchanged: the check in BENCHMARKS.md, "Layer sensitivity on the embedded model".
+"""A keep-k checkpoint is served by vLLM unchanged (BENCHMARKS.md, "Layer sensitivity on the embedded model").
 
     HF_HUB_OFFLINE=1 python benchmarks/served_keep_layers.py serve.python=.venv-vllm/bin/python
 

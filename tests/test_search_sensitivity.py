@@ -163,3 +163,16 @@ def test_a_model_without_llama_style_module_names_is_refused_before_probing():
     model = torch.nn.ModuleDict({"h": torch.nn.ModuleList([torch.nn.Linear(4, 4)]), "lm_head": torch.nn.Linear(4, 4)})
     with pytest.raises(InputError, match="model m has no modules for layer_0, attention, mlp: the sensitivity probe"):
         _check_targets(model, [("layer_0", layer_target(0)), *KIND_TARGETS.items()], "m")
+
+
+@pytest.mark.parametrize("name, message", [("none", "quant=none has no scheme to probe"),
+                                           ("static", "scheme FP8 sets static activation scales")])
+def test_a_scheme_the_probe_cannot_quantize_data_free_is_refused_before_any_work(tmp_path, name, message):
+    from pipelines.config import ConfigError
+    from pipelines.models import BaseModel
+    from pipelines.pipeline import compose_config
+
+    quant = QuantConfig(name="none") if name == "none" else QuantConfig(name=name, method="rtn", scheme="FP8")
+    with pytest.raises(ConfigError, match=message):
+        measure_sensitivity(compose_config([f"cache_dir={tmp_path}"]), BaseModel("b", tmp_path, "f", {}), quant)
+    assert not any(tmp_path.iterdir())

@@ -83,7 +83,7 @@ class Sensitivity:
 
 def measure_sensitivity(cfg: RunConfig, base: BaseModel, quant: QuantConfig) -> Sensitivity:
     """The sensitivity of `base` to `quant`'s scheme, per layer and per module kind (cached on disk)."""
-    _check_data_free(quant)
+    _check_probe_scheme(quant)
     text, source = probe_text(cfg, base, quant)
     key = sensitivity_key(cfg, base, quant, text)
     directory = Path(cfg.cache_dir) / "sensitivity" / base.name / f"{preset_name(quant.scheme)}-{key}"
@@ -120,7 +120,10 @@ def probe_text(cfg: RunConfig, base: BaseModel, quant: QuantConfig) -> tuple[str
     return "\n\n".join(load_calibration(quant.calibration, base.path)), "calibration"
 
 
-def _check_data_free(quant: QuantConfig) -> None:
+def _check_probe_scheme(quant: QuantConfig) -> None:
+    if not quant.scheme:
+        raise ConfigError(f"quant={quant.name} has no scheme to probe sensitivity to; list quantized schemes "
+                          "(e.g. fp8, w8a8, gptq)")
     if preset_name(quant.scheme) in STATIC_ACTIVATION_PRESETS:
         raise ConfigError(f"sensitivity is probed data-free, and scheme {quant.scheme} sets static activation "
                           "scales from data; probe its dynamic twin (e.g. FP8_DYNAMIC) instead")
@@ -141,6 +144,7 @@ def _probe(cfg: RunConfig, base: BaseModel, quant: QuantConfig, text: str, sourc
     _check_targets(model, units, base.name)
     results = [scorer.compare(base_file, unit, quantized_copy(model, quant, target), target)
                for unit, target in units]
+    base_file.unlink()  # the cache keeps the numbers, not a vocabulary-wide file
     log.info("sensitivity of %s to %s: %s", base.name, quant.scheme,
              ", ".join(f"{r.unit} {r.kl_mean:.2e}" for r in results))
     return Sensitivity(scheme=preset_name(quant.scheme), group_size=quant.group_size, layers=results[:layers],
@@ -180,7 +184,7 @@ class _Scorer:
         unit_file = self.score(model, unit)
         divergence = reference_divergence(str(base_file), str(unit_file), self.cfg.gate.confidence,
                                           self.cfg.eval.bootstrap_samples, self.cfg.seed)
-        unit_file.unlink()  # only the numbers are kept: one vocabulary-wide file per unit adds up
+        unit_file.unlink()
         self.tokens = divergence.tokens
         return UnitKL(unit=unit, target=target, kl_mean=divergence.kl_mean, kl_ci_low=divergence.kl_ci_low,
                       kl_ci_high=divergence.kl_ci_high, top1_agreement=divergence.top1_agreement)

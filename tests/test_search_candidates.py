@@ -14,11 +14,12 @@ from pipelines.quantize import variant_key
 from pipelines.quantize.schemes import check_scheme
 from pipelines.search.candidates import BASE, build_candidates, write_quant_yaml
 from pipelines.search.sensitivity import Sensitivity, UnitKL, layer_target
-from pipelines.sizing import ModelSize
+from pipelines.shape import ModelShape
 
 # 4 layers of 1000 decoder Linear weights each, 600 other weights, float32.
-SHAPE = ModelSize(params=4600.0, linear_params=4000.0, lm_head_params=0.0, layers=4, hidden=128, intermediate=256,
-                  heads=2, kv_heads=2, head_dim=64, vocab=512, max_positions=512, dtype="float32")
+SHAPE = ModelShape(params=4600.0, layers=4, kv_heads=2, head_dim=64, weight_bytes=4600 * 4, dtype="float32",
+                   compute_dtype="float32", hidden=128, intermediate=256, heads=2, vocab=512, max_positions=512,
+                   linear_params=4000.0, lm_head_params=0.0)
 
 
 def quant(name: str) -> QuantConfig:

@@ -33,7 +33,8 @@ from pipelines.config import PrecisionOverride, QuantConfig
 from pipelines.errors import ConfigError
 from pipelines.quantize.schemes import OVERRIDE_METHODS, preset_name, uses_calibration, weight_format, weight_only_int
 from pipelines.search.sensitivity import Sensitivity, layer_target
-from pipelines.sizing import DTYPE_BYTES, ModelSize, variant_bytes
+from pipelines.shape import DTYPE_BYTES, ModelShape
+from pipelines.sizing import variant_bytes
 from pipelines.storage import atomic_write_text
 
 # plain_costs key of the base model's measured cost (the quant=none variant).
@@ -51,9 +52,11 @@ class Candidate:
     predicted_cost_per_mtok: float | None  # $ per 1M output tokens, predicted; None: no measured costs
 
 
-def build_candidates(schemes: list[QuantConfig], sensitivity: dict[str, Sensitivity], shape: ModelSize,
+def build_candidates(schemes: list[QuantConfig], sensitivity: dict[str, Sensitivity], shape: ModelShape,
                      max_kept: int, plain_costs: dict[str, float] | None) -> list[Candidate]:
-    """Every scheme with 0..max_kept of its most sensitive layers kept, cheapest predicted first."""
+    """Every scheme with 0..max_kept of its most sensitive layers kept, cheapest predicted first.
+
+    `shape` is the base's (`sizing.model_size`): its Linear and lm_head parameter counts are set."""
     if max_kept < 0:
         raise ConfigError(f"max_kept={max_kept} must be >= 0")
     missing = [quant.name for quant in schemes if quant.name not in sensitivity]
@@ -70,7 +73,7 @@ def _cheapest_first(candidate: Candidate) -> tuple:
     return (cost is None, cost or 0.0, candidate.predicted_bytes, candidate.name)
 
 
-def _scheme_candidates(quant: QuantConfig, sensitivity: Sensitivity, shape: ModelSize, max_kept: int,
+def _scheme_candidates(quant: QuantConfig, sensitivity: Sensitivity, shape: ModelShape, max_kept: int,
                        costs: _PlainCosts) -> list[Candidate]:
     ranked = sensitivity.ranked_layers()
     recipes = [(quant, [])]
@@ -92,7 +95,7 @@ def takes_override(quant: QuantConfig) -> bool:
     return weight_only is not None and weight_only[0] < 8 and quant.method in OVERRIDE_METHODS
 
 
-def _candidate(recipe: QuantConfig, plain: QuantConfig, kept: list[int], shape: ModelSize,
+def _candidate(recipe: QuantConfig, plain: QuantConfig, kept: list[int], shape: ModelShape,
                costs: _PlainCosts) -> Candidate:
     kept_scheme = OVERRIDE_SCHEME if recipe.precision_overrides != plain.precision_overrides else None
     kept_fraction = len(kept) / shape.layers
@@ -101,14 +104,14 @@ def _candidate(recipe: QuantConfig, plain: QuantConfig, kept: list[int], shape: 
                      predicted_cost_per_mtok=costs.predict(plain, kept_fraction, kept_scheme))
 
 
-def predicted_bytes(shape: ModelSize, plain: QuantConfig, kept_layers: int, kept_scheme: str | None) -> int:
+def predicted_bytes(shape: ModelShape, plain: QuantConfig, kept_layers: int, kept_scheme: str | None) -> int:
     """The plain scheme's bytes with `kept_layers` layers' Linear weights in `kept_scheme` (None: the base dtype)."""
     layer_weights = shape.linear_params / shape.layers
     moved = bytes_per_weight(shape, kept_scheme, None) - bytes_per_weight(shape, plain.scheme, plain.group_size)
     return int(round(variant_bytes(shape, plain) + kept_layers * layer_weights * moved))
 
 
-def bytes_per_weight(shape: ModelSize, scheme: str | None, group_size: int | None) -> float:
+def bytes_per_weight(shape: ModelShape, scheme: str | None, group_size: int | None) -> float:
     """Bytes one weight takes in `scheme` (None: unquantized), its share of the group scale included."""
     bits, group, scale_bytes = weight_format(scheme, 8 * DTYPE_BYTES[shape.dtype])
     group = group_size or group

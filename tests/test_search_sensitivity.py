@@ -176,3 +176,18 @@ def test_a_scheme_the_probe_cannot_quantize_data_free_is_refused_before_any_work
     with pytest.raises(ConfigError, match=message):
         measure_sensitivity(compose_config([f"cache_dir={tmp_path}"]), BaseModel("b", tmp_path, "f", {}), quant)
     assert not any(tmp_path.iterdir())
+
+
+def test_the_probe_reads_the_calibration_texts_when_there_is_no_reference_text(tmp_path):
+    from pipelines.embedded import CALIBRATION_TEXT, REFERENCE_TEXT
+    from pipelines.models import BaseModel
+    from pipelines.pipeline import compose_config
+    from pipelines.quantize.calibration import load_calibration
+    from pipelines.search.sensitivity import probe_text
+
+    cfg = compose_config(["eval.reference_text=null", "quant.calibration.num_samples=3"])
+    base = BaseModel("b", tmp_path, "f", {})
+    assert probe_text(cfg, base, cfg.quant) == ("\n\n".join(load_calibration(cfg.quant.calibration)), "calibration")
+    assert CALIBRATION_TEXT.read_text().startswith(probe_text(cfg, base, cfg.quant)[0][:40])
+    with_reference = compose_config([])
+    assert probe_text(with_reference, base, with_reference.quant) == (REFERENCE_TEXT.read_text(), "reference")

@@ -15,7 +15,7 @@ import contextlib
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from omegaconf import OmegaConf
 
@@ -33,6 +33,8 @@ from pipelines.track import resolved_config
 log = logging.getLogger(__name__)
 
 BASELINE: QuantConfig = load_group_config("quant", "none")
+# An evaluate stage that scores base and variant together (run_variant's `evaluate`).
+Evaluator = Callable[[RunConfig, Variant, Variant], tuple[EvalResult, EvalResult]]
 # Written instead of outcome.json when Ctrl-C or SIGTERM cut the run short.
 INTERRUPTED = "INTERRUPTED"
 
@@ -48,10 +50,12 @@ def compose_config(overrides: list[str] | None = None) -> RunConfig:
 
 
 def run_variant(cfg: RunConfig, output_dir: Path | None = None, parent_run_id: str | None = None,
-                preflighted: bool = False) -> Outcome:
+                preflighted: bool = False, evaluate: Evaluator | None = None) -> Outcome:
     """Run every stage for `cfg.quant` against the base; returns what each stage produced.
 
-    `preflighted=True` only from the CLI, which preflights every config of a command before its first job."""
+    `preflighted=True` only from the CLI, which preflights every config of a command before its first job.
+    `evaluate(cfg, base_variant, variant)` replaces the evaluate stage (in process only): the recipe
+    search (pipelines/search) scores each side of its split with it."""
     from pipelines.models import offline_environment
 
     offline_environment(cfg.model)
@@ -64,7 +68,7 @@ def run_variant(cfg: RunConfig, output_dir: Path | None = None, parent_run_id: s
     (output_dir / INTERRUPTED).unlink(missing_ok=True)
     log.info("variant %s of %s: outputs in %s", cfg.quant.name, cfg.model.name, output_dir)
     try:
-        outcome = _run_stages(cfg, output_dir)
+        outcome = _run_stages(cfg, output_dir, evaluate)
         interrupts.entering("track")
         _track(cfg, outcome, parent_run_id)
         _save(outcome, output_dir)
@@ -86,7 +90,7 @@ def failed_outcome(cfg: RunConfig, error: BaseException, output_dir: Path | None
                    output_dir=str(output_dir) if output_dir else None, exit_code=code)
 
 
-def _run_stages(cfg: RunConfig, output_dir: Path) -> Outcome:
+def _run_stages(cfg: RunConfig, output_dir: Path, evaluate: Evaluator | None) -> Outcome:
     """The stages in order; a failing one ends the run with what the ones before it produced."""
     from pipelines.models import resolve_base
 
@@ -95,7 +99,7 @@ def _run_stages(cfg: RunConfig, output_dir: Path) -> Outcome:
         with run.stage("load base", timed=False):
             base = resolve_base(cfg.model)
         with sigterm_as_interrupt():  # SIGTERM unwinds like Ctrl-C: every server started here is stopped
-            _stages(cfg, base, output_dir, run)
+            _stages(cfg, base, output_dir, run, evaluate)
     except UserError:
         raise
     except Exception as failure:  # any stage's failure is this variant's failure; the sweep goes on
@@ -107,7 +111,7 @@ def _run_stages(cfg: RunConfig, output_dir: Path) -> Outcome:
     return outcome
 
 
-def _stages(cfg: RunConfig, base, output_dir: Path, run: StageLog) -> None:
+def _stages(cfg: RunConfig, base, output_dir: Path, run: StageLog, evaluate: Evaluator | None) -> None:
     """quantize -> evaluate (or serve both, score each, time them paired) -> fidelity -> benchmark -> cost -> gate."""
     with run.stage("quantize", cached=("variant",)):
         base_variant = run.keep(base_variant=_quantize(cfg, BASELINE, base))
@@ -118,8 +122,8 @@ def _stages(cfg: RunConfig, base, output_dir: Path, run: StageLog) -> None:
             cfg, {"base": base_variant, "variant": variant}, output_dir, run)
     else:
         with run.stage("evaluate", cached=("base_eval", "variant_eval")):
-            if cfg.eval.sequential:  # both scored look by look until every blocking rule is decided
-                base_eval, variant_eval = _evaluate_sequential(cfg, base_variant, variant)
+            if evaluate is not None or cfg.eval.sequential:  # sequential: look by look until decided
+                base_eval, variant_eval = (evaluate or _evaluate_sequential)(cfg, base_variant, variant)
                 run.keep(base_eval=base_eval, variant_eval=variant_eval)
             else:
                 base_eval = run.keep(base_eval=_evaluate(cfg, base_variant))

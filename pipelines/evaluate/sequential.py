@@ -178,19 +178,14 @@ def _unit_score(item: dict) -> float:
     return score
 
 
-def evaluate_sequential(cfg: RunConfig, base: Variant, variant: Variant) -> tuple[EvalResult, EvalResult]:
-    """Score base and variant look by look until every task stopped; returns both EvalResults."""
+def evaluate_sequential(cfg: RunConfig, base: Variant, variant: Variant,
+                        only: dict[str, list[int]] | None = None) -> tuple[EvalResult, EvalResult]:
+    """Score base and variant look by look until every task stopped; returns both EvalResults.
 
+    `only`: per task, the documents it may use (a split's side, pipelines/search/split.py); None: all."""
     start = time.perf_counter()
-    include, text = resolve_include_path(cfg.eval.include_path), reference_text(cfg.eval.reference_text)
-    suite = suite_hash(include)
-    settings = {role: _settings(cfg, model, requested_settings(cfg, text)) for role, model in
-                (("base", base), ("variant", variant))}
-    full = stable_hash({"settings": {**requested_settings(cfg, text), "limit": None}, "suite": suite})
-    scorers = {role: ItemScorer(cfg, model, settings[role], suite, include,
-                                cache_directory(cfg, model.content_hash, full))
-               for role, model in (("base", base), ("variant", variant))}
-    plans = plan_tasks(cfg, scorers["base"].manager())
+    scorers, settings, suite, text = _scorers(cfg, base, variant)
+    plans = plan_tasks(cfg, scorers["base"].manager(), only)
     monitors: dict[str, TaskMonitor] = {}
     while active := [task for task, plan in plans.items() if plan.stop_reason is None]:
         chunks = {task: plans[task].next_chunk(cfg.eval.chunk_size) for task in active}
@@ -215,13 +210,43 @@ def evaluate_sequential(cfg: RunConfig, base: Variant, variant: Variant) -> tupl
             _result(cfg, scorers["variant"], settings["variant"], suite, used, text, key, seconds, records))
 
 
-def plan_tasks(cfg: RunConfig, manager) -> dict[str, TaskPlan]:
-    """Every leaf task's units (items, or clusters of items) in an order drawn from eval.seed."""
+def evaluate_fixed(cfg: RunConfig, base: Variant, variant: Variant,
+                   doc_ids: dict[str, list[int]]) -> tuple[EvalResult, EvalResult]:
+    """Score base and variant on exactly `doc_ids` (per task) in one look: a fixed-n evaluation of
+    those items, whose EvalResults carry no sequence, so the gate decides on fixed-n intervals."""
+    start = time.perf_counter()
+    scorers, settings, suite, text = _scorers(cfg, base, variant)
+    used = {task: sorted(ids) for task, ids in doc_ids.items()}
+    for scorer in scorers.values():
+        scorer.score(used)
+    key = stable_hash({"base": base.content_hash, "variant": variant.content_hash, "used": used, "suite": suite,
+                       "settings": settings["variant"], "fixed": True})
+    seconds = time.perf_counter() - start
+    return (_result(cfg, scorers["base"], settings["base"], suite, used, text, key, seconds, []),
+            _result(cfg, scorers["variant"], settings["variant"], suite, used, text, key, seconds, []))
+
+
+def _scorers(cfg: RunConfig, base: Variant, variant: Variant) -> tuple[dict[str, ItemScorer], dict, str, str | None]:
+    """Each model's per-item scorer, its eval settings, the suite's content hash and the reference text."""
+    include, text = resolve_include_path(cfg.eval.include_path), reference_text(cfg.eval.reference_text)
+    suite = suite_hash(include)
+    settings = {role: _settings(cfg, model, requested_settings(cfg, text)) for role, model in
+                (("base", base), ("variant", variant))}
+    full = stable_hash({"settings": {**requested_settings(cfg, text), "limit": None}, "suite": suite})
+    scorers = {role: ItemScorer(cfg, model, settings[role], suite, include,
+                                cache_directory(cfg, model.content_hash, full))
+               for role, model in (("base", base), ("variant", variant))}
+    return scorers, settings, suite, text
+
+
+def task_units(cfg: RunConfig, manager) -> dict[str, tuple[list[list[int]], bool]]:
+    """Every leaf task's units (its items, or its clusters' items when it names a cluster key) in
+    document order, and whether they are clusters."""
     from lm_eval.tasks import get_task_dict
 
     from pipelines.evaluate.items import document_cluster
 
-    plans = {}
+    units = {}
     for task, obj in sorted(_leaves(get_task_dict(list(cfg.eval.tasks), manager))):
         docs = list(obj.eval_docs)[:cfg.eval.limit or None]
         metadata = obj.config.metadata if isinstance(obj.config.metadata, dict) else {}
@@ -229,10 +254,24 @@ def plan_tasks(cfg: RunConfig, manager) -> dict[str, TaskPlan]:
         groups: dict[str, list[int]] = {}
         for doc_id, doc in enumerate(docs):
             groups.setdefault(document_cluster(doc, key, task) if key else str(doc_id), []).append(doc_id)
-        units = list(groups.values())
+        units[task] = (list(groups.values()), bool(key))
+    if not units:
+        raise InputError(f"eval.tasks={list(cfg.eval.tasks)} has no leaf task with documents")
+    return units
+
+
+def plan_tasks(cfg: RunConfig, manager, only: dict[str, list[int]] | None = None) -> dict[str, TaskPlan]:
+    """Every leaf task's units in an order drawn from eval.seed; with `only`, the units of its
+    documents alone (in the same order), and only its tasks."""
+    plans = {}
+    for task, (units, clustered) in task_units(cfg, manager).items():
         rng = np.random.default_rng(int(stable_hash({"seed": cfg.eval.seed, "task": task}), 16))
-        order = rng.permutation(len(units))
-        plans[task] = TaskPlan(task, [units[i] for i in order], clustered=bool(key))
+        ordered = [units[i] for i in rng.permutation(len(units))]
+        if only is not None:
+            allowed = set(only.get(task, ()))
+            ordered = [unit for unit in ordered if unit[0] in allowed]
+        if ordered or only is None:
+            plans[task] = TaskPlan(task, ordered, clustered=clustered)
     if not plans:
         raise InputError(f"eval.tasks={list(cfg.eval.tasks)} has no leaf task with documents")
     return plans

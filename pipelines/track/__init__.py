@@ -49,8 +49,9 @@ class Tracker(Protocol):
         """Create the sweep's parent run and return its id (pass it to every job)."""
 
     def log_outcome(self, outcome: Outcome, config: dict[str, Any], parent_run_id: str | None = None,
-                    reference: bool = False) -> str:
-        """Log one variant (or the base, `reference=True`) as a run; return its run id."""
+                    reference: bool = False, register: bool = True) -> str:
+        """Log one variant (or the base, `reference=True`) as a run; return its run id. `register=False`:
+        a PROMOTE registers no model version (a recipe search's trial on its search split)."""
 
     def log_sweep_report(self, parent_run_id: str, files: list[Path], outcomes: list[Outcome] | None = None,
                          champions: list[ChampionDecision] | None = None) -> None:

@@ -143,7 +143,7 @@ class MLflowTracker:
         return run.info.run_id
 
     def log_outcome(self, outcome: Outcome, config: dict[str, Any], parent_run_id: str | None = None,
-                    reference: bool = False) -> str:
+                    reference: bool = False, register: bool = True) -> str:
         tags = {**outcome_tags(outcome, config, "reference" if reference else "variant"), **_git_tags(),
                 **{f"quantgate.version.{k}": v for k, v in library_versions(*self.libraries).items()}}
         tags[NOTE_TAG] = run_description(outcome, tags.get("quantgate.scheme"), tags.get("quantgate.engine"),
@@ -154,7 +154,7 @@ class MLflowTracker:
         run_id = _retry(self.client.create_run, self.experiment_id, start_time=started_ms,
                         run_name=run_name(outcome), tags=tags).info.run_id
         try:
-            self._log_results(run_id, outcome, config, tags, reference, ended_ms)
+            self._log_results(run_id, outcome, config, tags, reference, ended_ms, register)
         except BaseException:
             _retry(self.client.set_terminated, run_id, "FAILED")  # never leave a run RUNNING forever
             raise
@@ -194,7 +194,7 @@ class MLflowTracker:
         return self.tracking.registered_model or model
 
     def _log_results(self, run_id: str, outcome: Outcome, config: dict[str, Any], tags: dict[str, str],
-                     reference: bool, timestamp_ms: int) -> None:
+                     reference: bool, timestamp_ms: int, register: bool = True) -> None:
         datasets = dataset_refs(outcome)
         if datasets:
             _retry(self.client.log_inputs, run_id, datasets=[d.as_input() for d in datasets])
@@ -203,7 +203,7 @@ class MLflowTracker:
         _retry(self.client.log_batch, run_id, params=_params(config),
                metrics=_linked_metrics(metrics, timestamp_ms, model_id, datasets))
         self._log_artifacts(run_id, outcome, config, metrics)
-        if outcome.verdict and outcome.verdict.decision == "PROMOTE" and not reference and model_id:
+        if outcome.verdict and outcome.verdict.decision == "PROMOTE" and not reference and model_id and register:
             self._register(run_id, outcome, model_id)
 
     def _log_model(self, run_id: str, outcome: Outcome, tags: dict[str, str], reference: bool) -> str:

@@ -1,0 +1,158 @@
+"""The recipe search on the real pipeline: sensitivity, candidates, the split, every candidate a
+child run of one MLflow parent, the chosen one certified on the confirmation split.
+
+    python -m pipelines.search quant=[fp8,w8a8]
+
+Each trial is an ordinary variant run (pipelines/pipeline.run_variant: quantize, evaluate, fidelity,
+benchmark, cost, gate) whose evaluate stage is restricted to one side of the split: sequential on
+the search side, fixed-n on the confirmation side. Search trials never register a model version;
+the confirmation run does as any run does, and the champion alias is crowned from it alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+from pathlib import Path
+
+from pipelines import pareto
+from pipelines.config import RunConfig
+from pipelines.records import Outcome
+from pipelines.search.config import SearchConfig
+from pipelines.search.procedure import FAILED, Budget, SearchResult, Trial, run_search
+from pipelines.search.split import side, split_tasks
+from pipelines.storage import atomic_write_text
+from pipelines.track import make_tracker, resolved_config
+
+log = logging.getLogger(__name__)
+
+
+def check(cfg: RunConfig) -> None:
+    """Preflight: the search split is evaluated sequentially, in process (pipelines/evaluate/sequential.py)."""
+    from pipelines.evaluate import sequential
+
+    sequential.check(dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, sequential=True)))
+
+
+def search(configs: list[RunConfig], search_cfg: SearchConfig, output_dir: Path) -> SearchResult:
+    """Search the recipes built from every config's scheme (configs differ only in `quant`)."""
+    from pipelines.models import resolve_base
+    from pipelines.search.candidates import build_candidates
+
+    cfg = configs[0]
+    base = resolve_base(cfg.model)
+    candidates = build_candidates([c.quant for c in configs], _sensitivities(configs, base), _shape(base),
+                                  search_cfg.max_kept, _plain_costs(configs, base))
+    log.info("search: %d candidates, cheapest predicted first: %s", len(candidates),
+             ", ".join(c.name for c in candidates))
+    splits = split_tasks(cfg, _manager(cfg), search_cfg.confirmation_share)
+    atomic_write_text(output_dir / "split.json", json.dumps({t: dataclasses.asdict(s) for t, s in splits.items()}))
+    tracker = make_tracker(cfg.tracking)
+    parent = tracker.start_sweep(output_dir.name, resolved_config(cfg)) if tracker else None
+    outcomes: dict[str, Outcome] = {}
+    on_search = functools.partial(_trial, cfg, output_dir, parent, side(splits, "search"), "search", outcomes)
+    on_confirm = functools.partial(_trial, cfg, output_dir, parent, side(splits, "confirmation"), "confirmation",
+                                   outcomes)
+    result = run_search(candidates, on_search, on_confirm,
+                        Budget(search_cfg.budget.max_candidates, search_cfg.budget.max_items))
+    _finish(cfg, result, candidates, outcomes, output_dir, tracker, parent)
+    return result
+
+
+def _trial(cfg: RunConfig, output_dir: Path, parent: str | None, doc_ids: dict[str, list[int]], split: str,
+           outcomes: dict[str, Outcome], candidate) -> Trial:
+    """One candidate gated on one side of the split; a search trial registers nothing."""
+    from pipelines.pipeline import run_variant
+    from pipelines.evaluate.sequential import evaluate_fixed, evaluate_sequential
+
+    evaluate = evaluate_sequential if split == "search" else evaluate_fixed
+    trial_cfg = dataclasses.replace(cfg, quant=candidate.quant)
+    untracked = dataclasses.replace(trial_cfg, tracking=dataclasses.replace(cfg.tracking, enabled=False))
+    log.info("search: %s on the %s split (%d items)", candidate.name, split, sum(map(len, doc_ids.values())))
+    outcome = run_variant(untracked, output_dir / split / candidate.name, preflighted=True,
+                          evaluate=lambda c, b, v: evaluate(c, b, v, doc_ids))
+    _track(trial_cfg, outcome, parent, register=split == "confirmation")
+    outcomes[f"{split}/{candidate.name}"] = outcome
+    trial = trial_of(outcome, candidate, split)
+    log.info("search: %s on the %s split: %s after %d items", candidate.name, split, trial.decision, trial.items)
+    return trial
+
+
+def _track(cfg: RunConfig, outcome: Outcome, parent: str | None, register: bool) -> None:
+    tracker = make_tracker(cfg.tracking)
+    if tracker is not None:
+        outcome.run_id = tracker.log_outcome(outcome, resolved_config(cfg), parent_run_id=parent, register=register)
+
+
+def trial_of(outcome: Outcome, candidate, split: str) -> Trial:
+    """The numbers of one trial's outcome that the search and its summary need."""
+    failed = outcome.error is not None or outcome.verdict is None
+    return Trial(candidate=candidate.name, split=split, decision=FAILED if failed else outcome.verdict.decision,
+                 reasons=[outcome.error] if failed else list(outcome.verdict.reasons),
+                 items=sum(t.n for t in outcome.variant_eval.tasks) if outcome.variant_eval else 0,
+                 exit_code=outcome.exit_code, kept=list(candidate.kept), predicted_bytes=candidate.predicted_bytes,
+                 predicted_cost_per_mtok=candidate.predicted_cost_per_mtok,
+                 measured_cost_per_mtok=pareto.usd_per_million(outcome),
+                 worst_delta_low=pareto.worst_delta_bound(outcome),
+                 checkpoint_bytes=outcome.variant.size_bytes if outcome.variant else None,
+                 output_dir=outcome.output_dir)
+
+
+def _sensitivities(configs: list[RunConfig], base) -> dict:
+    from pipelines.search.sensitivity import measure_sensitivity
+
+    return {cfg.quant.name: measure_sensitivity(cfg, base, cfg.quant) for cfg in configs}
+
+
+def _shape(base):
+    from pipelines.sizing import read_model_shape
+
+    return read_model_shape(base.path)
+
+
+def _plain_costs(configs: list[RunConfig], base) -> dict[str, float] | None:
+    """Each plain scheme's measured $/1M output tokens (its paired benchmark, cached for its trial)."""
+    from pipelines.bench.paired import run_paired_benchmark
+    from pipelines.cost import estimate_cost
+    from pipelines.pipeline import BASELINE
+    from pipelines.quantize import run_quantize
+    from pipelines.sizing import read_model_shape
+
+    if not configs[0].bench.enabled:
+        return None
+    costs = {}
+    for cfg in configs:
+        reference = run_quantize(BASELINE, base, Path(cfg.cache_dir), seed=cfg.seed)
+        variant = run_quantize(cfg.quant, base, Path(cfg.cache_dir), seed=cfg.seed)
+        base_bench, bench = run_paired_benchmark(cfg, reference, variant)
+        cost = estimate_cost(bench, cfg.hardware, cfg.bench, read_model_shape(variant.checkpoint_dir), base_bench,
+                             cfg.gate.confidence)
+        if cost.measured is not None:
+            costs[cfg.quant.name] = cost.measured.usd_per_million_output_tokens
+    return costs
+
+
+def _manager(cfg: RunConfig):
+    from pipelines.evaluate.suites import resolve_include_path, task_manager
+
+    return task_manager(cfg.eval.tasks, resolve_include_path(cfg.eval.include_path))
+
+
+def _finish(cfg: RunConfig, result: SearchResult, candidates: list, outcomes: dict[str, Outcome], output_dir: Path,
+            tracker, parent: str | None) -> None:
+    """The recipe's YAML, the summary and the chart; the champion crowned from the confirmation run alone."""
+    from pipelines.search.candidates import write_quant_yaml
+    from pipelines.search.summary import write_summary
+    from pipelines.sweep import crown_champions
+
+    named = {c.name: c for c in candidates}
+    if result.best is not None:
+        path = write_quant_yaml(named[result.best], output_dir / "conf" / "quant" / f"{result.best}.yaml")
+        log.info("search: recipe %s written to %s (python -m pipelines.run quant=%s)", result.best, path, path)
+    files = write_summary(result, output_dir)
+    confirmed = [outcomes[f"confirmation/{result.chosen}"]] if result.chosen else []
+    champions = crown_champions(confirmed, cfg.gate.champion_policy, tracker) if confirmed else []
+    if tracker is not None and parent:
+        tracker.log_sweep_report(parent, files, confirmed, champions)

@@ -1,0 +1,84 @@
+"""The search / confirmation split (pipelines/search/split.py) and the sequential plan restricted to one side."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from pipelines.search.split import side, split_tasks, split_units
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    from pipelines.pipeline import compose_config
+
+    return compose_config(["tracking=off", "bench=off"])
+
+
+@pytest.fixture(scope="module")
+def manager(cfg):
+    from pipelines.evaluate.suites import resolve_include_path, task_manager
+
+    return task_manager(cfg.eval.tasks, resolve_include_path("embedded"))
+
+
+def test_sides_are_disjoint_cover_every_item_and_keep_clusters_whole(cfg, manager):
+    from pipelines.evaluate.sequential import task_units
+
+    splits = split_tasks(cfg, manager, 0.5)
+    for task, (units, clustered) in task_units(cfg, manager).items():
+        search, confirmation = set(splits[task].search), set(splits[task].confirmation)
+        assert not search & confirmation
+        assert search | confirmation == {d for unit in units for d in unit}
+        assert all(set(unit) <= search or set(unit) <= confirmation for unit in units)
+    assert task_units(cfg, manager)["qg_vendor_facts"][1]  # the clustered task is among those checked
+
+
+def test_confirmation_holds_its_share_of_the_items(cfg, manager):
+    splits = split_tasks(cfg, manager, 0.3)
+    invoices = splits["qg_invoice_total"]  # 600 single items: exactly 180 held out
+    assert len(invoices.confirmation) == 180 and len(invoices.search) == 420
+
+
+def test_split_is_seeded_and_not_the_sequential_order():
+    units = [[d] for d in range(100)]
+    first, again, other = (split_units("t", units, 1234, 0.5), split_units("t", units, 1234, 0.5),
+                           split_units("t", units, 7, 0.5))
+    assert first == again and first.confirmation != other.confirmation
+
+
+def test_whole_cluster_goes_to_one_side_even_past_the_share():
+    """Units of 3: the side fills unit by unit, so it may pass its share by less than one unit."""
+    split = split_units("t", [[3 * i, 3 * i + 1, 3 * i + 2] for i in range(10)], 0, 0.5)
+    assert len(split.confirmation) == 15 or len(split.confirmation) == 18
+    assert all((d // 3) * 3 in split.confirmation for d in split.confirmation)
+
+
+def test_plan_restricted_to_a_side_keeps_the_full_plan_order(cfg, manager):
+    from pipelines.evaluate.sequential import plan_tasks
+
+    full, splits = plan_tasks(cfg, manager), split_tasks(cfg, manager, 0.5)
+    restricted = plan_tasks(cfg, manager, side(splits, "search"))
+    for task, plan in restricted.items():
+        allowed = set(splits[task].search)
+        assert plan.units == [unit for unit in full[task].units if unit[0] in allowed]
+
+
+def test_unrestricted_plan_is_unchanged(cfg, manager):
+    """plan_tasks without a split: the seeded permutation of task_units, as before the split existed."""
+    import numpy as np
+
+    from pipelines.evaluate.sequential import plan_tasks, task_units
+    from pipelines.storage import stable_hash
+
+    plans = plan_tasks(cfg, manager)
+    for task, (units, _) in task_units(cfg, manager).items():
+        order = np.random.default_rng(int(stable_hash({"seed": cfg.eval.seed, "task": task}), 16)).permutation(len(units))
+        assert plans[task].units == [units[i] for i in order]
+
+
+def test_limit_applies_before_the_split(cfg, manager):
+    limited = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, limit=40))
+    splits = split_tasks(limited, manager, 0.5)
+    assert sorted(splits["qg_invoice_total"].search + splits["qg_invoice_total"].confirmation) == list(range(40))

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import traceback
 import typing
+from pathlib import Path
 from typing import Callable, Iterator
 
 from hydra.core.global_hydra import GlobalHydra
@@ -71,7 +72,7 @@ def compose_command(argv: list[str]) -> tuple[list[RunConfig], DictConfig | None
     """
     from hydra._internal.utils import get_args_parser
 
-    args = get_args_parser().parse_args(argv)
+    args = get_args_parser().parse_args(expand_yaml_choices(argv))
     overrides = list(args.overrides)
     searchpath = [o for o in overrides if o.lstrip("+").startswith("hydra.searchpath=")]
     register_schemas()
@@ -87,6 +88,29 @@ def compose_command(argv: list[str]) -> tuple[list[RunConfig], DictConfig | None
                 for combination in _expand_sweeps(overrides)], None
     finally:
         GlobalHydra.instance().clear()
+
+
+def expand_yaml_choices(argv: list[str]) -> list[str]:
+    """`quant=path/to/conf/quant/x.yaml` (an existing file, e.g. the recipe a search wrote) becomes
+    `quant=x` with the file's group folder's parent (path/to/conf) on hydra.searchpath."""
+    folders, expanded = [], []
+    for arg in argv:
+        group, _, value = arg.partition("=")
+        path = Path(value)
+        if group in GROUPS and value.endswith(".yaml") and path.is_file():
+            if path.parent.name != group:
+                raise ConfigError(f"{group}={value}: keep the file in a folder named {group}/ (its parent "
+                                  "folder goes on hydra.searchpath), e.g. my_conf/quant/x.yaml")
+            folders.append(f"file://{path.parent.parent.resolve()}")
+            arg = f"{group}={path.stem}"
+        expanded.append(arg)
+    if not folders:
+        return argv
+    given = [arg for arg in expanded if arg.lstrip("+").startswith("hydra.searchpath=")]
+    listed = [p.strip() for arg in given for p in arg.split("=", 1)[1].strip("[]").split(",") if p.strip()]
+    kept = [arg for arg in expanded if arg not in given]
+    at = next(i for i, arg in enumerate(kept) if arg not in argv) + 1  # after the first rewritten choice,
+    return [*kept[:at], f"hydra.searchpath=[{','.join(listed + folders)}]", *kept[at:]]  # before any flag
 
 
 def run_composed(task: Callable[[DictConfig], None], cfg: DictConfig) -> None:

@@ -21,7 +21,8 @@ import hydra
 from omegaconf import DictConfig
 
 from pipelines import interrupts, logs, sweep
-from pipelines.cli import compose_command, is_inspection, log_traceback, report_failure, run_composed, to_run_config
+from pipelines.cli import (compose_command, expand_yaml_choices, is_inspection, log_traceback, report_failure,
+                           run_composed, to_run_config)
 from pipelines.config import RunConfig, register_schemas
 from pipelines.errors import failure_line
 from pipelines.storage import check_creatable
@@ -57,7 +58,7 @@ def run_job(run_cfg: RunConfig) -> None:
 
 
 def main() -> None:
-    argv = sys.argv[1:]
+    argv = sys.argv[1:] = expand_yaml_choices(sys.argv[1:])  # Hydra's own jobs read sys.argv too
     if is_inspection(argv):
         job()
         return

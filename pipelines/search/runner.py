@@ -43,7 +43,7 @@ def search(configs: list[RunConfig], search_cfg: SearchConfig, output_dir: Path)
 
     cfg = configs[0]
     base = resolve_base(cfg.model)
-    candidates = build_candidates([c.quant for c in configs], _sensitivities(configs, base), _shape(base),
+    candidates = build_candidates([c.quant for c in configs], _sensitivities(configs, base), _shape(cfg, base),
                                   search_cfg.max_kept, _plain_costs(configs, base))
     log.info("search: %d candidates, cheapest predicted first: %s", len(candidates),
              ", ".join(c.name for c in candidates))
@@ -106,18 +106,20 @@ def _sensitivities(configs: list[RunConfig], base) -> dict:
     return {cfg.quant.name: measure_sensitivity(cfg, base, cfg.quant) for cfg in configs}
 
 
-def _shape(base):
-    from pipelines.sizing import read_model_shape
+def _shape(cfg: RunConfig, base):
+    from pipelines.sizing import model_size
 
-    return read_model_shape(base.path)
+    return model_size(base.config, cfg.model)
 
 
 def _plain_costs(configs: list[RunConfig], base) -> dict[str, float] | None:
-    """Each plain scheme's measured $/1M output tokens (its paired benchmark, cached for its trial)."""
+    """Each plain scheme's measured $/1M output tokens (its paired benchmark, cached for its trial),
+    and the base's under candidates.BASE."""
     from pipelines.bench.paired import run_paired_benchmark
     from pipelines.cost import estimate_cost
     from pipelines.pipeline import BASELINE
     from pipelines.quantize import run_quantize
+    from pipelines.search.candidates import BASE
     from pipelines.sizing import read_model_shape
 
     if not configs[0].bench.enabled:
@@ -127,10 +129,12 @@ def _plain_costs(configs: list[RunConfig], base) -> dict[str, float] | None:
         reference = run_quantize(BASELINE, base, Path(cfg.cache_dir), seed=cfg.seed)
         variant = run_quantize(cfg.quant, base, Path(cfg.cache_dir), seed=cfg.seed)
         base_bench, bench = run_paired_benchmark(cfg, reference, variant)
-        cost = estimate_cost(bench, cfg.hardware, cfg.bench, read_model_shape(variant.checkpoint_dir), base_bench,
-                             cfg.gate.confidence)
-        if cost.measured is not None:
-            costs[cfg.quant.name] = cost.measured.usd_per_million_output_tokens
+        for name, model, timed, reference_bench in ((BASE, reference, base_bench, None),
+                                                    (cfg.quant.name, variant, bench, base_bench)):
+            cost = estimate_cost(timed, cfg.hardware, cfg.bench, read_model_shape(model.checkpoint_dir),
+                                 reference_bench, cfg.gate.confidence)
+            if cost.measured is not None:
+                costs.setdefault(name, cost.measured.usd_per_million_output_tokens)
     return costs
 
 

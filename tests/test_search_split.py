@@ -74,8 +74,8 @@ def test_unrestricted_plan_is_unchanged(cfg, manager):
 
     plans = plan_tasks(cfg, manager)
     for task, (units, _) in task_units(cfg, manager).items():
-        order = np.random.default_rng(int(stable_hash({"seed": cfg.eval.seed, "task": task}), 16)).permutation(len(units))
-        assert plans[task].units == [units[i] for i in order]
+        rng = np.random.default_rng(int(stable_hash({"seed": cfg.eval.seed, "task": task}), 16))
+        assert plans[task].units == [units[i] for i in rng.permutation(len(units))]
 
 
 def test_limit_applies_before_the_split(cfg, manager):

@@ -45,5 +45,6 @@ def install(monkeypatch) -> None:
     candidates.build_candidates, candidates.write_quant_yaml = build_candidates, write_quant_yaml
     sensitivity = types.ModuleType("pipelines.search.sensitivity")
     sensitivity.measure_sensitivity = lambda cfg, base, quant: None
+    sensitivity.log_sensitivity = lambda client, run_id, measured: None
     monkeypatch.setitem(sys.modules, "pipelines.search.candidates", candidates)
     monkeypatch.setitem(sys.modules, "pipelines.search.sensitivity", sensitivity)

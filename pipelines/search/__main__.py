@@ -27,9 +27,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from pipelines import interrupts, logs
 from pipelines.cli import MULTIRUN_FLAGS, compose_all, report_failure
 from pipelines.errors import ConfigError
+from pipelines.redact import RedactSecrets
 from pipelines.search.config import SearchConfig, load_search_config
 
-log = logging.getLogger("pipelines.search")
+FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 
 
 def parse(argv: list[str]) -> tuple[list[str] | None, SearchConfig, list[str]]:
@@ -55,10 +56,11 @@ def main() -> None:
     argv = sys.argv[1:]
     logs.show_tracebacks("debug=true" in argv)
     interrupts.install()
-    try:
-        code = _search(argv)
-    except BaseException as error:  # one line and its exit code, as pipelines.run does
-        code = report_failure(error, debug="debug=true" in argv)
+    with logs.redacted_console():
+        try:
+            code = _search(argv)
+        except BaseException as error:  # one line and its exit code, as pipelines.run does
+            code = report_failure(error, debug="debug=true" in argv)
     sys.exit(code)
 
 
@@ -86,15 +88,18 @@ def _search(argv: list[str]) -> int:
 
 
 def _log_to(output_dir: Path) -> None:
-    """quantgate's own records on the console, and everything in <output dir>/search.log."""
+    """As pipelines.run's logging (conf/hydra/job_logging/quantgate.yaml): quantgate's own records on
+    the console, every record in <output dir>/search.log, secrets redacted in both."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    formatter = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    console, file = logging.StreamHandler(), logging.FileHandler(output_dir / "search.log")
+    console, file = logging.StreamHandler(sys.stdout), logging.FileHandler(output_dir / "search.log")
     console.addFilter(logs.OwnRecordsOnly())
+    console.setFormatter(logs.ConsoleFormatter(FORMAT))
+    file.setFormatter(logging.Formatter(FORMAT))
     for handler in (console, file):
-        handler.setFormatter(formatter)
+        handler.addFilter(RedactSecrets())
         logging.getLogger().addHandler(handler)
     logging.getLogger().setLevel(logging.INFO)
+    logging.captureWarnings(True)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,8 @@ def search(configs: list[RunConfig], search_cfg: SearchConfig, output_dir: Path)
 
     cfg = configs[0]
     base = resolve_base(cfg.model)
-    candidates = build_candidates([c.quant for c in configs], _sensitivities(configs, base), _shape(cfg, base),
+    sensitivities = _sensitivities(configs, base)
+    candidates = build_candidates([c.quant for c in configs], sensitivities, _shape(cfg, base),
                                   search_cfg.max_kept, _plain_costs(configs, base))
     log.info("search: %d candidates, cheapest predicted first: %s", len(candidates),
              ", ".join(c.name for c in candidates))
@@ -51,6 +52,7 @@ def search(configs: list[RunConfig], search_cfg: SearchConfig, output_dir: Path)
     atomic_write_text(output_dir / "split.json", json.dumps({t: dataclasses.asdict(s) for t, s in splits.items()}))
     tracker = make_tracker(cfg.tracking)
     parent = tracker.start_sweep(output_dir.name, resolved_config(cfg)) if tracker else None
+    _log_sensitivities(tracker, parent, sensitivities)
     outcomes: dict[str, Outcome] = {}
     on_search = functools.partial(_trial, cfg, output_dir, parent, side(splits, "search"), "search", outcomes)
     on_confirm = functools.partial(_trial, cfg, output_dir, parent, side(splits, "confirmation"), "confirmation",
@@ -104,6 +106,16 @@ def _sensitivities(configs: list[RunConfig], base) -> dict:
     from pipelines.search.sensitivity import measure_sensitivity
 
     return {cfg.quant.name: measure_sensitivity(cfg, base, cfg.quant) for cfg in configs}
+
+
+def _log_sensitivities(tracker, parent: str | None, sensitivities: dict) -> None:
+    """Each scheme's per-layer sensitivity on the parent run, where the tracker is MLflow's (has a client)."""
+    from pipelines.search.sensitivity import log_sensitivity
+
+    client = getattr(tracker, "client", None)
+    if client is not None and parent:
+        for sensitivity in sensitivities.values():
+            log_sensitivity(client, parent, sensitivity)
 
 
 def _shape(cfg: RunConfig, base):

@@ -82,3 +82,41 @@ def test_limit_applies_before_the_split(cfg, manager):
     limited = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, limit=40))
     splits = split_tasks(limited, manager, 0.5)
     assert sorted(splits["qg_invoice_total"].search + splits["qg_invoice_total"].confirmation) == list(range(40))
+
+
+class FakeScorer:
+    """An ItemScorer of canned items: each document scores 1 if its id is even."""
+
+    def __init__(self, directory, name):
+        from pipelines.records import Variant
+
+        self.directory, self.scored, self.asked = directory / name / "per-item", 0, []
+        self.variant = Variant(name, "tiny", "none", "none", None, str(directory), 1, f"hash-{name}", "k", 0.0, True)
+
+    def score(self, wanted):
+        self.asked.append(wanted)
+
+    def cached(self, task):
+        return {d: {"doc_id": d, "score": float(d % 2 == 0)} for d in range(100)}
+
+    def task_meta(self):
+        return {task: {"version": "1", "output_type": "generate_until", "metric": "exact_match", "cluster_key": None}
+                for task in ("a", "b")}
+
+    def reference_logprobs(self, text):
+        return None
+
+    def release(self):
+        pass
+
+
+def test_confirmation_is_one_fixed_n_look_at_exactly_its_documents(cfg, tmp_path, monkeypatch):
+    from pipelines.evaluate import sequential
+
+    scorers = {role: FakeScorer(tmp_path, role) for role in ("base", "variant")}
+    monkeypatch.setattr(sequential, "_scorers", lambda c, b, v: (scorers, {"base": {}, "variant": {}}, "suite", None))
+    models = scorers["base"].variant, scorers["variant"].variant
+    base_eval, variant_eval = sequential.evaluate_fixed(cfg, *models, {"a": [4, 1, 2], "b": [7]})
+    assert scorers["variant"].asked == [{"a": [1, 2, 4], "b": [7]}]  # one look, every document at once
+    assert [(t.task, t.n, t.value) for t in variant_eval.tasks] == [("a", 3, 2 / 3), ("b", 1, 0.0)]
+    assert variant_eval.sequential == [] and base_eval.tasks[0].n == 3  # no sequence: fixed-n intervals decide

@@ -38,7 +38,8 @@ def test_search_ends_uncertified_with_its_table_recipe_and_child_runs(tmp_path, 
     summary = json.loads((tmp_path / "out" / "search_summary.json").read_text())
     assert [t["candidate"] for t in summary["trials"]] == ["fp8"]
     split = json.loads((tmp_path / "out" / "split.json").read_text())
-    assert summary["search_items"] == sum(len(task["search"]) for task in split.values())  # the whole search side
+    search_side = sum(len(task["search"]) for task in split.values())
+    assert summary["search_items"] == summary["grid_items"] == search_side  # one candidate, its whole search side
     assert summary["confirmation"] is None
     recipe = tmp_path / "out" / "conf" / "quant" / "fp8.yaml"
     assert compose_config([f"quant={recipe}", "tracking=off"]).quant.ignore == ["lm_head"]

@@ -80,10 +80,9 @@ def _search(argv: list[str]) -> int:
         check(cfg)
         preflight(cfg)
     offline_environment(configs[0].model)
-    start = time.perf_counter()
     result = search(configs, search_cfg, output_dir)
     print(text_table(result))
-    print(f"search: {time.perf_counter() - start:.0f} s wall; outputs in {output_dir}")
+    print(f"search: {result.seconds:.0f} s wall; outputs in {output_dir}")
     return result.exit_code
 
 

@@ -52,6 +52,10 @@ class SearchResult:
     decision: str  # the confirmation verdict; without one, the best search trial's (never PROMOTE)
     best: str | None  # the candidate the decision is about
     exit_code: int
+    # Set by the runner: search-side items an exhaustive grid would score (every candidate on the
+    # whole search side), and the search's wall-clock seconds.
+    grid_items: int | None = None
+    seconds: float | None = None
 
     @property
     def search_items(self) -> int:

@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import json
 import logging
+import time
 from pathlib import Path
 
 from pipelines import pareto
@@ -41,7 +42,7 @@ def search(configs: list[RunConfig], search_cfg: SearchConfig, output_dir: Path)
     from pipelines.models import resolve_base
     from pipelines.search.candidates import build_candidates
 
-    cfg = configs[0]
+    cfg, start = configs[0], time.perf_counter()
     base = resolve_base(cfg.model)
     sensitivities = _sensitivities(configs, base)
     candidates = build_candidates([c.quant for c in configs], sensitivities, _shape(cfg, base),
@@ -59,6 +60,8 @@ def search(configs: list[RunConfig], search_cfg: SearchConfig, output_dir: Path)
                                    outcomes)
     result = run_search(candidates, on_search, on_confirm,
                         Budget(search_cfg.budget.max_candidates, search_cfg.budget.max_items))
+    result.grid_items = len(candidates) * sum(len(split.search) for split in splits.values())
+    result.seconds = time.perf_counter() - start
     _finish(cfg, result, candidates, outcomes, output_dir, tracker, parent)
     return result
 

@@ -24,7 +24,8 @@ def text_table(result: SearchResult) -> str:
         kept = ",".join(trial.kept) or "-"
         lines.append(f"{trial.candidate:<24} {kept[:28]:<28} {_money(trial.predicted_cost_per_mtok):>10} "
                      f"{trial.items:>6}  {trial.decision}")
-    lines.append(f"search: {result.search_items} search-split items over {len(result.trials)} candidates; "
+    grid = f" (an exhaustive grid: {result.grid_items})" if result.grid_items is not None else ""
+    lines.append(f"search: {result.search_items} search-split items over {len(result.trials)} candidates{grid}; "
                  f"stopped: {result.stop_reason}")
     if result.confirmation is not None:
         lines.append(f"confirmation of {result.chosen} on {result.confirmation.items} held-out items: "

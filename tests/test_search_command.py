@@ -9,6 +9,8 @@ import logging
 import pytest
 
 from pipelines import exit_codes
+from pipelines.records import load_record
+from pipelines.search.procedure import EVERY_CANDIDATE, SearchResult
 from search_fakes import install
 
 
@@ -35,12 +37,12 @@ def test_search_ends_uncertified_with_its_table_recipe_and_child_runs(tmp_path, 
     printed = capsys.readouterr().out
     assert code == exit_codes.VERDICT_BLOCKS
     assert "no candidate passed the search; best found: fp8 (INCONCLUSIVE" in printed
-    summary = json.loads((tmp_path / "out" / "search_summary.json").read_text())
-    assert [t["candidate"] for t in summary["trials"]] == ["fp8"]
+    summary = load_record(SearchResult, tmp_path / "out" / "search_summary.json")
+    assert [t.candidate for t in summary.trials] == ["fp8"]
     split = json.loads((tmp_path / "out" / "split.json").read_text())
     search_side = sum(len(task["search"]) for task in split.values())
-    assert summary["search_items"] == summary["grid_items"] == search_side  # one candidate, its whole search side
-    assert summary["confirmation"] is None
+    assert summary.search_items == summary.grid_items == search_side  # one candidate, its whole search side
+    assert summary.confirmation is None and summary.stop_reason == EVERY_CANDIDATE
     recipe = tmp_path / "out" / "conf" / "quant" / "fp8.yaml"
     assert compose_config([f"quant={recipe}", "tracking=off"]).quant.ignore == ["lm_head"]
     client = MlflowClient(store)

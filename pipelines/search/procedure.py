@@ -59,6 +59,7 @@ class SearchResult:
 
     @property
     def search_items(self) -> int:
+        """Search-side items scored across candidates (what search.budget.max_items counts)."""
         return sum(trial.items for trial in self.trials)
 
 

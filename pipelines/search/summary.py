@@ -6,12 +6,11 @@ candidates on the accuracy-cost plane with the chosen one marked.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from pathlib import Path
 
 import plotly.graph_objects as go
 
+from pipelines.records import save_record
 from pipelines.report_charts import COLORS, LAYOUT
 from pipelines.search.procedure import SearchResult
 from pipelines.storage import atomic_write_text
@@ -45,9 +44,7 @@ def _money(value: float | None) -> str:
 
 def write_summary(result: SearchResult, output_dir: Path) -> list[Path]:
     """search_summary.json (every trial's numbers) and search_candidates.html (the chart)."""
-    summary = output_dir / "search_summary.json"
-    atomic_write_text(summary, json.dumps(dataclasses.asdict(result) | {"search_items": result.search_items},
-                                          indent=2, default=float) + "\n")
+    summary = save_record(result, output_dir / "search_summary.json")  # load_record(SearchResult, ...) reads it
     chart = output_dir / "search_candidates.html"
     atomic_write_text(chart, candidates_figure(result).to_html(include_plotlyjs=True, full_html=True))
     return [summary, chart]

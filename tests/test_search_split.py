@@ -90,7 +90,7 @@ class FakeScorer:
     def __init__(self, directory, name):
         from pipelines.records import Variant
 
-        self.directory, self.scored, self.asked = directory / name / "per-item", 0, []
+        self.directory, self.scored, self.asked, self.include = directory / name / "per-item", 0, [], None
         self.variant = Variant(name, "tiny", "none", "none", None, str(directory), 1, f"hash-{name}", "k", 0.0, True)
 
     def score(self, wanted):

@@ -129,25 +129,17 @@ def _shape(cfg: RunConfig, base):
 
 def _plain_costs(configs: list[RunConfig], base) -> dict[str, float] | None:
     """Each plain scheme's measured $/1M output tokens (its paired benchmark, cached for its trial),
-    and the base's under candidates.BASE."""
-    from pipelines.bench.paired import run_paired_benchmark
-    from pipelines.cost import estimate_cost
-    from pipelines.pipeline import BASELINE
-    from pipelines.quantize import run_quantize
+    and the base's under candidates.BASE; through the pipeline's own stages, so they count as a run does."""
+    from pipelines.pipeline import BASELINE, _benchmark, _cost, _quantize
     from pipelines.search.candidates import BASE
-    from pipelines.sizing import read_model_shape
 
     if not configs[0].bench.enabled:
         return None
     costs = {}
     for cfg in configs:
-        reference = run_quantize(BASELINE, base, Path(cfg.cache_dir), seed=cfg.seed)
-        variant = run_quantize(cfg.quant, base, Path(cfg.cache_dir), seed=cfg.seed)
-        base_bench, bench = run_paired_benchmark(cfg, reference, variant)
-        for name, model, timed, reference_bench in ((BASE, reference, base_bench, None),
-                                                    (cfg.quant.name, variant, bench, base_bench)):
-            cost = estimate_cost(timed, cfg.hardware, cfg.bench, read_model_shape(model.checkpoint_dir),
-                                 reference_bench, cfg.gate.confidence)
+        reference, variant = _quantize(cfg, BASELINE, base), _quantize(cfg, cfg.quant, base)
+        base_bench, bench = _benchmark(cfg, reference, variant)
+        for name, cost in ((BASE, _cost(cfg, base_bench, reference)), (cfg.quant.name, _cost(cfg, bench, variant))):
             if cost.measured is not None:
                 costs.setdefault(name, cost.measured.usd_per_million_output_tokens)
     return costs

@@ -1,5 +1,5 @@
-"""The search command end to end on the embedded model (pipelines/search/__main__.py), with stand-in
-candidates (tests/search_fakes.py): a tiny item budget cannot certify, so it ends uncertified."""
+"""The search command end to end on the embedded model (pipelines/search/__main__.py), with a made-up
+sensitivity and layer-keeping candidates (tests/search_fakes.py): a tiny item budget cannot certify."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from search_fakes import install
 def test_search_ends_uncertified_with_its_table_recipe_and_child_runs(tmp_path, monkeypatch, capsys):
     """20 items per task: the plain fp8 candidate is INCONCLUSIVE on its 10 search items, so nothing
     is confirmed, the command exits 1, the best recipe is written and reruns as quant=<file>, and the
-    MLflow parent holds one child per candidate with no model version registered."""
+    MLflow parent holds one child per candidate, and the sensitivity, with no model version registered."""
     from mlflow import MlflowClient
 
     from pipelines.pipeline import compose_config
@@ -49,4 +49,6 @@ def test_search_ends_uncertified_with_its_table_recipe_and_child_runs(tmp_path, 
     runs = client.search_runs([client.get_experiment_by_name("quantgate").experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1 and len(runs) == 2
+    assert parents[0].data.metrics["sensitivity/FP8_DYNAMIC/layer_0_kl"] == pytest.approx(0.001)
+    assert "Sensitivity to FP8_DYNAMIC" in (tmp_path / "out" / "search_candidates.html").read_text()
     assert client.search_registered_models() == []

@@ -62,7 +62,7 @@ def search(configs: list[RunConfig], search_cfg: SearchConfig, output_dir: Path)
                         Budget(search_cfg.budget.max_candidates, search_cfg.budget.max_items))
     result.grid_items = len(candidates) * sum(len(split.search) for split in splits.values())
     result.seconds = time.perf_counter() - start
-    _finish(cfg, result, candidates, outcomes, output_dir, tracker, parent)
+    _finish(cfg, result, candidates, list(sensitivities.values()), outcomes, output_dir, tracker, parent)
     return result
 
 
@@ -151,8 +151,8 @@ def _manager(cfg: RunConfig):
     return task_manager(cfg.eval.tasks, resolve_include_path(cfg.eval.include_path))
 
 
-def _finish(cfg: RunConfig, result: SearchResult, candidates: list, outcomes: dict[str, Outcome], output_dir: Path,
-            tracker, parent: str | None) -> None:
+def _finish(cfg: RunConfig, result: SearchResult, candidates: list, sensitivities: list,
+            outcomes: dict[str, Outcome], output_dir: Path, tracker, parent: str | None) -> None:
     """The recipe's YAML, the summary and the chart; the champion crowned from the confirmation run alone."""
     from pipelines.search.candidates import write_quant_yaml
     from pipelines.search.summary import write_summary
@@ -162,7 +162,7 @@ def _finish(cfg: RunConfig, result: SearchResult, candidates: list, outcomes: di
     if result.best is not None:
         path = write_quant_yaml(named[result.best], output_dir / "conf" / "quant" / f"{result.best}.yaml")
         log.info("search: recipe %s written to %s (python -m pipelines.run quant=%s)", result.best, path, path)
-    files = write_summary(result, output_dir)
+    files = write_summary(result, output_dir, sensitivities)
     confirmed = [outcomes[f"confirmation/{result.chosen}"]] if result.chosen else []
     champions = crown_champions(confirmed, cfg.gate.champion_policy, tracker) if confirmed else []
     if tracker is not None and parent:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
 
 from pipelines.records import save_record
 from pipelines.report_charts import COLORS, LAYOUT
@@ -42,11 +43,16 @@ def _money(value: float | None) -> str:
     return f"{value:.4g}" if value is not None else "-"
 
 
-def write_summary(result: SearchResult, output_dir: Path) -> list[Path]:
-    """search_summary.json (every trial's numbers) and search_candidates.html (the chart)."""
+def write_summary(result: SearchResult, output_dir: Path, sensitivities: list | None = None) -> list[Path]:
+    """search_summary.json (every trial's numbers) and search_candidates.html: the candidates chart,
+    then each scheme's sensitivity (pipelines/report_charts.sensitivity_figure); opens offline."""
+    from pipelines.report_charts import sensitivity_figure
+
     summary = save_record(result, output_dir / "search_summary.json")  # load_record(SearchResult, ...) reads it
-    chart = output_dir / "search_candidates.html"
-    atomic_write_text(chart, candidates_figure(result).to_html(include_plotlyjs=True, full_html=True))
+    figures = [candidates_figure(result), *(sensitivity_figure(s) for s in sensitivities or [])]
+    body = "".join(figure.to_html(full_html=False, include_plotlyjs=False) for figure in figures)
+    page = f"<html><head><meta charset='utf-8'><script>{get_plotlyjs()}</script></head><body>{body}</body></html>"
+    chart = atomic_write_text(output_dir / "search_candidates.html", page)
     return [summary, chart]
 
 

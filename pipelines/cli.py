@@ -20,9 +20,15 @@ import typing
 from pathlib import Path
 from typing import Callable, Iterator
 
+from hydra._internal.callbacks import Callbacks
+from hydra._internal.hydra import Hydra
+from hydra._internal.utils import create_config_search_path, get_args_parser
+from hydra.core.config_search_path import SearchPathQuery
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import configure_log, run_job
 from hydra.errors import HydraException, OverrideParseException
+from hydra.types import HydraContext, RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
@@ -70,8 +76,6 @@ def compose_command(argv: list[str]) -> tuple[list[RunConfig], DictConfig | None
     Searches the same config folders Hydra's own run will: the package's, `--config-dir` and
     `hydra.searchpath=[...]`, so a user's eval suite or gate policy kept outside the repo works.
     """
-    from hydra._internal.utils import get_args_parser
-
     args = get_args_parser().parse_args(expand_yaml_choices(argv))
     overrides = list(args.overrides)
     searchpath = [o for o in overrides if o.lstrip("+").startswith("hydra.searchpath=")]
@@ -116,10 +120,6 @@ def expand_yaml_choices(argv: list[str]) -> list[str]:
 def run_composed(task: Callable[[DictConfig], None], cfg: DictConfig) -> None:
     """What `@hydra.main` does for a single run once it has composed `cfg` (Hydra.run): its output
     directory, its logging and `HydraConfig`, then `task`; without composing the config again."""
-    from hydra._internal.callbacks import Callbacks
-    from hydra.core.utils import configure_log, run_job
-    from hydra.types import HydraContext, RunMode
-
     with open_dict(cfg.hydra):
         cfg.hydra.mode = RunMode.RUN
     configure_log(cfg.hydra.hydra_logging, cfg.hydra.verbose)
@@ -143,10 +143,6 @@ def _without_hydra(cfg: DictConfig) -> DictConfig:
 
 def _initialize(config_dir: str | None) -> None:
     """What `@hydra.main` sets up: the package's configs, with a `--config-dir` folder searched first."""
-    from hydra._internal.hydra import Hydra
-    from hydra._internal.utils import create_config_search_path
-    from hydra.core.config_search_path import SearchPathQuery
-
     search_path = create_config_search_path(f"pkg://{CONFIG_MODULE}")
     if config_dir is not None:
         if not os.path.isdir(config_dir):
@@ -218,8 +214,6 @@ def _check_group_choices(overrides: list[str], searchpath: list[str]) -> None:
 
 def _compose(overrides: list[str], from_shell: bool = False) -> DictConfig:
     """Hydra's compose (the `hydra.compose` API's call), with its node; `from_shell` as Hydra's run does."""
-    from hydra.types import RunMode
-
     try:
         return GlobalHydra.instance().hydra.compose_config(config_name="config", overrides=overrides,
                                                            run_mode=RunMode.RUN, from_shell=from_shell)

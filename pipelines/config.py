@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
+from importlib.resources import files
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -412,16 +413,12 @@ def backend_schemas(group: str) -> dict[str, type]:
 
 def group_choices(group: str) -> list[str]:
     """The config names of one group: conf/<group>/*.yaml (installed as pipelines.conf)."""
-    from importlib.resources import files
-
     directory = files("pipelines.conf") / group
     return sorted(entry.name.removesuffix(".yaml") for entry in directory.iterdir() if entry.name.endswith(".yaml"))
 
 
 def load_group_config(group: str, name: str) -> Any:
     """conf/<group>/<name>.yaml outside a Hydra compose, validated against the group's schema."""
-    from importlib.resources import files
-
     node = OmegaConf.create((files("pipelines.conf") / group / f"{name}.yaml").read_text())
     node.pop("defaults", None)
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(GROUPS[group]), node))

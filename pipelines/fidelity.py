@@ -30,6 +30,7 @@ from pipelines.errors import InputError
 from pipelines.evaluate.items import choice_divergence, read_items
 from pipelines.intervals import Interval, paired_binary_interval, rate_interval, studentized_bootstrap
 from pipelines.evaluate.reference import iter_window_logprobs, read_token_ids
+from pipelines.evaluate.sequential import EXHAUSTED, apply_to_fidelity, final_confidence
 from pipelines.records import Divergence, EvalResult, Fidelity, TaskFidelity, TaskResult
 
 # Log-probs of tokens a model masks out are -inf; flooring them keeps 0 * (-inf) from making NaN.
@@ -62,8 +63,6 @@ def _sequential_tasks(tasks: list[TaskFidelity], reference: EvalResult, variant_
                       variant: EvalResult, confidence: float, bootstrap_samples: int, seed: int) -> list[TaskFidelity]:
     """Early stops take the confidence sequences' bounds; a task that used its whole suite is decided by
     the fixed-n intervals at the final look's level (the alpha split of pipelines/evaluate/sequential.py)."""
-    from pipelines.evaluate.sequential import EXHAUSTED, apply_to_fidelity, final_confidence
-
     stops, final = {record.task: record for record in variant.sequential}, final_confidence(confidence)
     references = {task.task: task for task in reference.tasks}
     result = []

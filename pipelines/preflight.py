@@ -15,9 +15,17 @@ from pathlib import Path
 
 from pipelines.config import ModelConfig, RunConfig
 from pipelines.errors import InputError
+from pipelines.evaluate import check_evaluate
+from pipelines.evaluate.sequential import check as check_sequential
+from pipelines.models import check_causal_lm, is_hub_id, local_model_directory, read_model_config
+from pipelines.quantize.calibration import load_calibration
+from pipelines.quantize.compat import check_quant_compatible
+from pipelines.quantize.schemes import uses_calibration
 from pipelines.registry import BENCH_ENGINES, EVAL_RUNNERS, check_name
+from pipelines.serve import check_serve, check_serve_reachable
 from pipelines.shape import parse_config_json
 from pipelines.storage import check_writable
+from pipelines.track import check_reachable
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +39,7 @@ def preflight(cfg: RunConfig) -> None:
 
 def _check_names_and_bounds(cfg: RunConfig) -> None:
     """Backend names, quant scheme and group size, prices and projections: the config and config.json alone."""
-    from pipelines.cost import check_cost
-    from pipelines.evaluate.sequential import check as check_sequential
-    from pipelines.quantize.compat import check_quant_compatible
+    from pipelines.cost import check_cost  # scipy: only once the names are known to be valid
 
     check_quant_compatible(declared_shape(cfg.model), cfg.quant)  # backend, method, scheme, group size
     check_name(EVAL_RUNNERS, "eval runner", cfg.eval.runner)
@@ -46,10 +52,7 @@ def _check_names_and_bounds(cfg: RunConfig) -> None:
 def _check_paths_and_reachability(cfg: RunConfig) -> dict | None:
     """The plan fits, the server can start, the cache is writable, the tracker answers, the base is a
     complete checkpoint; returns its config.json (None for a hub id: it is checked when fetched)."""
-    from pipelines.models import is_hub_id, local_model_directory, read_model_config
-    from pipelines.plan import check_plan
-    from pipelines.serve import check_serve, check_serve_reachable
-    from pipelines.track import check_reachable
+    from pipelines.plan import check_plan  # scipy: only once names and bounds passed
 
     check_plan(cfg)  # fits the hardware, this machine and its disk; hub access: before anything is written
     check_serve(cfg)
@@ -62,13 +65,8 @@ def _check_paths_and_reachability(cfg: RunConfig) -> dict | None:
 def _check_with_libraries(cfg: RunConfig, base_config: dict | None) -> None:
     """Checks that import lm-eval, a bench engine or transformers: eval.params and bench.params against
     their libraries' signatures, the base's tensors, the calibration data, and last the suites."""
-    from pipelines.evaluate import check_evaluate
-    from pipelines.models import local_model_directory
-    from pipelines.quantize.calibration import load_calibration
-    from pipelines.quantize.schemes import uses_calibration
-
     if cfg.bench.enabled:
-        from pipelines.bench import check_bench
+        from pipelines.bench import check_bench  # scipy: only once paths and reachability passed
 
         check_bench(cfg)
     if base_config is not None:
@@ -81,8 +79,6 @@ def _check_with_libraries(cfg: RunConfig, base_config: dict | None) -> None:
 
 def declared_shape(model: ModelConfig) -> dict:
     """The base's config.json as written when it is local, else `model.shape` (a hub model, until fetched)."""
-    from pipelines.models import is_hub_id, local_model_directory
-
     path = None if is_hub_id(model.source) else local_model_directory(model) / "config.json"
     try:
         return parse_config_json(path) if path is not None and path.is_file() else dict(model.shape)
@@ -92,6 +88,4 @@ def declared_shape(model: ModelConfig) -> dict:
 
 @lru_cache(maxsize=8)
 def _check_causal_lm_once(path: Path, config_json: str, trust_remote_code: bool) -> None:
-    from pipelines.models import check_causal_lm
-
     check_causal_lm(path, json.loads(config_json), trust_remote_code)

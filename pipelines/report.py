@@ -25,6 +25,7 @@ from typing import Any
 from pipelines.pareto import frontier, is_base, slo_not_met, usd_per_million, worst_delta_bound
 from pipelines.records import ChampionDecision, LoadLevel, Outcome
 from pipelines.storage import atomic_write_text
+from pipelines.track.keys import outcome_metrics, outcome_summary
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,6 @@ def write_sweep_report(outcomes: list[Outcome], out_dir: str | Path, champions: 
 
 def summary_json(outcomes: list[Outcome], champions: list[ChampionDecision]) -> str:
     """The champion per model (policy, ranking, runner-up, previous holder) and every run's summary."""
-    from pipelines.track.keys import outcome_metrics, outcome_summary
-
     summary = {"champions": [dataclasses.asdict(c) for c in champions],
                "runs": [outcome_summary(o, outcome_metrics(o)) for o in outcomes]}
     return json.dumps(summary, indent=2, sort_keys=True, default=float) + "\n"

@@ -18,9 +18,10 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from pipelines import interrupts, logs, sweep
+from pipelines import interrupts, logs, pipeline, sweep
 from pipelines.cli import (compose_command, expand_yaml_choices, is_inspection, log_traceback, report_failure,
                            run_composed, to_run_config)
 from pipelines.config import RunConfig, register_schemas
@@ -40,20 +41,16 @@ def job(cfg: DictConfig) -> None:
 
 def run_job(run_cfg: RunConfig) -> None:
     """One variant against its base; preflight ran for every config of the command before any job."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from pipelines.pipeline import failed_outcome, run_variant
-
     logs.replay_early_records()
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        outcome = run_variant(run_cfg, output_dir, sweep.parent_run_id(), preflighted=True)
+        outcome = pipeline.run_variant(run_cfg, output_dir, sweep.parent_run_id(), preflighted=True)
     except Exception as error:
         if not sweep.active():
             raise  # main() prints its one line and exits with its code
         # A sweep goes on with the next variant; this one's outcome carries its code (2 for bad input).
         log.error("variant %s: %s; traceback in %s", run_cfg.quant.name, failure_line(error), log_traceback(error))
-        outcome = failed_outcome(run_cfg, error, output_dir)
+        outcome = pipeline.failed_outcome(run_cfg, error, output_dir)
     sweep.record(outcome)
 
 
@@ -81,7 +78,7 @@ def _run(argv: list[str]) -> int:
     interrupts.entering("preflight")
     configs, single_run = compose_command(argv)  # each config composed once, here
     if configs[0].plan:  # plan=true: print what the run would need, then stop before any work
-        from pipelines.plan_report import print_plans
+        from pipelines.plan_report import print_plans  # scipy: only for plan=true
 
         return print_plans(configs)
     # The command's folder can be made: checked before the slower checks, creating nothing.

@@ -20,9 +20,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Iterator
 
 from filelock import FileLock, Timeout
+
+from pipelines.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +87,6 @@ def atomic_directory(final: Path) -> Iterator[Path]:
 
 def check_writable(directory: Path, option: str) -> None:
     """InputError naming the config option when `directory` cannot be created or written."""
-    from pipelines.errors import InputError
-
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=directory):
@@ -97,8 +98,6 @@ def check_writable(directory: Path, option: str) -> None:
 
 def check_creatable(directory: Path, option: str) -> None:
     """InputError naming the config option when `directory` could not be created and written; creates nothing."""
-    from pipelines.errors import InputError
-
     existing = next(p for p in [directory, *directory.parents] if p.exists() or p == p.parent)
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         why = "is not a directory" if not existing.is_dir() else "is not writable"
@@ -286,8 +285,6 @@ def _relative(path: Path, directory: Path) -> str:
 
 
 def library_versions(*names: str) -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
     found = {}
     for name in names:
         try:

@@ -13,10 +13,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from pipelines import exit_codes
+from pipelines import exit_codes, preflight
 from pipelines.config import RunConfig
 from pipelines.champion import choose
 from pipelines.records import ChampionDecision, Outcome, load_record, save_record
+from pipelines.report import text_table, write_sweep_report
 from pipelines.track import Tracker, make_tracker, resolved_config
 
 log = logging.getLogger(__name__)
@@ -37,10 +38,8 @@ def parent_run_id() -> str | None:
 
 
 def preflight_all(configs: list[RunConfig]) -> None:
-    from pipelines.preflight import preflight
-
     for cfg in configs:
-        preflight(cfg)
+        preflight.preflight(cfg)
 
 
 def start(configs: list[RunConfig]) -> None:
@@ -66,8 +65,6 @@ def record(outcome: Outcome) -> None:
 
 def finish(configs: list[RunConfig]) -> int:
     """Crown the champion, report every outcome, log the sweep's report, and return the command's exit code."""
-    from pipelines.report import text_table, write_sweep_report
-
     outcomes = with_missing(_load_outcomes(), configs) if active() else list(_single_run)
     directory = Path(os.environ.get(SWEEP_DIR_ENV) or outcomes[0].output_dir or configs[0].cache_dir)
     tracker = make_tracker(configs[0].tracking)

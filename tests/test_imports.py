@@ -124,3 +124,127 @@ def test_a_relative_import_in_a_subpackage_counts(package):
 def test_imports_that_go_one_way_are_no_circle(package):
     root = package(__init__="from pkg.a import f\n", a="import os\nfrom pkg import b\n", b="import json\n")
     assert find_cycle(import_graph(root)) is None
+
+
+# Third-party modules a project module imports inside the function that needs them, never at its top:
+# each costs 0.5 s or more to import on the 2-core CI machine (statsmodels 1.0 s, scipy.stats 0.7 s,
+# torch and lm-eval several seconds) or is an extra that may not be installed. `--cfg job`,
+# `plan=true` and a bad-input error must answer without paying for them.
+DEFERRED_LIBRARIES = {
+    "torch", "transformers", "accelerate", "datasets", "lm_eval", "llmcompressor", "compressed_tensors",
+    "mlflow", "plotly", "matplotlib", "scipy", "statsmodels", "pandas",
+    # extras and libraries' own dependencies, not quantgate's: absent unless their extra is installed
+    "gptqmodel", "optimum", "guidellm", "vllm", "psycopg", "loguru",
+    # reads HF_HUB_OFFLINE and HF_HOME once, when first imported: models.offline_environment sets them first
+    "huggingface_hub",
+}
+
+
+def top_level_imports(tree: ast.Module, module: str, is_package: bool, modules: set[str]) -> set[str]:
+    """What the module's own body imports (TYPE_CHECKING blocks excluded): project modules and library roots."""
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue
+        for statement in node.body if isinstance(node, ast.Try) else [node]:
+            names |= _targets(statement, module, is_package, modules)
+    return names
+
+
+def _targets(node: ast.AST, module: str, is_package: bool, modules: set[str]) -> set[str]:
+    if isinstance(node, ast.Import):
+        return {alias.name if alias.name in modules else alias.name.split(".")[0] for alias in node.names}
+    if isinstance(node, ast.ImportFrom):
+        base = _absolute(node, module, is_package)
+        if base not in modules and not base.startswith(PACKAGE):
+            return {base.split(".")[0]}
+        return {f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names}
+    return set()
+
+
+def deferred_reach(root: Path) -> dict[str, set[str]]:
+    """Module -> the deferred libraries importing it loads (its top-level imports, its packages', transitively)."""
+    modules = project_modules(root)
+    top = {name: top_level_imports(ast.parse(path.read_text()), name, path.name == "__init__.py", set(modules))
+           for name, path in modules.items()}
+    for name in modules:  # importing pkg.sub runs pkg/__init__ first
+        top[name] |= {parent for parent in _parents(name) if parent in modules}
+    reach: dict[str, set[str]] = {}
+
+    def visit(name: str, seen: frozenset[str]) -> set[str]:
+        if name not in reach:
+            found = {lib for lib in top[name] if lib in DEFERRED_LIBRARIES}
+            for target in top[name] & set(modules) - seen:
+                found |= visit(target, seen | {name})
+            reach[name] = found
+        return reach[name]
+
+    for name in modules:
+        visit(name, frozenset())
+    return reach
+
+
+def _parents(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def misplaced_imports(root: Path) -> list[str]:
+    """Imports inside functions that belong at the module's top: of a light library, or of a project
+    module that loads no deferred library, or of one that does but without a comment saying which."""
+    modules, reach, found = project_modules(root), deferred_reach(root), []
+    for name, path in modules.items():
+        source = path.read_text()
+        lines, tree = source.splitlines(), ast.parse(source)
+        for function in (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+            for node in (n for n in ast.walk(function) if isinstance(n, (ast.Import, ast.ImportFrom))):
+                for target in _targets(node, name, path.name == "__init__.py", set(modules)):
+                    problem = _misplaced(target, reach, _says_why(lines, node))
+                    if problem:
+                        found.append(f"{path.relative_to(root.parent)}:{node.lineno} {target}: {problem}")
+    return sorted(set(found))
+
+
+def _misplaced(target: str, reach: dict[str, set[str]], says_why: bool) -> str | None:
+    if target not in reach:
+        return None if target in DEFERRED_LIBRARIES else "a light library: import it at the module's top"
+    if not reach[target]:
+        return "loads no heavy library: import it at the module's top"
+    return None if says_why else f"loads {', '.join(sorted(reach[target]))}: say so in a comment beside it"
+
+
+def _says_why(lines: list[str], node: ast.stmt) -> bool:
+    """A comment on the import's own lines or on the line above it (one comment may head a group)."""
+    own = lines[node.lineno - 1:node.end_lineno]
+    above = lines[node.lineno - 2].strip() if node.lineno > 1 else ""
+    return any("#" in line for line in own) or above.startswith("#") or _group_head_says_why(lines, node.lineno - 2)
+
+
+def _group_head_says_why(lines: list[str], index: int) -> bool:
+    """The import is in a run of imports whose first line has the comment above it."""
+    while index >= 0 and lines[index].strip().startswith(("import ", "from ")):
+        index -= 1
+    return index >= 0 and lines[index].strip().startswith("#")
+
+
+def test_imports_inside_functions_are_deferred_for_a_reason_and_say_which():
+    misplaced = misplaced_imports(PACKAGE_DIR)
+    assert not misplaced, "\n".join(misplaced)
+
+
+def test_a_light_import_inside_a_function_is_misplaced_and_a_heavy_one_needs_a_comment(package):
+    root = package(__init__="", light="import json\n", heavy="import torch\n",
+                   user="def f():\n    import json\n    from pkg import light\n    from pkg import heavy\n"
+                        "    # torch: seconds to import\n    from pkg.heavy import g\n    import scipy\n")
+    assert misplaced_imports(root) == [
+        "pkg/user.py:2 json: a light library: import it at the module's top",
+        "pkg/user.py:3 pkg.light: loads no heavy library: import it at the module's top",
+        "pkg/user.py:4 pkg.heavy: loads torch: say so in a comment beside it",
+    ]
+
+
+def test_what_a_module_loads_includes_its_package_and_what_its_imports_load(package):
+    root = package(**{"__init__": "", "sub.__init__": "import mlflow\n", "sub.x": "import json\n",
+                      "y": "from pkg.sub import x\n", "z": "import os\n"})
+    reach = deferred_reach(root)
+    assert reach["pkg.y"] == {"mlflow"} and reach["pkg.z"] == set()

@@ -9,6 +9,8 @@ value is interpreted here and nowhere else (`is_embedded`, `resolve_source`).
 """
 from pathlib import Path
 
+from evalsuites import SUITES_DIR
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 EMBEDDED_MODEL_DIR = PACKAGE_DIR / "tiny-llama"
 CALIBRATION_TEXT = PACKAGE_DIR / "data" / "calibration.txt"
@@ -27,7 +29,5 @@ def resolve_source(setting: str, kind: str) -> Path:
     if not is_embedded(setting):
         return Path(setting).expanduser()
     if kind == "suites":
-        from evalsuites import SUITES_DIR
-
         return SUITES_DIR
     return {"model": EMBEDDED_MODEL_DIR, "calibration": CALIBRATION_TEXT, "reference": REFERENCE_TEXT}[kind]

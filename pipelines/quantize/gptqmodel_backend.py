@@ -16,10 +16,13 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import random
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+import numpy as np
 
 from pipelines.config import QuantConfig
 from pipelines.errors import ConfigError
@@ -172,9 +175,6 @@ def _import_gptqmodel() -> Any:
 
 
 def _seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
     import torch
 
     random.seed(seed)

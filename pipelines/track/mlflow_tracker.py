@@ -38,6 +38,7 @@ import yaml
 
 from pipelines.config import TrackingConfig
 from pipelines.errors import ConfigError, InputError
+from pipelines.logs import adopt_library_logs
 from pipelines.champion import contender
 from pipelines.records import ChampionDecision, Contender, Outcome, save_record
 from pipelines.redact import redact, redact_config
@@ -121,8 +122,6 @@ class MLflowTracker:
 
     def __init__(self, tracking: MLflowTrackingConfig) -> None:
         from mlflow import MlflowClient
-
-        from pipelines.logs import adopt_library_logs
 
         adopt_library_logs()  # MLflow's notices (e.g. creating its database tables) belong in run.log
         self.tracking = tracking

@@ -19,21 +19,27 @@ from typing import Any, Callable
 
 from omegaconf import OmegaConf
 
-from pipelines import exit_codes, interrupts
+from pipelines import evaluate, exit_codes, interrupts, models, preflight, serve, track
+from pipelines.cli import compose_all
 from pipelines.config import QuantConfig, RunConfig, load_group_config
 from pipelines.errors import UserError, failure_line
+from pipelines.evaluate import agreement
+from pipelines.evaluate.sequential import evaluate_sequential
+from pipelines.quantize import run_quantize
 from pipelines.records import (BenchResult, CostResult, EvalResult, Fidelity, Outcome, Variant, Verdict,
                                save_record)
 from pipelines.redact import redact
 from pipelines.serve import is_served, sigterm_as_interrupt
+from pipelines.shape import read_model_shape
 from pipelines.stage_log import StageLog
 from pipelines.storage import atomic_write_text
 from pipelines.track import resolved_config
+from pipelines.track.keys import outcome_metrics, outcome_summary
 
 log = logging.getLogger(__name__)
 
 BASELINE: QuantConfig = load_group_config("quant", "none")
-# An evaluate stage that scores base and variant together (run_variant's `evaluate`).
+# An evaluate stage that scores base and variant together (run_variant's `evaluator`).
 Evaluator = Callable[[RunConfig, Variant, Variant], tuple[EvalResult, EvalResult]]
 # Written instead of outcome.json when Ctrl-C or SIGTERM cut the run short.
 INTERRUPTED = "INTERRUPTED"
@@ -41,8 +47,6 @@ INTERRUPTED = "INTERRUPTED"
 
 def compose_config(overrides: list[str] | None = None) -> RunConfig:
     """The same validated config the CLI builds, for use from Python or a notebook."""
-    from pipelines.cli import compose_all
-
     configs = compose_all(list(overrides or []))
     if len(configs) != 1:
         raise UserError(f"compose_config takes one configuration, the overrides make {len(configs)}")
@@ -50,25 +54,21 @@ def compose_config(overrides: list[str] | None = None) -> RunConfig:
 
 
 def run_variant(cfg: RunConfig, output_dir: Path | None = None, parent_run_id: str | None = None,
-                preflighted: bool = False, evaluate: Evaluator | None = None) -> Outcome:
+                preflighted: bool = False, evaluator: Evaluator | None = None) -> Outcome:
     """Run every stage for `cfg.quant` against the base; returns what each stage produced.
 
     `preflighted=True` only from the CLI, which preflights every config of a command before its first job.
-    `evaluate(cfg, base_variant, variant)` replaces the evaluate stage (in process only): the recipe
+    `evaluator(cfg, base_variant, variant)` replaces the evaluate stage (in process only): the recipe
     search (pipelines/search) scores each side of its split with it."""
-    from pipelines.models import offline_environment
-
-    offline_environment(cfg.model)
+    models.offline_environment(cfg.model)
     if not preflighted:
-        from pipelines.preflight import preflight
-
-        preflight(cfg)
+        preflight.preflight(cfg)
     output_dir = Path(output_dir or Path(cfg.cache_dir) / "runs" / f"{cfg.model.name}-{cfg.quant.name}")
     atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(resolved_config(cfg)))
     (output_dir / INTERRUPTED).unlink(missing_ok=True)
     log.info("variant %s of %s: outputs in %s", cfg.quant.name, cfg.model.name, output_dir)
     try:
-        outcome = _run_stages(cfg, output_dir, evaluate)
+        outcome = _run_stages(cfg, output_dir, evaluator)
         interrupts.entering("track")
         _track(cfg, outcome, parent_run_id)
         _save(outcome, output_dir)
@@ -90,16 +90,14 @@ def failed_outcome(cfg: RunConfig, error: BaseException, output_dir: Path | None
                    output_dir=str(output_dir) if output_dir else None, exit_code=code)
 
 
-def _run_stages(cfg: RunConfig, output_dir: Path, evaluate: Evaluator | None) -> Outcome:
+def _run_stages(cfg: RunConfig, output_dir: Path, evaluator: Evaluator | None) -> Outcome:
     """The stages in order; a failing one ends the run with what the ones before it produced."""
-    from pipelines.models import resolve_base
-
     run, error = StageLog(), None
     try:
         with run.stage("load base", timed=False):
-            base = resolve_base(cfg.model)
+            base = models.resolve_base(cfg.model)
         with sigterm_as_interrupt():  # SIGTERM unwinds like Ctrl-C: every server started here is stopped
-            _stages(cfg, base, output_dir, run, evaluate)
+            _stages(cfg, base, output_dir, run, evaluator)
     except UserError:
         raise
     except Exception as failure:  # any stage's failure is this variant's failure; the sweep goes on
@@ -111,7 +109,7 @@ def _run_stages(cfg: RunConfig, output_dir: Path, evaluate: Evaluator | None) ->
     return outcome
 
 
-def _stages(cfg: RunConfig, base, output_dir: Path, run: StageLog, evaluate: Evaluator | None) -> None:
+def _stages(cfg: RunConfig, base, output_dir: Path, run: StageLog, evaluator: Evaluator | None) -> None:
     """quantize -> evaluate (or serve both, score each, time them paired) -> fidelity -> benchmark -> cost -> gate."""
     with run.stage("quantize", cached=("variant",)):
         base_variant = run.keep(base_variant=_quantize(cfg, BASELINE, base))
@@ -122,8 +120,8 @@ def _stages(cfg: RunConfig, base, output_dir: Path, run: StageLog, evaluate: Eva
             cfg, {"base": base_variant, "variant": variant}, output_dir, run)
     else:
         with run.stage("evaluate", cached=("base_eval", "variant_eval")):
-            if evaluate is not None or cfg.eval.sequential:  # sequential: look by look until decided
-                base_eval, variant_eval = (evaluate or _evaluate_sequential)(cfg, base_variant, variant)
+            if evaluator is not None or cfg.eval.sequential:  # sequential: look by look until decided
+                base_eval, variant_eval = (evaluator or _evaluate_sequential)(cfg, base_variant, variant)
                 run.keep(base_eval=base_eval, variant_eval=variant_eval)
             else:
                 base_eval = run.keep(base_eval=_evaluate(cfg, base_variant))
@@ -144,28 +142,20 @@ def _stages(cfg: RunConfig, base, output_dir: Path, run: StageLog, evaluate: Eva
 
 def _save(outcome: Outcome, output_dir: Path) -> None:
     """outcome.json and summary.json, each with the exit code the process will return for this variant."""
-    from pipelines.track.keys import outcome_metrics, outcome_summary
-
     save_record(outcome, output_dir / "outcome.json")
     summary = outcome_summary(outcome, outcome_metrics(outcome))
     atomic_write_text(output_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True, default=float) + "\n")
 
 
 def _quantize(cfg: RunConfig, quant: QuantConfig, base) -> Variant:
-    from pipelines.quantize import run_quantize
-
     return run_quantize(quant, base, Path(cfg.cache_dir), seed=cfg.seed, overwrite=cfg.overwrite)
 
 
 def _evaluate(cfg: RunConfig, variant: Variant) -> EvalResult:
-    from pipelines.evaluate import run_evaluate
-
-    return run_evaluate(cfg, variant)
+    return evaluate.run_evaluate(cfg, variant)
 
 
 def _evaluate_sequential(cfg: RunConfig, base_variant: Variant, variant: Variant) -> tuple[EvalResult, EvalResult]:
-    from pipelines.evaluate.sequential import evaluate_sequential
-
     return evaluate_sequential(cfg, base_variant, variant)
 
 
@@ -173,18 +163,16 @@ def _serve_and_measure(cfg: RunConfig, variants: dict[str, Variant], output_dir:
                        ) -> tuple[EvalResult, EvalResult, BenchResult | None, BenchResult | None]:
     """Serve and score the base, then the variant with the base's server still up; with a served bench
     engine, time both endpoints in alternating rounds; stop both; then check agreement in process."""
+    # scipy (speed ratios): loaded when a run benchmarks, not by --cfg job or compose_config
     from pipelines.bench import times_endpoint
     from pipelines.bench.paired import run_paired_served_benchmark
-    from pipelines.evaluate import run_evaluate
-    from pipelines.evaluate.agreement import served_agreement
-    from pipelines.serve import make_server
 
-    server, served, evals, benches = make_server(cfg), {}, {}, (None, None)
+    server, served, evals, benches = serve.make_server(cfg), {}, {}, (None, None)
     with contextlib.ExitStack() as servers:  # both servers are stopped however this block ends
         for role, variant in variants.items():
             with run.stage(f"serve {role}"):
                 served[role] = servers.enter_context(server.serve(variant, role, output_dir))
-                evals[role] = run.keep(**{f"{role}_eval": run_evaluate(cfg, variant, served[role])})
+                evals[role] = run.keep(**{f"{role}_eval": evaluate.run_evaluate(cfg, variant, served[role])})
         if cfg.bench.enabled and times_endpoint(cfg):
             with run.stage("benchmark", cached=("base_bench", "bench")):  # paired: alternating rounds
                 benches = run_paired_served_benchmark(cfg, variants, served)
@@ -194,13 +182,13 @@ def _serve_and_measure(cfg: RunConfig, variants: dict[str, Variant], output_dir:
     # In-process scoring of the agreement items runs after the servers are gone (memory).
     with run.stage("agreement"):
         for role, variant in variants.items():
-            evals[role].agreement = served_agreement(cfg, variant, evals[role],
+            evals[role].agreement = agreement.served_agreement(cfg, variant, evals[role],
                                                      "base" if role == "base" else cfg.quant.name)
     return evals["base"], evals["variant"], *benches
 
 
 def _fidelity(cfg: RunConfig, base_eval: EvalResult, variant_eval: EvalResult) -> Fidelity:
-    from pipelines.fidelity import compare
+    from pipelines.fidelity import compare  # scipy and statsmodels: loaded when a run compares
 
     fidelity = compare(base_eval, variant_eval, confidence=cfg.gate.confidence,
                        bootstrap_samples=cfg.eval.bootstrap_samples, seed=cfg.seed,
@@ -213,14 +201,13 @@ def _fidelity(cfg: RunConfig, base_eval: EvalResult, variant_eval: EvalResult) -
 
 
 def _benchmark(cfg: RunConfig, base_variant: Variant, variant: Variant) -> tuple[BenchResult, BenchResult]:
-    from pipelines.bench.paired import run_paired_benchmark
+    from pipelines.bench.paired import run_paired_benchmark  # scipy: loaded when a run benchmarks
 
     return run_paired_benchmark(cfg, base_variant, variant)
 
 
 def _cost(cfg: RunConfig, bench: BenchResult, variant: Variant, base_bench: BenchResult | None = None) -> CostResult:
-    from pipelines.cost import estimate_cost
-    from pipelines.shape import read_model_shape
+    from pipelines.cost import estimate_cost  # scipy: loaded when a run prices
 
     # The quantize stage read the shape; it is None only where config.json describes no decoder,
     # and reading it here again raises the error that says so.
@@ -230,16 +217,14 @@ def _cost(cfg: RunConfig, bench: BenchResult, variant: Variant, base_bench: Benc
 
 def _gate(cfg: RunConfig, fidelity: Fidelity, bench: BenchResult | None, base_bench: BenchResult | None,
           cost: CostResult | None, base_cost: CostResult | None) -> Verdict:
-    from pipelines.gate import decide
+    from pipelines.gate import decide  # scipy and statsmodels: loaded when a run is gated
 
     return decide(cfg.gate, fidelity, cost=cost, base_cost=base_cost, bench=bench, base_bench=base_bench)
 
 
 def _track(cfg: RunConfig, outcome: Outcome, parent_run_id: str | None) -> None:
     """Log the outcome; a tracker that fails makes the variant a failed stage (exit 3), its verdict kept."""
-    from pipelines.track import make_tracker
-
-    tracker = make_tracker(cfg.tracking)
+    tracker = track.make_tracker(cfg.tracking)
     if tracker is None:
         return
     try:

@@ -77,7 +77,7 @@ def _trial(cfg: RunConfig, output_dir: Path, parent: str | None, doc_ids: dict[s
     untracked = dataclasses.replace(trial_cfg, tracking=dataclasses.replace(cfg.tracking, enabled=False))
     log.info("search: %s on the %s split (%d items)", candidate.name, split, sum(map(len, doc_ids.values())))
     outcome = run_variant(untracked, output_dir / split / candidate.name, preflighted=True,
-                          evaluate=lambda c, b, v: evaluate(c, b, v, doc_ids))
+                          evaluator=lambda c, b, v: evaluate(c, b, v, doc_ids))
     _track(trial_cfg, outcome, parent, register=split == "confirmation")
     outcomes[f"{split}/{candidate.name}"] = outcome
     trial = trial_of(outcome, candidate, split)

@@ -16,9 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from safetensors import safe_open
+
 from pipelines.config import ModelConfig
+from pipelines.embedded import is_embedded, resolve_source
 from pipelines.errors import InputError
 from pipelines.hub import download, is_hub_id
+from pipelines.logs import adopt_library_logs, library_output_to_log
 from pipelines.shape import parse_config_json
 
 log = logging.getLogger(__name__)
@@ -56,8 +60,6 @@ def read_model_config(path: Path, model: ModelConfig) -> dict[str, Any]:
 
 
 def local_model_directory(model: ModelConfig) -> Path:
-    from pipelines.embedded import is_embedded, resolve_source
-
     candidate = resolve_source(model.source, "model")
     if is_embedded(model.source):
         return candidate
@@ -134,8 +136,6 @@ def load_causal_lm(path: Path, dtype: str = "auto", trust_remote_code: bool = Fa
     kwargs["dtype"] = "auto" if dtype == "auto" else getattr(torch, dtype)
     if device and device != "cpu":
         kwargs["device_map"] = device
-    from pipelines.logs import library_output_to_log
-
     with library_output_to_log("transformers"):  # a compressed checkpoint imports compressed-tensors
         model, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True, **kwargs)
     _refuse_partial_load(path, set(info["missing_keys"]), set(info["unexpected_keys"]))
@@ -167,10 +167,7 @@ def check_causal_lm(path: Path, config: dict[str, Any], trust_remote_code: bool 
 def _check_stored_tensors(path: Path, files: list[Path], trust_remote_code: bool) -> None:
     import torch
 
-    from pipelines.logs import adopt_library_logs
-
     adopt_library_logs()  # torchao, imported with transformers' models, warns through torch's loggers
-    from safetensors import safe_open
     from transformers import AutoConfig, AutoModelForCausalLM
 
     with torch.device("meta"):

@@ -15,11 +15,14 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines import plan_eval
+import psutil
+
+from pipelines import hub, plan_eval
 from pipelines.config import ParallelServerConfig, RunConfig
 from pipelines.cost import decode_step_bound_s, prefill_bound_s, projected_estimate, scaled_hardware
 from pipelines.embedded import is_embedded
 from pipelines.errors import ConfigError, InputError
+from pipelines.models import is_hub_id
 from pipelines.plan_eval import EvalEstimate
 from pipelines.quantize.schemes import HESSIAN_METHODS, uses_calibration
 from pipelines.serve import gpu_memory_fraction, runs_here
@@ -70,8 +73,6 @@ class Plan:
 def build_plan(cfg: RunConfig, count_items: bool = False) -> Plan:
     config, source = read_config_json(cfg.model)
     size = model_size(config, cfg.model)
-    from pipelines.models import is_hub_id
-
     plan = Plan(cfg=cfg, size=size, shape_source=source, base_bytes=size.base_bytes,
                 variant_bytes=variant_bytes(size, cfg.quant),
                 download_bytes=size.base_bytes if is_hub_id(cfg.model.source) else 0.0, serve_gpus=0, needed_tp=None)
@@ -256,13 +257,9 @@ def _check_this_machine(plan: Plan) -> None:
                              "run on a machine that has them (plan=true shows the plan anywhere)")
     quantize = next((stage for stage in plan.stages if stage.name == "quantize"), None)
     if quantize is not None:
-        import psutil
-
         total = psutil.virtual_memory().total
         if quantize.cpu_ram_gb * GB > total:
             raise InputError(f"quantizing {cfg.model.name} needs ~{quantize.cpu_ram_gb:.0f} GB of CPU RAM (llm-compressor "
                              f"keeps the model in CPU memory) and this machine has {total / GB:.0f} GB")
-    from pipelines import hub
-
     variant = plan.variant_bytes if cfg.quant.method != "none" else 0.0
     hub.check_access_and_room(cfg.model, Path(cfg.cache_dir), variant, cfg.quant.name)

@@ -9,6 +9,7 @@ from pipelines import exit_codes
 from pipelines.config import ParallelServerConfig, RunConfig
 from pipelines.cost import price_per_hour, scaled_hardware
 from pipelines.plan import Plan, build_plan, duration
+from pipelines.plan_eval import best_case_stop
 from pipelines.serve import gpu_memory_fraction, runs_here
 from pipelines.sizing import GB, SERVE_OVERHEAD_GB, kv_tokens, serve_gb_per_gpu
 
@@ -78,8 +79,6 @@ def _sequential_line(plan: Plan, price: float) -> str:
 
 
 def _stop(plan: Plan) -> str:
-    from pipelines.plan_eval import best_case_stop
-
     stop = best_case_stop(plan.cfg.gate, plan.cfg.eval.chunk_size, multiple_choice=True)
     return f"{stop:,}" if stop is not None else "all"
 

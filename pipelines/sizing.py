@@ -18,6 +18,7 @@ from typing import Any
 
 from pipelines.config import ModelConfig, ParallelServerConfig, QuantConfig, RunConfig
 from pipelines.errors import InputError
+from pipelines.models import is_hub_id, local_model_directory
 from pipelines.quantize.schemes import HESSIAN_METHODS, compute_dtype, uses_calibration, weight_format
 from pipelines.shape import DTYPE_BYTES, ModelShape, llama_parameter_count, parse_config_json, shape_from_config
 
@@ -30,8 +31,6 @@ CONFIG_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "int
 
 def read_config_json(model: ModelConfig) -> tuple[dict[str, Any], str]:
     """The model's config.json and where it came from: a local directory, the Hugging Face cache, model.shape."""
-    from pipelines.models import is_hub_id, local_model_directory
-
     if not is_hub_id(model.source):
         path = local_model_directory(model) / "config.json"
         if not path.is_file():

@@ -137,7 +137,13 @@ DEFERRED_LIBRARIES = {
     "gptqmodel", "optimum", "guidellm", "vllm", "psycopg", "loguru",
     # reads HF_HUB_OFFLINE and HF_HOME once, when first imported: models.offline_environment sets them first
     "huggingface_hub",
+    "safetensors.torch",  # imports torch
 }
+
+
+def is_deferred(library: str) -> bool:
+    """`library` (a dotted module name) is one of DEFERRED_LIBRARIES or inside one."""
+    return any(library == name or library.startswith(name + ".") for name in DEFERRED_LIBRARIES)
 
 
 def top_level_imports(tree: ast.Module, module: str, is_package: bool, modules: set[str]) -> set[str]:
@@ -153,11 +159,11 @@ def top_level_imports(tree: ast.Module, module: str, is_package: bool, modules: 
 
 def _targets(node: ast.AST, module: str, is_package: bool, modules: set[str]) -> set[str]:
     if isinstance(node, ast.Import):
-        return {alias.name if alias.name in modules else alias.name.split(".")[0] for alias in node.names}
+        return {alias.name for alias in node.names}
     if isinstance(node, ast.ImportFrom):
         base = _absolute(node, module, is_package)
         if base not in modules and not base.startswith(PACKAGE):
-            return {base.split(".")[0]}
+            return {base}
         return {f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names}
     return set()
 
@@ -173,7 +179,7 @@ def deferred_reach(root: Path) -> dict[str, set[str]]:
 
     def visit(name: str, seen: frozenset[str]) -> set[str]:
         if name not in reach:
-            found = {lib for lib in top[name] if lib in DEFERRED_LIBRARIES}
+            found = {lib for lib in top[name] if lib not in modules and is_deferred(lib)}
             for target in top[name] & set(modules) - seen:
                 found |= visit(target, seen | {name})
             reach[name] = found
@@ -199,17 +205,20 @@ def misplaced_imports(root: Path) -> list[str]:
         for function in (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
             for node in (n for n in ast.walk(function) if isinstance(n, (ast.Import, ast.ImportFrom))):
                 for target in _targets(node, name, path.name == "__init__.py", set(modules)):
-                    problem = _misplaced(target, reach, _says_why(lines, node))
+                    problem = _misplaced(target, reach, reach[name], _says_why(lines, node))
                     if problem:
                         found.append(f"{path.relative_to(root.parent)}:{node.lineno} {target}: {problem}")
     return sorted(set(found))
 
 
-def _misplaced(target: str, reach: dict[str, set[str]], says_why: bool) -> str | None:
+def _misplaced(target: str, reach: dict[str, set[str]], loaded: set[str], says_why: bool) -> str | None:
+    """Why an import of `target` inside a function of a module whose top already loads `loaded` is misplaced."""
     if target not in reach:
-        return None if target in DEFERRED_LIBRARIES else "a light library: import it at the module's top"
+        return None if is_deferred(target) else "a light library: import it at the module's top"
     if not reach[target]:
         return "loads no heavy library: import it at the module's top"
+    if reach[target] <= loaded:
+        return "loads nothing the module's own imports do not: import it at the module's top"
     return None if says_why else f"loads {', '.join(sorted(reach[target]))}: say so in a comment beside it"
 
 
@@ -235,8 +244,10 @@ def test_imports_inside_functions_are_deferred_for_a_reason_and_say_which():
 def test_a_light_import_inside_a_function_is_misplaced_and_a_heavy_one_needs_a_comment(package):
     root = package(__init__="", light="import json\n", heavy="import torch\n",
                    user="def f():\n    import json\n    from pkg import light\n    from pkg import heavy\n"
-                        "    # torch: seconds to import\n    from pkg.heavy import g\n    import scipy\n")
+                        "    # torch: seconds to import\n    from pkg.heavy import g\n    import scipy\n",
+                   loaded="import torch\n\ndef f():\n    from pkg import heavy  # torch\n")
     assert misplaced_imports(root) == [
+        "pkg/loaded.py:4 pkg.heavy: loads nothing the module's own imports do not: import it at the module's top",
         "pkg/user.py:2 json: a light library: import it at the module's top",
         "pkg/user.py:3 pkg.light: loads no heavy library: import it at the module's top",
         "pkg/user.py:4 pkg.heavy: loads torch: say so in a comment beside it",

@@ -32,6 +32,7 @@ Exercised by: pytest tests/test_evaluate.py
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
@@ -44,6 +45,7 @@ from pipelines.evaluate.runner import EvalRunner
 from pipelines.evaluate.served_runner import LM_EVAL_MODEL as SERVED_RUNNER
 from pipelines.evaluate.served_runner import ServedRunner
 from pipelines.evaluate.suites import check_suites, resolve_include_path, task_manager
+from pipelines.models import load_causal_lm, load_tokenizer, offline_environment
 from pipelines.records import EvalResult, ServedModel, TaskResult, Variant, load_record, save_record
 from pipelines.registry import EVAL_RUNNERS, resolve
 from pipelines.serve import engine_identity
@@ -73,8 +75,6 @@ KEYED_ONLY_WHEN_SET = {"cluster_keys"}
 
 def run_evaluate(cfg: RunConfig, variant: Variant, served: ServedModel | None = None) -> EvalResult:
     """Evaluate `variant` on cfg.eval's tasks (through `served` when given), or reuse the cached result."""
-    from pipelines.models import offline_environment
-
     offline_environment(cfg.model)
     include = resolve_include_path(cfg.eval.include_path)
     text = reference_text(cfg.eval.reference_text)
@@ -171,8 +171,6 @@ def load_cached(directory: Path, name: str) -> EvalResult:
 
 def _evaluate_into(scratch: Path, final: Path, runner: EvalRunner, cfg: RunConfig, variant: Variant,
                    settings: dict[str, Any], suite: str, include: Path | None, text: str | None) -> EvalResult:
-    from pipelines.models import load_tokenizer
-
     start = time.perf_counter()
     checkpoint = Path(variant.checkpoint_dir)
     tokenizer = load_tokenizer(checkpoint, cfg.model.trust_remote_code)
@@ -201,8 +199,6 @@ def _evaluate_into(scratch: Path, final: Path, runner: EvalRunner, cfg: RunConfi
 def _write_tasks(results: dict[str, Any], scratch: Path, final: Path, suite: str,
                  cluster_keys: dict[str, str]) -> tuple[list[TaskResult], dict[str, str]]:
     """Per-item files and TaskResults for every leaf task lm-eval ran (groups have no items)."""
-    import json
-
     atomic_write_text(scratch / "lm_eval_results.json", json.dumps(
         {k: v for k, v in results.items() if k != "samples"}, indent=2, default=str))
     tasks, suite_hashes = [], {}
@@ -230,8 +226,6 @@ def reference_model(lm, cfg: RunConfig, checkpoint: Path):
     """The model lm-eval already loaded (hf), or a transformers load of the checkpoint (vllm, served)."""
     if lm is not None and cfg.eval.runner == "hf":
         return lm.model, lm.tokenizer
-    from pipelines.models import load_causal_lm, load_tokenizer
-
     model = load_causal_lm(checkpoint, cfg.model.dtype, cfg.model.trust_remote_code,
                            cfg.model.allow_pickle, cfg.hardware.device)
     return model, load_tokenizer(checkpoint, cfg.model.trust_remote_code)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+from pipelines import evaluate
 from pipelines.config import RunConfig, ServeConfig
 from pipelines.evaluate.items import read_items
 from pipelines.records import EvalResult, TaskAgreement, Variant
@@ -26,8 +27,6 @@ LOGLIKELIHOOD_TOL = 1e-3
 
 def served_agreement(cfg: RunConfig, variant: Variant, served: EvalResult, role: str) -> list[TaskAgreement]:
     """Per-task agreement of `served` with an in-process run on the first serve.agreement_items items."""
-    from pipelines.evaluate import run_evaluate
-
     count = cfg.serve.agreement_items
     if count == 0:
         return []
@@ -35,7 +34,7 @@ def served_agreement(cfg: RunConfig, variant: Variant, served: EvalResult, role:
     local_cfg = dataclasses.replace(cfg, serve=ServeConfig(name="inprocess", backend="inprocess"),
                                     eval=dataclasses.replace(cfg.eval, limit=limit, reference_text=None))
     log.info("scoring %d items per task of %s in-process to check the served scores", limit, variant.name)
-    local = run_evaluate(local_cfg, variant)
+    local = evaluate.run_evaluate(local_cfg, variant)
     served_tasks = {task.task: task for task in served.tasks}
     result = [compare_items(role, task.task, read_items(served_tasks[task.task].items_path),
                             read_items(task.items_path))

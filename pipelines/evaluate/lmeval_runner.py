@@ -17,6 +17,7 @@ from typing import Any
 
 from pipelines.config import EvalConfig, ModelConfig
 from pipelines.errors import ConfigError
+from pipelines.logs import library_output_to_log
 from pipelines.registry import did_you_mean
 
 log = logging.getLogger(__name__)
@@ -79,8 +80,6 @@ class LMEvalRunner:
         args = self.model_args(checkpoint_dir, add_bos_token)
         log.info("loading %s with lm-eval's %s backend on %s", checkpoint_dir, self.eval_cfg.runner, self.device)
         extra = {"batch_size": self.eval_cfg.batch_size, "device": self.device}
-        from pipelines.logs import library_output_to_log
-
         with library_output_to_log("lm_eval"):  # a compressed checkpoint imports compressed-tensors
             return get_model(self.eval_cfg.runner).create_from_arg_obj(args, extra)
 

@@ -20,6 +20,10 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+from safetensors import safe_open
+from tqdm import tqdm
+
+from pipelines.embedded import resolve_source
 from pipelines.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -37,8 +41,6 @@ def reference_path(setting: str | None) -> Path | None:
     """The file eval.reference_text names, resolved (None: no reference pass)."""
     if setting is None:
         return None
-    from pipelines.embedded import resolve_source
-
     path = resolve_source(setting, "reference")
     if not path.is_file():
         raise InputError(f"eval.reference_text={setting}: {path} does not exist; give a text file or null")
@@ -63,7 +65,6 @@ def compute_reference_logprobs(model, tokenizer, text: str, *, window: int, max_
                                add_bos_token: bool, out_path: Path) -> Path:
     """Score the reference text with `model` and save token ids and log-probabilities to `out_path`."""
     import torch
-    from tqdm import tqdm
 
     config = model.config.get_text_config()
     # A window longer than the model's positions would score garbage past the trained length.
@@ -95,8 +96,6 @@ def save_reference_logprobs(token_ids, logprobs, out_path: Path) -> Path:
 
 
 def read_token_ids(path: str | Path):
-    from safetensors import safe_open
-
     with safe_open(str(_existing(path)), framework="pt") as handle:
         return handle.get_tensor("token_ids")
 
@@ -104,7 +103,6 @@ def read_token_ids(path: str | Path):
 def iter_window_logprobs(path: str | Path) -> Iterator:
     """Float32 log-probabilities one window at a time, so a 128k vocabulary never sits whole in memory."""
     import torch
-    from safetensors import safe_open
 
     with safe_open(str(_existing(path)), framework="pt") as handle:
         logprobs = handle.get_slice("logprobs")

@@ -21,6 +21,8 @@ from pathlib import Path
 from pipelines.config import EvalConfig
 from pipelines.embedded import resolve_source
 from pipelines.errors import ConfigError, InputError
+from pipelines.evaluate.items import cluster_key_for, document_cluster
+from pipelines.evaluate.reference import reference_text
 from pipelines.registry import did_you_mean
 
 
@@ -73,8 +75,6 @@ def check_task_names(tasks: list[str] | tuple[str, ...], known: list[str]) -> No
 
 def check_suites(eval_cfg: EvalConfig) -> None:
     """Every task exists, its YAML parses, every item renders, and the reference text is there."""
-    from pipelines.evaluate.reference import reference_text
-
     reference_text(eval_cfg.reference_text)
     include = resolve_include_path(eval_cfg.include_path)
     _check_suites(tuple(eval_cfg.tasks), str(include) if include else None,
@@ -132,8 +132,6 @@ def _check_yaml_files(root: Path) -> None:
 
 
 def _check_items(name: str, task, cluster_key: str | None = None) -> None:
-    from pipelines.evaluate.items import cluster_key_for, document_cluster
-
     docs = list(task.eval_docs)
     cluster_key = cluster_key or cluster_key_for({"configs": {name: task.config.to_dict()}}, name, {})
     for doc in docs if cluster_key else ():

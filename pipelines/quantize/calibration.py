@@ -17,7 +17,9 @@ import logging
 from pathlib import Path
 
 from pipelines.config import CalibrationConfig
+from pipelines.embedded import resolve_source
 from pipelines.errors import InputError
+from pipelines.models import load_tokenizer
 from pipelines.storage import hash_files, stable_hash
 
 log = logging.getLogger(__name__)
@@ -55,8 +57,6 @@ def calibration_provenance(cal: CalibrationConfig) -> tuple[str, str]:
 
 
 def _local_path(source: str) -> Path:
-    from pipelines.embedded import resolve_source
-
     path = resolve_source(source, "calibration")
     if not path.is_file():
         raise InputError(f"calibration file {path} does not exist; {FIX}")
@@ -75,8 +75,6 @@ def _usable(value, cal: CalibrationConfig) -> bool:
 def _render(conversations: list, tokenizer_dir: Path | None) -> list[str]:
     if tokenizer_dir is None:
         return [json.dumps(messages) for messages in conversations]
-    from pipelines.models import load_tokenizer
-
     tokenizer = load_tokenizer(tokenizer_dir)
     if not tokenizer.chat_template:
         raise InputError(f"the tokenizer in {tokenizer_dir} has no chat template; set "

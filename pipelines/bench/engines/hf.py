@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import psutil
 from transformers.generation.streamers import BaseStreamer
 
 from pipelines.bench.conditions import cpu_model
@@ -74,8 +75,6 @@ class SampledRssPeak:
     kind = "process_rss_peak_sampled"
 
     def __init__(self) -> None:
-        import psutil
-
         self._process = psutil.Process()
         self._peak = 0
         self._stop = threading.Event()

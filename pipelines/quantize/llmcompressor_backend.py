@@ -16,8 +16,11 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator
 
+from pydantic import ValidationError
+
 from pipelines.config import QuantConfig
 from pipelines.errors import ConfigError
+from pipelines.logs import library_output_to_log
 from pipelines.models import BaseModel, load_causal_lm, load_tokenizer
 from pipelines.quantize.compat import check_groups_fit
 from pipelines.quantize.schemes import check_scheme
@@ -40,8 +43,6 @@ class LLMCompressorQuantizer:
     def quantize(self, base: BaseModel, quant: QuantConfig, calibration: list[str], out_dir: Path,
                  seed: int) -> None:
         import torch
-
-        from pipelines.logs import library_output_to_log
 
         with library_output_to_log("llmcompressor"):  # its import logs to stdout ("No accelerator available!")
             from llmcompressor import oneshot
@@ -81,8 +82,6 @@ def build_recipe(quant: QuantConfig) -> list[Any]:
 
 
 def _modifier(cls: type, kwargs: dict[str, Any]) -> Any:
-    from pydantic import ValidationError
-
     try:
         return cls(**kwargs)
     except ValidationError as error:

@@ -28,7 +28,11 @@ from typing import Any
 from pipelines import storage
 from pipelines.config import QuantConfig, RunConfig
 from pipelines.errors import ConfigError, InputError
-from pipelines.models import BaseModel
+from pipelines.evaluate import effective_add_bos_token
+from pipelines.evaluate.reference import compute_reference_logprobs, reference_text
+from pipelines.logs import library_output_to_log
+from pipelines.models import BaseModel, load_causal_lm, load_tokenizer
+from pipelines.quantize.calibration import load_calibration
 from pipelines.quantize.schemes import STATIC_ACTIVATION_PRESETS, preset_name
 from pipelines.records import load_record, save_record, to_dict
 
@@ -111,9 +115,6 @@ def sensitivity_key(cfg: RunConfig, base: BaseModel, quant: QuantConfig, text: s
 
 def probe_text(cfg: RunConfig, base: BaseModel, quant: QuantConfig) -> tuple[str, str]:
     """The reference text, or the calibration texts when eval.reference_text is null; and which it is."""
-    from pipelines.evaluate.reference import reference_text
-    from pipelines.quantize.calibration import load_calibration
-
     text = reference_text(cfg.eval.reference_text)
     if text is not None:
         return text, "reference"
@@ -130,9 +131,6 @@ def _check_probe_scheme(quant: QuantConfig) -> None:
 
 
 def _probe(cfg: RunConfig, base: BaseModel, quant: QuantConfig, text: str, source: str, work: Path) -> Sensitivity:
-    from pipelines.evaluate import effective_add_bos_token
-    from pipelines.models import load_causal_lm, load_tokenizer
-
     started = time.perf_counter()
     trusted = bool(base.config.get("auto_map"))  # resolve_base refused custom code the user did not trust
     model = load_causal_lm(base.path, cfg.model.dtype, trusted, cfg.model.allow_pickle, cfg.hardware.device)
@@ -171,15 +169,13 @@ class _Scorer:
         self.tokens = 0
 
     def score(self, model, name: str) -> Path:
-        from pipelines.evaluate.reference import compute_reference_logprobs
-
         ev = self.cfg.eval
         return compute_reference_logprobs(model, self.tokenizer, self.text, window=ev.reference_window,
                                           max_tokens=ev.reference_max_tokens, batch_size=ev.batch_size,
                                           add_bos_token=self.add_bos_token, out_path=self.work / f"{name}.safetensors")
 
     def compare(self, base_file: Path, unit: str, model, target: str) -> UnitKL:
-        from pipelines.fidelity import reference_divergence
+        from pipelines.fidelity import reference_divergence  # scipy and statsmodels
 
         unit_file = self.score(model, unit)
         divergence = reference_divergence(str(base_file), str(unit_file), self.cfg.gate.confidence,
@@ -192,8 +188,6 @@ class _Scorer:
 
 def quantized_copy(model, quant: QuantConfig, target: str):
     """A copy of `model` with only the modules `target` matches quantized in `quant`'s scheme."""
-    from pipelines.logs import library_output_to_log
-
     with library_output_to_log("llmcompressor"):  # its import and lifecycle print to stdout
         from compressed_tensors.quantization import preset_name_to_scheme
         from llmcompressor import oneshot

@@ -112,8 +112,8 @@ def _run_stages(cfg: RunConfig, output_dir: Path, evaluator: Evaluator | None) -
 def _stages(cfg: RunConfig, base, output_dir: Path, run: StageLog, evaluator: Evaluator | None) -> None:
     """quantize -> evaluate (or serve both, score each, time them paired) -> fidelity -> benchmark -> cost -> gate."""
     with run.stage("quantize", cached=("variant",)):
-        base_variant = run.keep(base_variant=_quantize(cfg, BASELINE, base))
-        variant = run.keep(variant=_quantize(cfg, cfg.quant, base))
+        base_variant = run.keep(base_variant=quantize_variant(cfg, BASELINE, base))
+        variant = run.keep(variant=quantize_variant(cfg, cfg.quant, base))
     base_bench = bench = base_cost = cost = None
     if is_served(cfg):  # serve and score the base, then the variant beside it; time both alternately
         base_eval, variant_eval, base_bench, bench = _serve_and_measure(
@@ -130,12 +130,12 @@ def _stages(cfg: RunConfig, base, output_dir: Path, run: StageLog, evaluator: Ev
         fidelity = run.keep(fidelity=_fidelity(cfg, base_eval, variant_eval))
     if cfg.bench.enabled and bench is None:
         with run.stage("benchmark", cached=("base_bench", "bench")):  # paired: both timed in one run
-            base_bench, bench = _benchmark(cfg, base_variant, variant)
+            base_bench, bench = benchmark_pair(cfg, base_variant, variant)
             run.keep(base_bench=base_bench, bench=bench)
     if cfg.bench.enabled:
         with run.stage("cost"):
-            base_cost = run.keep(base_cost=_cost(cfg, base_bench, base_variant))
-            cost = run.keep(cost=_cost(cfg, bench, variant, base_bench))
+            base_cost = run.keep(base_cost=price(cfg, base_bench, base_variant))
+            cost = run.keep(cost=price(cfg, bench, variant, base_bench))
     with run.stage("gate"):
         run.keep(verdict=_gate(cfg, fidelity, bench, base_bench, cost, base_cost))
 
@@ -147,7 +147,8 @@ def _save(outcome: Outcome, output_dir: Path) -> None:
     atomic_write_text(output_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True, default=float) + "\n")
 
 
-def _quantize(cfg: RunConfig, quant: QuantConfig, base) -> Variant:
+def quantize_variant(cfg: RunConfig, quant: QuantConfig, base) -> Variant:
+    """The quantize stage for one quant config (the baseline too), cached."""
     return run_quantize(quant, base, Path(cfg.cache_dir), seed=cfg.seed, overwrite=cfg.overwrite)
 
 
@@ -200,13 +201,15 @@ def _fidelity(cfg: RunConfig, base_eval: EvalResult, variant_eval: EvalResult) -
     return fidelity
 
 
-def _benchmark(cfg: RunConfig, base_variant: Variant, variant: Variant) -> tuple[BenchResult, BenchResult]:
+def benchmark_pair(cfg: RunConfig, base_variant: Variant, variant: Variant) -> tuple[BenchResult, BenchResult]:
+    """The benchmark stage: base and variant timed in interleaved rounds, cached as one pair."""
     from pipelines.bench.paired import run_paired_benchmark  # scipy: loaded when a run benchmarks
 
     return run_paired_benchmark(cfg, base_variant, variant)
 
 
-def _cost(cfg: RunConfig, bench: BenchResult, variant: Variant, base_bench: BenchResult | None = None) -> CostResult:
+def price(cfg: RunConfig, bench: BenchResult, variant: Variant, base_bench: BenchResult | None = None) -> CostResult:
+    """The cost stage: $/1M tokens and replicas from a benchmark, the saving against its paired base."""
     from pipelines.cost import estimate_cost  # scipy: loaded when a run prices
 
     # The quantize stage read the shape; it is None only where config.json describes no decoder,

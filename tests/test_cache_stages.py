@@ -199,7 +199,7 @@ def test_bad_input_found_mid_run_leaves_an_outcome_saying_so(tmp_path, monkeypat
         raise InputError("per-item records x.jsonl are missing; re-run the evaluation with overwrite=true")
 
     monkeypatch.setattr(pipelines.models, "resolve_base", lambda model_cfg: BaseModel("tiny", tmp_path, "f", {}))
-    monkeypatch.setattr(pipeline, "_quantize", lambda cfg, quant, base: model(quant.name, quant.name))
+    monkeypatch.setattr(pipeline, "quantize_variant", lambda cfg, quant, base: model(quant.name, quant.name))
     monkeypatch.setattr(pipeline, "_evaluate", unusable)
     cfg = pipeline.compose_config(["bench=off", "tracking=off", f"cache_dir={tmp_path / 'cache'}"])
     with pytest.raises(InputError):

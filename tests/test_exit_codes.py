@@ -101,7 +101,7 @@ def test_a_crash_exits_3_with_one_line_and_the_log_holding_its_traceback(clean_e
                                            ({"fp8": InputError("no such suite"), "w8a8": RuntimeError("boom")}, 3)])
 def test_a_sweep_records_each_failed_job_with_its_code_and_goes_on(failures, code, clean_env, tmp_path, monkeypatch):
     monkeypatch.setattr(sweep, "preflight_all", lambda configs: None)
-    monkeypatch.setattr(pipeline, "_run_stages", lambda cfg, output_dir, evaluate: _raise(failures[cfg.quant.name])())
+    monkeypatch.setattr(pipeline, "_run_stages", lambda cfg, output_dir, evaluator: _raise(failures[cfg.quant.name])())
     assert cli(monkeypatch, "-m", "quant=fp8,w8a8", "tracking=off", "sweep=codes", f"cache_dir={tmp_path / 'c'}",
                f"hydra.sweep.dir={tmp_path / 'multirun'}") == code
     recorded = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "c" / "sweeps" / "codes" / "outcomes").glob("*")}
@@ -120,7 +120,7 @@ def test_a_tracker_failure_is_exit_3_in_every_record(tmp_path, monkeypatch):
 
     promoted = Outcome(variant_name="fp8", model="tiny-llama",
                        verdict=Verdict(variant="fp8", decision="PROMOTE", rules=[], reasons=[]))
-    monkeypatch.setattr(pipeline, "_run_stages", lambda cfg, output_dir, evaluate: promoted)
+    monkeypatch.setattr(pipeline, "_run_stages", lambda cfg, output_dir, evaluator: promoted)
     monkeypatch.setattr(track, "make_tracker", lambda tracking: BrokenTracker())
     cfg = pipeline.compose_config([f"cache_dir={tmp_path}"])
     outcome = pipeline.run_variant(cfg, tmp_path / "run", preflighted=True)

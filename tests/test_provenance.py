@@ -18,7 +18,7 @@ from pipelines.cli import compose_all
 from pipelines.embedded import CALIBRATION_TEXT
 from pipelines.evaluate import with_provenance as eval_with_provenance
 from pipelines.models import resolve_base
-from pipelines.pipeline import _cost
+from pipelines.pipeline import price
 from pipelines.plan import build_plan
 from pipelines.quantize import run_quantize, with_provenance
 from pipelines.records import EvalResult, Variant, load_record, save_record
@@ -64,7 +64,7 @@ def test_the_quantize_stage_reads_the_shape_once_and_the_cost_stage_not_again(co
     bench = make_outcome(tmp_path).bench
     bench.levels = [dataclasses.replace(level, e2e_mean_ms=400.0, itl_mean_ms=10.0) for level in bench.levels]
     for each in (baseline, variant):
-        assert _cost(cfg, bench, each).measured is not None
+        assert price(cfg, bench, each).measured is not None
     assert len(config_json_reads) == 2
     assert baseline.shape == variant.shape == read_model_shape(EMBEDDED)
 

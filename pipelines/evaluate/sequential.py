@@ -45,8 +45,10 @@ from pipelines.evaluate import (cache_directory, effective_add_bos_token, reques
 from pipelines.evaluate.item_cache import ItemScorer
 from pipelines.evaluate.reference import reference_text
 from pipelines.evaluate.suites import resolve_include_path
-from pipelines.evaluate.items import choice_divergence
+from pipelines.evaluate.items import choice_divergence, document_cluster, write_items
+from pipelines.models import load_tokenizer
 from pipelines.records import EvalResult, SequentialTask, TaskResult, Variant, save_record
+from pipelines.serve import is_served
 from pipelines.storage import stable_hash, write_manifest
 
 log = logging.getLogger(__name__)
@@ -74,8 +76,6 @@ def final_confidence(confidence: float) -> float:
 
 def check(cfg: RunConfig) -> None:
     """Preflight: what a sequential run needs from the rest of the config."""
-    from pipelines.serve import is_served
-
     if not cfg.eval.sequential:
         return
     if is_served(cfg):
@@ -244,8 +244,6 @@ def task_units(cfg: RunConfig, manager) -> dict[str, tuple[list[list[int]], bool
     document order, and whether they are clusters."""
     from lm_eval.tasks import get_task_dict
 
-    from pipelines.evaluate.items import document_cluster
-
     units = {}
     for task, obj in sorted(_leaves(get_task_dict(list(cfg.eval.tasks), manager))):
         docs = list(obj.eval_docs)[:cfg.eval.limit or None]
@@ -307,8 +305,6 @@ def _stop(plans: dict[str, TaskPlan], monitors: dict[str, TaskMonitor], active: 
 
 
 def _settings(cfg: RunConfig, model: Variant, settings: dict[str, Any]) -> dict[str, Any]:
-    from pipelines.models import load_tokenizer
-
     tokenizer = load_tokenizer(Path(model.checkpoint_dir), cfg.model.trust_remote_code)
     return {**settings, "add_bos_token": effective_add_bos_token(tokenizer, cfg.eval.add_bos_token),
             "sequential": {"chunk_size": cfg.eval.chunk_size, "order_seed": cfg.eval.seed}}
@@ -317,8 +313,6 @@ def _settings(cfg: RunConfig, model: Variant, settings: dict[str, Any]) -> dict[
 def _result(cfg: RunConfig, scorer: ItemScorer, settings: dict[str, Any], suite: str, used: dict[str, list[int]],
             text: str | None, key: str, seconds: float, records: list[SequentialTask]) -> EvalResult:
     """The EvalResult of the items used, written where pipelines/fidelity.py reads it."""
-    from pipelines.evaluate.items import write_items
-
     directory = scorer.directory.parent / "sequential" / key
     reference = scorer.reference_logprobs(text)
     scorer.release()

@@ -24,11 +24,13 @@ from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from pipelines import interrupts, logs
+from pipelines import interrupts, logs, preflight
 from pipelines.cli import MULTIRUN_FLAGS, compose_all, report_failure
 from pipelines.errors import ConfigError
+from pipelines.models import offline_environment
 from pipelines.redact import RedactSecrets
 from pipelines.search.config import SearchConfig, load_search_config
+from pipelines.search.runner import check, search
 
 FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 
@@ -65,10 +67,7 @@ def main() -> None:
 
 
 def _search(argv: list[str]) -> int:
-    from pipelines.models import offline_environment
-    from pipelines.preflight import preflight
-    from pipelines.search.runner import check, search
-    from pipelines.search.summary import text_table
+    from pipelines.search.summary import text_table  # plotly (the chart beside the table): once configs passed
 
     schemes, search_cfg, overrides = parse(argv)
     schemes = schemes or search_cfg.schemes
@@ -78,7 +77,7 @@ def _search(argv: list[str]) -> int:
     _log_to(output_dir)
     for cfg in configs:
         check(cfg)
-        preflight(cfg)
+        preflight.preflight(cfg)
     offline_environment(configs[0].model)
     result = search(configs, search_cfg, output_dir)
     print(text_table(result))

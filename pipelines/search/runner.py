@@ -18,13 +18,18 @@ import logging
 import time
 from pathlib import Path
 
-from pipelines import pareto
+from pipelines import models, pareto, pipeline
 from pipelines.config import RunConfig
+from pipelines.evaluate import sequential
+from pipelines.evaluate.suites import resolve_include_path, task_manager
 from pipelines.records import Outcome
+from pipelines.search import candidates, sensitivity
 from pipelines.search.config import SearchConfig
 from pipelines.search.procedure import FAILED, Budget, SearchResult, Trial, run_search
 from pipelines.search.split import side, split_tasks
+from pipelines.sizing import model_size
 from pipelines.storage import atomic_write_text
+from pipelines.sweep import crown_champions
 from pipelines.track import make_tracker, resolved_config
 
 log = logging.getLogger(__name__)
@@ -32,23 +37,18 @@ log = logging.getLogger(__name__)
 
 def check(cfg: RunConfig) -> None:
     """Preflight: the search split is evaluated sequentially, in process (pipelines/evaluate/sequential.py)."""
-    from pipelines.evaluate import sequential
-
     sequential.check(dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, sequential=True)))
 
 
 def search(configs: list[RunConfig], search_cfg: SearchConfig, output_dir: Path) -> SearchResult:
     """Search the recipes built from every config's scheme (configs differ only in `quant`)."""
-    from pipelines.models import resolve_base
-    from pipelines.search.candidates import build_candidates
-
     cfg, start = configs[0], time.perf_counter()
-    base = resolve_base(cfg.model)
+    base = models.resolve_base(cfg.model)
     sensitivities = _sensitivities(configs, base)
-    candidates = build_candidates([c.quant for c in configs], sensitivities, _shape(cfg, base),
-                                  search_cfg.max_kept, _plain_costs(configs, base))
-    log.info("search: %d candidates, cheapest predicted first: %s", len(candidates),
-             ", ".join(c.name for c in candidates))
+    recipes = candidates.build_candidates([c.quant for c in configs], sensitivities,
+                                          model_size(base.config, cfg.model), search_cfg.max_kept,
+                                          _plain_costs(configs, base))
+    log.info("search: %d candidates, cheapest predicted first: %s", len(recipes), ", ".join(c.name for c in recipes))
     splits = split_tasks(cfg, _manager(cfg), search_cfg.confirmation_share)
     atomic_write_text(output_dir / "split.json", json.dumps({t: dataclasses.asdict(s) for t, s in splits.items()}))
     tracker = make_tracker(cfg.tracking)
@@ -58,25 +58,22 @@ def search(configs: list[RunConfig], search_cfg: SearchConfig, output_dir: Path)
     on_search = functools.partial(_trial, cfg, output_dir, parent, side(splits, "search"), "search", outcomes)
     on_confirm = functools.partial(_trial, cfg, output_dir, parent, side(splits, "confirmation"), "confirmation",
                                    outcomes)
-    result = run_search(candidates, on_search, on_confirm,
+    result = run_search(recipes, on_search, on_confirm,
                         Budget(search_cfg.budget.max_candidates, search_cfg.budget.max_items))
-    result.grid_items = len(candidates) * sum(len(split.search) for split in splits.values())
+    result.grid_items = len(recipes) * sum(len(split.search) for split in splits.values())
     result.seconds = time.perf_counter() - start
-    _finish(cfg, result, candidates, list(sensitivities.values()), outcomes, output_dir, tracker, parent)
+    _finish(cfg, result, recipes, list(sensitivities.values()), outcomes, output_dir, tracker, parent)
     return result
 
 
 def _trial(cfg: RunConfig, output_dir: Path, parent: str | None, doc_ids: dict[str, list[int]], split: str,
            outcomes: dict[str, Outcome], candidate) -> Trial:
     """One candidate gated on one side of the split; a search trial registers nothing."""
-    from pipelines.pipeline import run_variant
-    from pipelines.evaluate.sequential import evaluate_fixed, evaluate_sequential
-
-    evaluate = evaluate_sequential if split == "search" else evaluate_fixed
+    evaluate = sequential.evaluate_sequential if split == "search" else sequential.evaluate_fixed
     trial_cfg = dataclasses.replace(cfg, quant=candidate.quant)
     untracked = dataclasses.replace(trial_cfg, tracking=dataclasses.replace(cfg.tracking, enabled=False))
     log.info("search: %s on the %s split (%d items)", candidate.name, split, sum(map(len, doc_ids.values())))
-    outcome = run_variant(untracked, output_dir / split / candidate.name, preflighted=True,
+    outcome = pipeline.run_variant(untracked, output_dir / split / candidate.name, preflighted=True,
                           evaluator=lambda c, b, v: evaluate(c, b, v, doc_ids))
     _track(trial_cfg, outcome, parent, register=split == "confirmation")
     outcomes[f"{split}/{candidate.name}"] = outcome
@@ -106,61 +103,46 @@ def trial_of(outcome: Outcome, candidate, split: str) -> Trial:
 
 
 def _sensitivities(configs: list[RunConfig], base) -> dict:
-    from pipelines.search.sensitivity import measure_sensitivity
-
-    return {cfg.quant.name: measure_sensitivity(cfg, base, cfg.quant) for cfg in configs}
+    return {cfg.quant.name: sensitivity.measure_sensitivity(cfg, base, cfg.quant) for cfg in configs}
 
 
 def _log_sensitivities(tracker, parent: str | None, sensitivities: dict) -> None:
     """Each scheme's per-layer sensitivity on the parent run, where the tracker is MLflow's (has a client)."""
-    from pipelines.search.sensitivity import log_sensitivity
-
     client = getattr(tracker, "client", None)
     if client is not None and parent:
-        for sensitivity in sensitivities.values():
-            log_sensitivity(client, parent, sensitivity)
-
-
-def _shape(cfg: RunConfig, base):
-    from pipelines.sizing import model_size
-
-    return model_size(base.config, cfg.model)
+        for measured in sensitivities.values():
+            sensitivity.log_sensitivity(client, parent, measured)
 
 
 def _plain_costs(configs: list[RunConfig], base) -> dict[str, float] | None:
     """Each plain scheme's measured $/1M output tokens (its paired benchmark, cached for its trial),
     and the base's under candidates.BASE; through the pipeline's own stages, so they count as a run does."""
-    from pipelines.pipeline import BASELINE, _benchmark, _cost, _quantize
-    from pipelines.search.candidates import BASE
-
     if not configs[0].bench.enabled:
         return None
     costs = {}
     for cfg in configs:
-        reference, variant = _quantize(cfg, BASELINE, base), _quantize(cfg, cfg.quant, base)
-        base_bench, bench = _benchmark(cfg, reference, variant)
-        for name, cost in ((BASE, _cost(cfg, base_bench, reference)), (cfg.quant.name, _cost(cfg, bench, variant))):
+        reference = pipeline.quantize_variant(cfg, pipeline.BASELINE, base)
+        variant = pipeline.quantize_variant(cfg, cfg.quant, base)
+        base_bench, bench = pipeline.benchmark_pair(cfg, reference, variant)
+        for name, cost in ((candidates.BASE, pipeline.price(cfg, base_bench, reference)),
+                           (cfg.quant.name, pipeline.price(cfg, bench, variant))):
             if cost.measured is not None:
                 costs.setdefault(name, cost.measured.usd_per_million_output_tokens)
     return costs
 
 
 def _manager(cfg: RunConfig):
-    from pipelines.evaluate.suites import resolve_include_path, task_manager
-
     return task_manager(cfg.eval.tasks, resolve_include_path(cfg.eval.include_path))
 
 
-def _finish(cfg: RunConfig, result: SearchResult, candidates: list, sensitivities: list,
+def _finish(cfg: RunConfig, result: SearchResult, recipes: list, sensitivities: list,
             outcomes: dict[str, Outcome], output_dir: Path, tracker, parent: str | None) -> None:
     """The recipe's YAML, the summary and the chart; the champion crowned from the confirmation run alone."""
-    from pipelines.search.candidates import write_quant_yaml
-    from pipelines.search.summary import write_summary
-    from pipelines.sweep import crown_champions
+    from pipelines.search.summary import write_summary  # plotly: only once the search has a result
 
-    named = {c.name: c for c in candidates}
+    named = {c.name: c for c in recipes}
     if result.best is not None:
-        path = write_quant_yaml(named[result.best], output_dir / "conf" / "quant" / f"{result.best}.yaml")
+        path = candidates.write_quant_yaml(named[result.best], output_dir / "conf" / "quant" / f"{result.best}.yaml")
         log.info("search: recipe %s written to %s (python -m pipelines.run quant=%s)", result.best, path, path)
     files = write_summary(result, output_dir, sensitivities)
     confirmed = [outcomes[f"confirmation/{result.chosen}"]] if result.chosen else []

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipelines.config import RunConfig
+from pipelines.evaluate.sequential import task_units
 from pipelines.storage import stable_hash
 
 # Mixed into the seed so that the split is not the sequential evaluation's item order (eval.seed alone).
@@ -47,8 +48,6 @@ def split_units(task: str, units: list[list[int]], seed: int, confirmation_share
 
 def split_tasks(cfg: RunConfig, manager, confirmation_share: float) -> dict[str, TaskSplit]:
     """Every leaf task of cfg.eval.tasks split once (the units the sequential evaluation builds)."""
-    from pipelines.evaluate.sequential import task_units
-
     return {task: split_units(task, units, cfg.eval.seed, confirmation_share)
             for task, (units, _clustered) in task_units(cfg, manager).items()}
 

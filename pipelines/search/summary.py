@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from pipelines.records import save_record
-from pipelines.report_charts import COLORS, LAYOUT
+from pipelines.report_charts import COLORS, LAYOUT, sensitivity_figure
 from pipelines.search.procedure import SearchResult
 from pipelines.storage import atomic_write_text
 
@@ -46,8 +46,6 @@ def _money(value: float | None) -> str:
 def write_summary(result: SearchResult, output_dir: Path, sensitivities: list | None = None) -> list[Path]:
     """search_summary.json (every trial's numbers) and search_candidates.html: the candidates chart,
     then each scheme's sensitivity (pipelines/report_charts.sensitivity_figure); opens offline."""
-    from pipelines.report_charts import sensitivity_figure
-
     summary = save_record(result, output_dir / "search_summary.json")  # load_record(SearchResult, ...) reads it
     figures = [candidates_figure(result), *(sensitivity_figure(s) for s in sensitivities or [])]
     body = "".join(figure.to_html(full_html=False, include_plotlyjs=False) for figure in figures)

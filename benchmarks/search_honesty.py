@@ -12,12 +12,12 @@ The procedure (issue 26, item 3):
      eval.sequential=true does (pipelines/evaluate/sequential.py TaskMonitor's accuracy rule: the
      per-item drop mapped to [0, 1], a betting confidence sequence at alpha_looks looked at every
      CHUNK items against (tolerance + 1) / 2, a task out of items decided by the gate on Tango's
-     interval at final_confidence), until one PASSes;
+     interval at final_confidence), until one PROMOTEs there;
   2. confirm: the chosen candidate is gated once on the confirmation split, on Tango's interval at
      gate.confidence (pipelines/fidelity.py's interval, pipelines/gate.py's decide).
 Compared with (b) "reuse": the chosen candidate's search verdict is the answer (no confirmation),
-and (c) "naive": each candidate gated fixed-n on the same items in order, the first that PASSes
-is PROMOTEd. A false PROMOTE is a PROMOTE of a candidate whose true drop >= tolerance; reported
+and (c) "naive": each candidate gated fixed-n on the same items in order, the first that PROMOTEs
+there is the answer. A false PROMOTE is a PROMOTE of a candidate whose true drop >= tolerance; reported
 with its Clopper-Pearson interval (statsmodels). Scenarios: every candidate at the tolerance;
 every candidate 1 point above it; K - 1 at the tolerance and the last (the most expensive: the
 most layers kept in higher precision) truly fine, which shows the power.
@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipelines.config import GateConfig, SuiteTolerance  # noqa: E402
 from pipelines.confidence_sequence import BettingConfidenceSequence, paired_to_unit  # noqa: E402
 from pipelines.evaluate.sequential import EXHAUSTED, final_confidence, looks_alpha  # noqa: E402
-from pipelines.gate import FAIL, INCONCLUSIVE, PASS, PROMOTE, decide  # noqa: E402
+from pipelines.gate import PROMOTE, REJECT, decide  # noqa: E402
 from pipelines.intervals import paired_counts_interval  # noqa: E402
 from pipelines.records import Fidelity, TaskFidelity  # noqa: E402
 
@@ -88,10 +88,10 @@ SCENARIOS: dict[str, Callable[[int], list[Candidate]]] = {
 
 def search_then_confirm(candidates: int, search: Callable[[int], str],
                         confirm: Callable[[int], str]) -> tuple[int | None, str]:
-    """Look at candidates in order on the search split until one PASSes; gate that one once on the
+    """Look at candidates in order on the search split until one PROMOTEs there; gate that one once on the
     confirmation split. Returns (chosen index or None, the confirmation decision)."""
     for index in range(candidates):
-        if search(index) == PASS:
+        if search(index) == PROMOTE:
             return index, confirm(index)
     return None, NONE_PASSED
 
@@ -136,9 +136,9 @@ def fixed_n_decisions(base: np.ndarray, variants: np.ndarray, interval_confidenc
     return np.asarray(decided)[inverse.ravel()].reshape(lost.shape)
 
 
-def sequential_verdicts(base: np.ndarray, variants: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def sequential_decisions(base: np.ndarray, variants: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per (replicate, candidate): the accuracy rule's verdict of a sequential evaluation on the
-    search split (PASS / FAIL / INCONCLUSIVE) and the items it used."""
+    search split (PROMOTE / REJECT / INCONCLUSIVE: the accuracy rule alone gates) and the items it used."""
     reps, k, n = variants.shape
     values = paired_to_unit(np.repeat(base, k, axis=0), variants.reshape(reps * k, n))
     threshold = (TOLERANCE + 1) / 2
@@ -151,10 +151,8 @@ def sequential_verdicts(base: np.ndarray, variants: np.ndarray) -> tuple[np.ndar
         stopped = (status == 0) & (now != 0)
         status[stopped], used[stopped] = now[stopped], sequence.n
     final = fixed_n_decisions(base, variants, final_confidence(CONFIDENCE), exhausted=True).ravel()
-    by_final = {PROMOTE: PASS, INCONCLUSIVE: INCONCLUSIVE}
-    verdicts = np.where(status == -1, PASS, np.where(status == 1, FAIL,
-                        [by_final.get(d, FAIL) for d in final]))
-    return verdicts.reshape(reps, k), used.reshape(reps, k)
+    decisions = np.where(status == -1, PROMOTE, np.where(status == 1, REJECT, final))
+    return decisions.reshape(reps, k), used.reshape(reps, k)
 
 
 def simulate(candidates: list[Candidate], n: int, reps: int, seed: int | tuple[int, ...]) -> dict:
@@ -163,16 +161,15 @@ def simulate(candidates: list[Candidate], n: int, reps: int, seed: int | tuple[i
     rng = np.random.default_rng(seed)
     search_base, search_variants = draw_split(rng, candidates, reps, n)
     confirm_base, confirm_variants = draw_split(rng, candidates, reps, n)
-    verdicts, used = sequential_verdicts(search_base, search_variants)
+    searched, used = sequential_decisions(search_base, search_variants)
     confirmed = fixed_n_decisions(confirm_base, confirm_variants, CONFIDENCE)
     naive = fixed_n_decisions(search_base, search_variants, CONFIDENCE)
     bad = np.array([c.bad for c in candidates])
     counts = {f"{procedure}_{kind}": 0 for procedure in ("confirm", "reuse", "naive") for kind in ("false", "fine")}
     items = 0
     for r in range(reps):
-        chosen, decision = search_then_confirm(len(candidates), verdicts[r].__getitem__, confirmed[r].__getitem__)
-        naive_chosen, _ = search_then_confirm(len(candidates), lambda k: PASS if naive[r, k] == PROMOTE else FAIL,
-                                              lambda k: PROMOTE)
+        chosen, decision = search_then_confirm(len(candidates), searched[r].__getitem__, confirmed[r].__getitem__)
+        naive_chosen, _ = search_then_confirm(len(candidates), naive[r].__getitem__, naive[r].__getitem__)
         items += int(used[r, :len(candidates) if chosen is None else chosen + 1].sum())
         for procedure, pick, promoted in (("confirm", chosen, decision == PROMOTE), ("reuse", chosen, True),
                                           ("naive", naive_chosen, True)):

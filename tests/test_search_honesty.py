@@ -12,7 +12,7 @@ import pytest
 from scipy.stats import binomtest
 
 from pipelines.evaluate.sequential import TaskMonitor
-from pipelines.gate import FAIL, PASS, PROMOTE, REJECT, decide
+from pipelines.gate import INCONCLUSIVE, PROMOTE, REJECT, decide
 from pipelines.intervals import paired_counts_interval
 from pipelines.records import Fidelity, TaskFidelity
 
@@ -59,24 +59,24 @@ def test_a_truly_fine_candidate_is_found(honesty):
 
 
 def test_search_stops_at_the_first_pass_and_confirms_only_that_one(honesty):
-    search, confirmed = {0: FAIL, 1: PASS, 2: PASS}, []
+    search, confirmed = {0: INCONCLUSIVE, 1: PROMOTE, 2: PROMOTE}, []
     chosen, decision = honesty.search_then_confirm(3, search.__getitem__, lambda k: confirmed.append(k) or REJECT)
     assert (chosen, decision, confirmed) == (1, REJECT, [1])
-    assert honesty.search_then_confirm(2, lambda k: FAIL, lambda k: PROMOTE) == (None, honesty.NONE_PASSED)
+    assert honesty.search_then_confirm(2, lambda k: REJECT, lambda k: PROMOTE) == (None, honesty.NONE_PASSED)
 
 
 def test_sequential_search_stops_where_the_pipelines_task_monitor_does(honesty):
     """Same items through evaluate/sequential.py's TaskMonitor (its own fine grid, one look per chunk):
-    the same early PASS / FAIL at the same item count, and no early stop where it has none."""
+    the same early PROMOTE / REJECT at the same item count, and no early stop where it has none."""
     candidates = [honesty.Candidate(0.0, 0.0), honesty.Candidate(0.10, 0.12), honesty.AT_TOLERANCE]
     rng = np.random.default_rng(5)
     base, variants = honesty.draw_split(rng, candidates, reps=4, n=600)
-    verdicts, used = honesty.sequential_verdicts(base, variants)
-    for r, k in np.ndindex(verdicts.shape):
+    decisions, used = honesty.sequential_decisions(base, variants)
+    for r, k in np.ndindex(decisions.shape):
         status, items = monitor_stop(honesty, base[r], variants[r, k])
         assert items == used[r, k]
         if status:
-            assert verdicts[r, k] == {-1: PASS, 1: FAIL}[status]
+            assert decisions[r, k] == {-1: PROMOTE, 1: REJECT}[status]
 
 
 def monitor_stop(honesty, base, variant) -> tuple[int, int]:

@@ -60,7 +60,8 @@ POLICY = GateConfig(name="simulated", confidence=CONFIDENCE, tolerance=SuiteTole
                     max_flip_rate=None, max_kl=None, blocking=["accuracy"])
 BASE_ACCURACY = 0.8
 # The sequence's grid of candidate means: the threshold is a grid point, so whether the sequence
-# lies below it does not depend on the step (benchmarks/coverage_sequential.py uses 0.02 too).
+# lies below it does not depend on the step (benchmarks/coverage_sequential.py uses 0.02 too;
+# tests/test_search_honesty.py checks the stops against TaskMonitor's own 2.5e-4 grid).
 GRID_STEP = 0.02
 KS, SPLIT_ITEMS = (1, 3, 8), (300, 600)
 RESULTS = Path(__file__).resolve().parent / "results" / "search_honesty.json"

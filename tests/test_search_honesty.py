@@ -4,7 +4,6 @@ level however many candidates it tries; certifying on the search items does not.
 import importlib.util
 import sys
 from pathlib import Path
-
 from types import SimpleNamespace
 
 import numpy as np

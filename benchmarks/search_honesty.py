@@ -25,8 +25,8 @@ Only the accuracy rule gates (flip-rate and KL rules off), items are unclustered
 flip independently given the base: the most chances for a search to find a lucky candidate.
 The gate's decisions depend on the counts only and are cached per (lost, gained, n, level); the
 INCONCLUSIVE hint (items that would settle it) is not computed (it does not change a decision).
-The search loop is this script's own (`search_then_confirm`): pipelines/search/procedure.py was
-not on main when this was written.
+The search loop is the search command's own (pipelines/search/procedure.py `run_search`), fed the
+simulated decisions.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 from unittest import mock
 
@@ -54,6 +55,7 @@ from pipelines.evaluate.sequential import EXHAUSTED, final_confidence, looks_alp
 from pipelines.gate import PROMOTE, REJECT, decide  # noqa: E402
 from pipelines.intervals import paired_counts_interval  # noqa: E402
 from pipelines.records import Fidelity, TaskFidelity  # noqa: E402
+from pipelines.search.procedure import Budget, Trial, run_search  # noqa: E402
 
 CONFIDENCE, TOLERANCE, CHUNK = 0.95, 0.02, 50      # conf/gate/default.yaml; eval.chunk_size's default
 POLICY = GateConfig(name="simulated", confidence=CONFIDENCE, tolerance=SuiteTolerance(TOLERANCE),
@@ -65,7 +67,6 @@ BASE_ACCURACY = 0.8
 GRID_STEP = 0.02
 KS, SPLIT_ITEMS = (1, 3, 8), (300, 600)
 RESULTS = Path(__file__).resolve().parent / "results" / "search_honesty.json"
-NONE_PASSED = "no candidate passed the search"
 
 
 @dataclass(frozen=True)
@@ -89,12 +90,18 @@ SCENARIOS: dict[str, Callable[[int], list[Candidate]]] = {
 
 def search_then_confirm(candidates: int, search: Callable[[int], str],
                         confirm: Callable[[int], str]) -> tuple[int | None, str]:
-    """Look at candidates in order on the search split until one PROMOTEs there; gate that one once on the
-    confirmation split. Returns (chosen index or None, the confirmation decision)."""
-    for index in range(candidates):
-        if search(index) == PROMOTE:
-            return index, confirm(index)
-    return None, NONE_PASSED
+    """The search's own procedure (pipelines/search/procedure.py run_search) over candidates 0 .. K-1,
+    cheapest first, with a budget of K candidates: `search` and `confirm` give a candidate's gate
+    decision on each split. Returns (the index certified on the confirmation split, or None when no
+    candidate PROMOTEd on the search split, and the decision: the confirmation's, else never PROMOTE)."""
+    slots = [SimpleNamespace(name=str(index)) for index in range(candidates)]
+    result = run_search(slots, lambda slot: _trial(slot, "search", search(int(slot.name))),
+                        lambda slot: _trial(slot, "confirmation", confirm(int(slot.name))), Budget(candidates))
+    return (None if result.chosen is None else int(result.chosen)), result.decision
+
+
+def _trial(slot: SimpleNamespace, split: str, decision: str) -> Trial:
+    return Trial(candidate=slot.name, split=split, decision=decision, reasons=[], items=0, exit_code=0)
 
 
 def draw_split(rng: np.random.Generator, candidates: list[Candidate], reps: int, n: int):

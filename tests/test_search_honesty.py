@@ -61,7 +61,7 @@ def test_search_stops_at_the_first_pass_and_confirms_only_that_one(honesty):
     search, confirmed = {0: INCONCLUSIVE, 1: PROMOTE, 2: PROMOTE}, []
     chosen, decision = honesty.search_then_confirm(3, search.__getitem__, lambda k: confirmed.append(k) or REJECT)
     assert (chosen, decision, confirmed) == (1, REJECT, [1])
-    assert honesty.search_then_confirm(2, lambda k: REJECT, lambda k: PROMOTE) == (None, honesty.NONE_PASSED)
+    assert honesty.search_then_confirm(2, lambda k: REJECT, lambda k: PROMOTE) == (None, REJECT)
 
 
 def test_sequential_search_stops_where_the_pipelines_task_monitor_does(honesty):

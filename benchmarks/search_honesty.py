@@ -1,6 +1,6 @@
 """Does the recipe search keep the gate's error guarantee? A simulation of the whole search procedure.
 
-    python benchmarks/search_honesty.py         # 4,000 replicates per row: 95 s of CPU, ~3 min on 2 busy cores
+    python benchmarks/search_honesty.py         # 4,000 replicates per row: 1.5-3 min on 2 cores
     python benchmarks/search_honesty.py --reps 200 --seed 7 --out /tmp/honesty.json
 
 Synthetic paired items, no model: each replicate draws a search split and a disjoint confirmation

@@ -40,9 +40,13 @@ def test_search_ends_uncertified_with_its_table_recipe_and_child_runs(tmp_path, 
     summary = load_record(SearchResult, tmp_path / "out" / "search_summary.json")
     assert [t.candidate for t in summary.trials] == ["fp8"]
     split = json.loads((tmp_path / "out" / "split.json").read_text())
-    search_side = sum(len(task["search"]) for task in split.values())
+    search_side = sum(len(task["search"]) for task in split["tasks"].values())
     assert summary.search_items == summary.grid_items == search_side  # one candidate, its whole search side
     assert summary.confirmation is None and summary.stop_reason == EVERY_CANDIDATE
+    # The reference text's windows split too: the search trial's KL is on the head alone.
+    head = split["reference_windows"]["search"]
+    assert head[0] == 0 and head[1] < split["reference_windows"]["confirmation"][1]
+    assert (tmp_path / "out" / "search" / "fp8" / "reference-variant.safetensors").is_file()
     recipe = tmp_path / "out" / "conf" / "quant" / "fp8.yaml"
     assert compose_config([f"quant={recipe}", "tracking=off"]).quant.ignore == ["lm_head"]
     client = MlflowClient(store)

@@ -120,3 +120,38 @@ def test_confirmation_is_one_fixed_n_look_at_exactly_its_documents(cfg, tmp_path
     assert scorers["variant"].asked == [{"a": [1, 2, 4], "b": [7]}]  # one look, every document at once
     assert [(t.task, t.n, t.value) for t in variant_eval.tasks] == [("a", 3, 2 / 3), ("b", 1, 0.0)]
     assert variant_eval.sequential == [] and base_eval.tasks[0].n == 3  # no sequence: fixed-n intervals decide
+
+
+@pytest.mark.parametrize("bos", [True, False])
+def test_the_reference_text_splits_into_a_search_head_and_a_confirmation_tail_the_probe_cuts_alike(bos):
+    from pipelines.evaluate.reference import cut_windows
+    from pipelines.search.split import split_windows
+
+    ids, window, bos_id = list(range(1000, 1000 + 1037)), 64, 1 if bos else None
+    windows = cut_windows(ids, window, 4096, bos_id)
+    split = split_windows(windows, 0.3, bos)
+    # 1,037 tokens make 16 windows of 63 (+ BOS) or 64 tokens; 0.3 of 16 rounds to the last 5.
+    assert (len(windows), split.search, split.confirmation) == (16, range(0, 11), range(11, 16))
+    # The sensitivity probe, given search_tokens as its max tokens, cuts exactly the search side's windows.
+    assert cut_windows(ids, window, split.search_tokens, bos_id) == windows[:len(split.search)]
+
+
+def test_a_reference_text_of_one_window_is_not_split():
+    from pipelines.search.split import split_windows
+
+    assert split_windows([[1, 2, 3]], 0.5, False) is None
+    assert split_windows([[1, 2], [3, 4]], 0.1, False) is None  # rounds to no confirmation window
+
+
+def test_one_side_of_the_reference_log_probs_is_those_windows_alone(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from pipelines.evaluate.reference import save_reference_logprobs, write_window_subset
+
+    token_ids = torch.arange(5 * 4).reshape(5, 4)
+    logprobs = torch.randn(5, 4, 7, generator=torch.Generator().manual_seed(0)).log_softmax(-1)
+    whole = save_reference_logprobs(token_ids, logprobs, tmp_path / "whole.safetensors")
+    part = write_window_subset(whole, range(3, 5), tmp_path / "side" / "tail.safetensors")
+    stored = load_file(str(part))
+    assert torch.equal(stored["token_ids"], token_ids[3:5]) and torch.equal(stored["logprobs"], logprobs[3:5])

@@ -61,16 +61,23 @@ def cut_windows(token_ids: list[int], window: int, max_tokens: int, bos_token_id
     return [prefix + text_ids[i * body:(i + 1) * body] for i in range(count)]
 
 
+def reference_windows(tokenizer, text: str, max_positions: int | None, *, window: int, max_tokens: int,
+                      add_bos_token: bool) -> list[list[int]]:
+    """The windows the reference pass scores: the text's tokens cut as `cut_windows` does."""
+    # A window longer than the model's positions would score garbage past the trained length.
+    window = min(window, max_positions or window)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return cut_windows(ids, window, max_tokens, tokenizer.bos_token_id if add_bos_token else None)
+
+
 def compute_reference_logprobs(model, tokenizer, text: str, *, window: int, max_tokens: int, batch_size: int,
                                add_bos_token: bool, out_path: Path) -> Path:
     """Score the reference text with `model` and save token ids and log-probabilities to `out_path`."""
     import torch
 
     config = model.config.get_text_config()
-    # A window longer than the model's positions would score garbage past the trained length.
-    window = min(window, getattr(config, "max_position_embeddings", None) or window)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    windows = torch.tensor(cut_windows(ids, window, max_tokens, tokenizer.bos_token_id if add_bos_token else None))
+    windows = torch.tensor(reference_windows(tokenizer, text, getattr(config, "max_position_embeddings", None),
+                                             window=window, max_tokens=max_tokens, add_bos_token=add_bos_token))
     vocab = config.vocab_size
     storage = torch.float16 if vocab > FLOAT16_VOCAB_THRESHOLD else torch.float32
     log.info("scoring reference text: %d windows x %d tokens, batch %d", *windows.shape, batch_size)
@@ -93,6 +100,15 @@ def save_reference_logprobs(token_ids, logprobs, out_path: Path) -> Path:
         raise ValueError(f"log-probs {tuple(logprobs.shape)} do not match token ids {tuple(token_ids.shape)}")
     save_file({"token_ids": token_ids.contiguous(), "logprobs": logprobs.contiguous()}, str(out_path))
     return out_path
+
+
+def write_window_subset(path: str | Path, windows: range, out_path: Path) -> Path:
+    """A reference log-prob file holding only `windows` of the one at `path` (one side of a split)."""
+    with safe_open(str(_existing(path)), framework="pt") as handle:
+        token_ids = handle.get_slice("token_ids")[windows.start:windows.stop]
+        logprobs = handle.get_slice("logprobs")[windows.start:windows.stop]
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    return save_reference_logprobs(token_ids, logprobs, out_path)
 
 
 def read_token_ids(path: str | Path):

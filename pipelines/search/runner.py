@@ -20,13 +20,14 @@ from pathlib import Path
 
 from pipelines import models, pareto, pipeline
 from pipelines.config import RunConfig
-from pipelines.evaluate import sequential
+from pipelines.evaluate import effective_add_bos_token, sequential
+from pipelines.evaluate.reference import reference_text, reference_windows, write_window_subset
 from pipelines.evaluate.suites import resolve_include_path, task_manager
-from pipelines.records import Outcome
+from pipelines.records import EvalResult, Outcome
 from pipelines.search import candidates, sensitivity
 from pipelines.search.config import SearchConfig
 from pipelines.search.procedure import FAILED, Budget, SearchResult, Trial, run_search
-from pipelines.search.split import side, split_tasks
+from pipelines.search.split import TextSplit, side, split_tasks, split_windows
 from pipelines.sizing import model_size
 from pipelines.storage import atomic_write_text
 from pipelines.sweep import crown_champions
@@ -44,20 +45,25 @@ def search(configs: list[RunConfig], search_cfg: SearchConfig, output_dir: Path)
     """Search the recipes built from every config's scheme (configs differ only in `quant`)."""
     cfg, start = configs[0], time.perf_counter()
     base = models.resolve_base(cfg.model)
-    sensitivities = _sensitivities(configs, base)
+    text = _text_split(cfg, base, search_cfg.confirmation_share)
+    sensitivities = _sensitivities(configs, base, text)
     recipes = candidates.build_candidates([c.quant for c in configs], sensitivities,
                                           model_size(base.config, cfg.model), search_cfg.max_kept,
                                           _plain_costs(configs, base))
     log.info("search: %d candidates, cheapest predicted first: %s", len(recipes), ", ".join(c.name for c in recipes))
     splits = split_tasks(cfg, _manager(cfg), search_cfg.confirmation_share)
-    atomic_write_text(output_dir / "split.json", json.dumps({t: dataclasses.asdict(s) for t, s in splits.items()}))
+    windows = text and {"search": [text.search.start, text.search.stop],
+                        "confirmation": [text.confirmation.start, text.confirmation.stop]}
+    atomic_write_text(output_dir / "split.json", json.dumps(
+        {"tasks": {t: dataclasses.asdict(s) for t, s in splits.items()}, "reference_windows": windows}))
     tracker = make_tracker(cfg.tracking)
     parent = tracker.start_sweep(output_dir.name, resolved_config(cfg)) if tracker else None
     _log_sensitivities(tracker, parent, sensitivities)
     outcomes: dict[str, Outcome] = {}
-    on_search = functools.partial(_trial, cfg, output_dir, parent, side(splits, "search"), "search", outcomes)
-    on_confirm = functools.partial(_trial, cfg, output_dir, parent, side(splits, "confirmation"), "confirmation",
-                                   outcomes)
+    on_search = functools.partial(_trial, cfg, output_dir, parent, side(splits, "search"),
+                                  text and text.search, "search", outcomes)
+    on_confirm = functools.partial(_trial, cfg, output_dir, parent, side(splits, "confirmation"),
+                                   text and text.confirmation, "confirmation", outcomes)
     result = run_search(recipes, on_search, on_confirm,
                         Budget(search_cfg.budget.max_candidates, search_cfg.budget.max_items))
     result.grid_items = len(recipes) * sum(len(split.search) for split in splits.values())
@@ -66,15 +72,21 @@ def search(configs: list[RunConfig], search_cfg: SearchConfig, output_dir: Path)
     return result
 
 
-def _trial(cfg: RunConfig, output_dir: Path, parent: str | None, doc_ids: dict[str, list[int]], split: str,
-           outcomes: dict[str, Outcome], candidate) -> Trial:
+def _trial(cfg: RunConfig, output_dir: Path, parent: str | None, doc_ids: dict[str, list[int]],
+           windows: range | None, split: str, outcomes: dict[str, Outcome], candidate) -> Trial:
     """One candidate gated on one side of the split; a search trial registers nothing."""
     evaluate = sequential.evaluate_sequential if split == "search" else sequential.evaluate_fixed
     trial_cfg = dataclasses.replace(cfg, quant=candidate.quant)
     untracked = dataclasses.replace(trial_cfg, tracking=dataclasses.replace(cfg.tracking, enabled=False))
+    folder = output_dir / split / candidate.name
     log.info("search: %s on the %s split (%d items)", candidate.name, split, sum(map(len, doc_ids.values())))
-    outcome = pipeline.run_variant(untracked, output_dir / split / candidate.name, preflighted=True,
-                          evaluator=lambda c, b, v: evaluate(c, b, v, doc_ids))
+
+    def on_side(c: RunConfig, base, variant) -> tuple[EvalResult, EvalResult]:
+        scored = evaluate(c, base, variant, doc_ids)
+        return tuple(_windows_only(result, windows, folder / f"reference-{role}.safetensors")
+                     for role, result in zip(("base", "variant"), scored))
+
+    outcome = pipeline.run_variant(untracked, folder, preflighted=True, evaluator=on_side)
     _track(trial_cfg, outcome, parent, register=split == "confirmation")
     outcomes[f"{split}/{candidate.name}"] = outcome
     trial = trial_of(outcome, candidate, split)
@@ -102,8 +114,38 @@ def trial_of(outcome: Outcome, candidate, split: str) -> Trial:
                  output_dir=outcome.output_dir)
 
 
-def _sensitivities(configs: list[RunConfig], base) -> dict:
-    return {cfg.quant.name: sensitivity.measure_sensitivity(cfg, base, cfg.quant) for cfg in configs}
+def _windows_only(result: EvalResult, windows: range | None, path: Path) -> EvalResult:
+    """`result` with its reference log-probs cut to one side's windows (unchanged when the text is not split)."""
+    if windows is None or result.reference_logprobs_path is None:
+        return result
+    return dataclasses.replace(result, reference_logprobs_path=str(
+        write_window_subset(result.reference_logprobs_path, windows, path)))
+
+
+def _text_split(cfg: RunConfig, base, confirmation_share: float) -> TextSplit | None:
+    """The reference text's windows, cut as the evaluate stage cuts them, split between the two sides."""
+    text = reference_text(cfg.eval.reference_text)
+    if text is None:
+        return None
+    tokenizer = models.load_tokenizer(base.path, cfg.model.trust_remote_code)
+    bos = effective_add_bos_token(tokenizer, cfg.eval.add_bos_token)
+    positions = base.config.get("text_config", base.config).get("max_position_embeddings")
+    windows = reference_windows(tokenizer, text, positions, window=cfg.eval.reference_window,
+                                max_tokens=cfg.eval.reference_max_tokens, add_bos_token=bos)
+    split = split_windows(windows, confirmation_share, bos and tokenizer.bos_token_id is not None)
+    if split is None:
+        log.warning("search: the reference text has %d window(s), too few to split: its KL rule is decided on "
+                    "the same text on both sides", len(windows))
+    return split
+
+
+def _sensitivities(configs: list[RunConfig], base, text: TextSplit | None) -> dict:
+    """Each scheme's sensitivity, probed on the search side's reference windows only."""
+    def probed(cfg: RunConfig) -> RunConfig:
+        return cfg if text is None else dataclasses.replace(
+            cfg, eval=dataclasses.replace(cfg.eval, reference_max_tokens=text.search_tokens))
+
+    return {cfg.quant.name: sensitivity.measure_sensitivity(probed(cfg), base, cfg.quant) for cfg in configs}
 
 
 def _log_sensitivities(tracker, parent: str | None, sensitivities: dict) -> None:

@@ -7,6 +7,8 @@ Each leaf task's units (its items, or its clusters when the task names a cluster
 pipelines/evaluate/sequential.task_units, so whole clusters go to one side) are put in an order
 drawn from eval.seed and SALT, and the first ones, up to `confirmation_share` of the task's items,
 form the confirmation side; the rest is the search side. Same seed and suite, same split.
+The reference text (the KL rule's and the sensitivity probe's) is split too: its last windows,
+`confirmation_share` of them, certify; the search and the probe see only the first ones.
 
 Exercised by: pytest tests/test_search_split.py
 """
@@ -50,6 +52,28 @@ def split_tasks(cfg: RunConfig, manager, confirmation_share: float) -> dict[str,
     """Every leaf task of cfg.eval.tasks split once (the units the sequential evaluation builds)."""
     return {task: split_units(task, units, cfg.eval.seed, confirmation_share)
             for task, (units, _clustered) in task_units(cfg, manager).items()}
+
+
+@dataclass
+class TextSplit:
+    """The reference text's windows on each side: the search side first, the confirmation side last."""
+
+    search: range
+    confirmation: range
+    # Text tokens the search side's windows hold: eval.reference_max_tokens for the sensitivity probe,
+    # which then cuts exactly the search side's windows.
+    search_tokens: int
+
+
+def split_windows(windows: list[list[int]], confirmation_share: float, bos: bool) -> TextSplit | None:
+    """The last `confirmation_share` of the reference windows certify, the rest are searched on; None
+    when the text has too few windows to give each side one."""
+    confirmation = round(len(windows) * confirmation_share)
+    if not 0 < confirmation < len(windows):
+        return None
+    searched = len(windows) - confirmation
+    return TextSplit(range(0, searched), range(searched, len(windows)),
+                     sum(len(window) - int(bos) for window in windows[:searched]))
 
 
 def side(splits: dict[str, TaskSplit], name: str) -> dict[str, list[int]]:

@@ -59,11 +59,11 @@ def stand_ins(scratch: Path, notes: list[str]) -> tuple[list[str], list[str]]:
 
 def random_embedded_shaped_model(out: Path) -> Path:
     from pipelines.embedded.data import build_world, training_records
-    from pipelines.embedded.train import ModelShape, build_model, train_tokenizer
+    from pipelines.embedded.train import TinyArchitecture, build_model, train_tokenizer
 
-    shape = ModelShape()
-    tokenizer = train_tokenizer(training_records(build_world(), 2000), shape.vocab)
-    build_model(shape, tokenizer).save_pretrained(out, safe_serialization=True)
+    architecture = TinyArchitecture()
+    tokenizer = train_tokenizer(training_records(build_world(), 2000), architecture.vocab)
+    build_model(architecture, tokenizer).save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return out
 

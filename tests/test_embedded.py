@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,8 @@ from transformers import AutoConfig, AutoTokenizer
 from evalsuites import SUITES_DIR
 from pipelines.embedded import CALIBRATION_TEXT, EMBEDDED_MODEL_DIR, REFERENCE_TEXT
 from pipelines.embedded.data import SUITE_DATA_DIR, build_world, main as write_data, training_records
-from pipelines.embedded.train import ModelShape, TrainConfig, add_activation_noise, build_model, train, train_tokenizer
+from pipelines.embedded.train import (TinyArchitecture, TrainConfig, add_activation_noise, build_model, train,
+                                     train_tokenizer)
 
 DATA_FILE_TASKS = ("qg_vendor_facts", "qg_invoice_total", "qg_policy_route")
 TASKS = (*DATA_FILE_TASKS, "qg_policy_route_gen")  # the _gen task reads qg_policy_route.jsonl
@@ -51,15 +53,20 @@ def test_shipped_data_files_match_the_generator(tmp_path):
 @pytest.mark.slow
 def test_trainer_is_deterministic_on_a_tiny_budget():
     tiny = TrainConfig(steps=3, batch_size=2, seq_len=32, warmup_steps=1, tokenizer_records=400,
-                       shape=ModelShape(hidden=64, layers=1, heads=1, intermediate=128, vocab=320))
+                       shape=TinyArchitecture(hidden=64, layers=1, heads=1, intermediate=128, vocab=320))
     first, second = train(tiny, progress=False), train(tiny, progress=False)
     assert first.losses == second.losses
     assert len(first.losses) == 3
 
 
+def test_default_training_config_is_the_one_the_shipped_model_records():
+    summary = json.loads((EMBEDDED_MODEL_DIR / "training_summary.json").read_text())
+    assert asdict(TrainConfig()) == summary["config"]  # retraining with the defaults rebuilds the same files
+
+
 def test_activation_noise_perturbs_training_forwards_only():
     tokenizer = train_tokenizer(training_records(build_world(), 200), 320)
-    model = build_model(ModelShape(hidden=64, layers=1, heads=1, intermediate=128, vocab=320), tokenizer)
+    model = build_model(TinyArchitecture(hidden=64, layers=1, heads=1, intermediate=128, vocab=320), tokenizer)
     batch = tokenizer(["Invoice lines 47, 21."], return_tensors="pt")["input_ids"]
     model.eval()
     clean = model(batch).logits

@@ -30,7 +30,10 @@ RECORDS_PER_REFILL = 4096
 
 
 @dataclass
-class ModelShape:
+class TinyArchitecture:
+    """The hyperparameters `build_model` builds the embedded Llama from (not a `pipelines.shape.ModelShape`,
+    which is read from a checkpoint's config.json)."""
+
     # Small on purpose: on 2 shared cores tokens are the scarce resource, and a model below
     # saturation is what lets quantization damage show.
     hidden: int = 128
@@ -53,7 +56,8 @@ class TrainConfig:
     tokenizer_records: int = 20000
     threads: int = 2
     max_minutes: float | None = None  # safety stop; a run cut short by it is no longer reproducible
-    shape: ModelShape = field(default_factory=ModelShape)
+    # Named `shape` because training_summary.json records the config under that key.
+    shape: TinyArchitecture = field(default_factory=TinyArchitecture)
 
 
 @dataclass
@@ -77,14 +81,15 @@ def train_tokenizer(records: list[str], vocab: int) -> PreTrainedTokenizerFast:
     tokenizer.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tokenizer.token_to_id("<s>"))])
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>", model_max_length=ModelShape.context)
+                                   pad_token="<pad>", model_max_length=TinyArchitecture.context)
 
 
-def build_model(shape: ModelShape, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
+def build_model(architecture: TinyArchitecture, tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
     config = LlamaConfig(
-        vocab_size=shape.vocab, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
-        num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.heads,
-        head_dim=shape.hidden // shape.heads, max_position_embeddings=shape.context,
+        vocab_size=architecture.vocab, hidden_size=architecture.hidden, intermediate_size=architecture.intermediate,
+        num_hidden_layers=architecture.layers, num_attention_heads=architecture.heads,
+        num_key_value_heads=architecture.heads, head_dim=architecture.hidden // architecture.heads,
+        max_position_embeddings=architecture.context,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
     return LlamaForCausalLM(config)

@@ -49,10 +49,11 @@ def resolve_base(model: ModelConfig) -> BaseModel:
     return BaseModel(name=model.name, path=path, fingerprint=fingerprint_directory(path), config=config)
 
 
-def read_model_config(path: Path, model: ModelConfig) -> dict[str, Any]:
-    """config.json of a checked checkpoint directory; refuses custom code without the opt-in."""
+def read_model_config(path: Path, model: ModelConfig, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """config.json of a checked checkpoint directory (`config` when already read); refuses custom code without
+    the opt-in."""
     check_model_directory(path, model.allow_pickle)
-    config = parse_config_json(path / "config.json")
+    config = parse_config_json(path / "config.json") if config is None else config
     if config.get("auto_map") and not model.trust_remote_code:
         raise InputError(f"model '{model.name}' ships custom code (auto_map in {path / 'config.json'}); "
                          "set model.trust_remote_code=true only if you trust its source")

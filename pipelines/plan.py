@@ -70,8 +70,9 @@ class Plan:
     serving_cost: list[str] = field(default_factory=list)
 
 
-def build_plan(cfg: RunConfig, count_items: bool = False) -> Plan:
-    config, source = read_config_json(cfg.model)
+def build_plan(cfg: RunConfig, count_items: bool = False, config_json: dict | None = None) -> Plan:
+    """`config_json`: the local base's config.json when the caller has read it already."""
+    config, source = read_config_json(cfg.model, config_json)
     size = model_size(config, cfg.model)
     plan = Plan(cfg=cfg, size=size, shape_source=source, base_bytes=size.base_bytes,
                 variant_bytes=variant_bytes(size, cfg.quant),
@@ -233,9 +234,9 @@ def duration(seconds: float | None) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
-def check_plan(cfg: RunConfig) -> None:
+def check_plan(cfg: RunConfig, config_json: dict | None = None) -> None:
     """Preflight: warn once per line, refuse a plan that cannot fit, then check this machine and the hub."""
-    plan = build_plan(cfg)
+    plan = build_plan(cfg, config_json=config_json)
     for warning in plan.warnings:
         if warning not in _warned:
             _warned.add(warning)

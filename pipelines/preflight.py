@@ -32,16 +32,29 @@ log = logging.getLogger(__name__)
 
 def preflight(cfg: RunConfig) -> None:
     """Every check, cheapest first: a bad name or value fails in milliseconds, before any library loads."""
-    _check_names_and_bounds(cfg)
-    base_config = _check_paths_and_reachability(cfg)
+    config_json = local_config_json(cfg.model)
+    _check_names_and_bounds(cfg, config_json)
+    base_config = _check_paths_and_reachability(cfg, config_json)
     _check_with_libraries(cfg, base_config)
 
 
-def _check_names_and_bounds(cfg: RunConfig) -> None:
+def local_config_json(model: ModelConfig) -> dict | None:
+    """The base's config.json, read once for every check; None for a hub id, or a file missing or malformed:
+    then the plan and checkpoint checks read it themselves, so the same check reports the same error."""
+    path = None if is_hub_id(model.source) else local_model_directory(model) / "config.json"
+    try:
+        return parse_config_json(path) if path is not None and path.is_file() else None
+    except InputError:
+        return None
+
+
+def _check_names_and_bounds(cfg: RunConfig, config_json: dict | None) -> None:
     """Backend names, quant scheme and group size, prices and projections: the config and config.json alone."""
     from pipelines.cost import check_cost  # scipy: only once the names are known to be valid
 
-    check_quant_compatible(declared_shape(cfg.model), cfg.quant)  # backend, method, scheme, group size
+    # Until a hub model is fetched (or while a local config.json is unreadable) model.shape stands for it.
+    shape = config_json if config_json is not None else dict(cfg.model.shape)
+    check_quant_compatible(shape, cfg.quant)  # backend, method, scheme, group size
     check_name(EVAL_RUNNERS, "eval runner", cfg.eval.runner)
     check_sequential(cfg)
     if cfg.bench.enabled:
@@ -49,17 +62,19 @@ def _check_names_and_bounds(cfg: RunConfig) -> None:
         check_cost(cfg.hardware)
 
 
-def _check_paths_and_reachability(cfg: RunConfig) -> dict | None:
+def _check_paths_and_reachability(cfg: RunConfig, config_json: dict | None) -> dict | None:
     """The plan fits, the server can start, the cache is writable, the tracker answers, the base is a
     complete checkpoint; returns its config.json (None for a hub id: it is checked when fetched)."""
     from pipelines.plan import check_plan  # scipy: only once names and bounds passed
 
-    check_plan(cfg)  # fits the hardware, this machine and its disk; hub access: before anything is written
+    check_plan(cfg, config_json)  # fits the hardware, this machine and its disk; hub access: before anything is written
     check_serve(cfg)
     check_serve_reachable(cfg)  # endpoints answer and serve their models: before anything is written
     check_writable(Path(cfg.cache_dir), "cache_dir")
     check_reachable(cfg.tracking)
-    return None if is_hub_id(cfg.model.source) else read_model_config(local_model_directory(cfg.model), cfg.model)
+    if is_hub_id(cfg.model.source):
+        return None
+    return read_model_config(local_model_directory(cfg.model), cfg.model, config_json)
 
 
 def _check_with_libraries(cfg: RunConfig, base_config: dict | None) -> None:
@@ -75,15 +90,6 @@ def _check_with_libraries(cfg: RunConfig, base_config: dict | None) -> None:
     if uses_calibration(cfg.quant):
         load_calibration(cfg.quant.calibration)
     check_evaluate(cfg.eval)  # eval.params, and every suite (pipelines/evaluate/suites.py)
-
-
-def declared_shape(model: ModelConfig) -> dict:
-    """The base's config.json as written when it is local, else `model.shape` (a hub model, until fetched)."""
-    path = None if is_hub_id(model.source) else local_model_directory(model) / "config.json"
-    try:
-        return parse_config_json(path) if path is not None and path.is_file() else dict(model.shape)
-    except InputError:  # malformed: the checkpoint directory check reports it
-        return dict(model.shape)
 
 
 @lru_cache(maxsize=8)

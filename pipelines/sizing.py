@@ -29,10 +29,13 @@ TENSOR_PARALLEL_CHOICES = (1, 2, 4, 8)
 CONFIG_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
 
 
-def read_config_json(model: ModelConfig) -> tuple[dict[str, Any], str]:
-    """The model's config.json and where it came from: a local directory, the Hugging Face cache, model.shape."""
+def read_config_json(model: ModelConfig, local: dict[str, Any] | None = None) -> tuple[dict[str, Any], str]:
+    """The model's config.json and where it came from: a local directory (`local` when already read), the
+    Hugging Face cache, model.shape."""
     if not is_hub_id(model.source):
         path = local_model_directory(model) / "config.json"
+        if local is not None:
+            return local, str(path)
         if not path.is_file():
             raise InputError(f"{path.parent} is not a model directory (no config.json)")
         return parse_config_json(path), str(path)

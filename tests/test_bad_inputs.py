@@ -59,6 +59,7 @@ def world(tmp_path_factory, tiny_llama_dir):
     config = json.loads((remote / "config.json").read_text())
     (remote / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModel": "x.Model"}}))
     (root / "not-a-model").mkdir()
+    (copy_model(tiny_llama_dir, root / "bad-config-json") / "config.json").write_text('{"hidden_size": ')
     bert = copy_model(tiny_llama_dir, root / "bert-config")
     (bert / "config.json").write_text(json.dumps({"architectures": ["BertModel"], "model_type": "bert",
                                                   "hidden_size": 128, "num_hidden_layers": 2,
@@ -91,6 +92,8 @@ CASES = [
     ("unknown-hardware", lambda w: ["hardware=nonsense"], "nonsense"),
     ("missing-model-path", lambda w: ["model.source=/no/such/model"], "/no/such/model"),
     ("not-a-model-dir", lambda w: [f"model.source={w['root'] / 'not-a-model'}"], "not-a-model"),
+    ("config-json-not-json", lambda w: [f"model.source={w['root'] / 'bad-config-json'}"],
+     lambda w: f"{w['root'] / 'bad-config-json' / 'config.json'} is not valid JSON"),
     ("truncated-checkpoint", lambda w: [f"model.source={w['truncated']}"], "truncated"),
     ("pickle-checkpoint", lambda w: [f"model.source={w['pickled']}"], "pytorch_model.bin"),
     ("remote-code-without-opt-in", lambda w: [f"model.source={w['remote']}"], "trust_remote_code"),

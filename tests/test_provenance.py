@@ -20,6 +20,7 @@ from pipelines.evaluate import with_provenance as eval_with_provenance
 from pipelines.models import resolve_base
 from pipelines.pipeline import price
 from pipelines.plan import build_plan
+from pipelines.preflight import preflight
 from pipelines.quantize import run_quantize, with_provenance
 from pipelines.records import EvalResult, Variant, load_record, save_record
 from pipelines.shape import read_model_shape
@@ -52,6 +53,12 @@ def embedded_variant() -> Variant:
 def test_the_plan_reads_config_json_once(config_json_reads):
     (cfg,) = compose_all(["quant=gptq"])
     build_plan(cfg)
+    assert config_json_reads == [EMBEDDED / "config.json"]
+
+
+def test_preflight_reads_the_base_config_json_once(config_json_reads, tmp_path):
+    (cfg,) = compose_all(["quant=gptq", "tracking=off", f"cache_dir={tmp_path}"])
+    preflight(cfg)  # the quant check, the plan and the checkpoint check share one read
     assert config_json_reads == [EMBEDDED / "config.json"]
 
 

@@ -24,8 +24,8 @@ from typing import Any
 # Outcome fields measured in wall time, or derived from it: compared by structure only.
 TIMED = ("bench", "base_bench", "cost", "base_cost", "stages")
 TIMED_LEAVES = ("seconds", "quantize_seconds")
-# Where the run or its checkout lies on disk: differs by folder, never by content.
-LOCATIONS = ("output_dir", "base_variant.checkpoint_dir")
+# The run's own folder (named by its start time): differs by run, never by content.
+RUN_FOLDER = "output_dir"
 EXACT_SECTIONS = ("exit_code", "error", "verdict", "fidelity", "variant", "base_variant", "variant_eval",
                   "base_eval")
 
@@ -60,6 +60,22 @@ def record_bytes(record: Any) -> bytes:
     return (json.dumps(record, indent=2, sort_keys=True, default=float) + "\n").encode()
 
 
+def same_place(path: str, old: Any, new: Any) -> bool:
+    """Equal values; a checkpoint inside the checkout (the embedded base) by its path within the checkout."""
+    if old == new or not path.endswith("checkpoint_dir") or not (isinstance(old, str) and isinstance(new, str)):
+        return old == new
+    return Path(old).is_absolute() and Path(old).parts[-3:] == Path(new).parts[-3:]
+
+
+def grouped(paths: set[str]) -> str:
+    """Paths by their first two names, list indices dropped: `variant.shape (14 fields)`."""
+    groups: dict[str, int] = {}
+    for path in paths:
+        key = ".".join(name for name in path.split(".") if not name.isdigit()).split(".")[:2]
+        groups[".".join(key)] = groups.get(".".join(key), 0) + 1
+    return ", ".join(f"{key} ({count})" for key, count in sorted(groups.items()))
+
+
 def decision(outcome: dict[str, Any]) -> str | None:
     return outcome["verdict"]["decision"] if outcome["verdict"] else None
 
@@ -70,15 +86,15 @@ def compare_outcome(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
              f"verdict {decision(before)} / {decision(after)}, exit code {before['exit_code']} / {after['exit_code']}"]
     old, new = flatten(before), flatten(after)
     shared = old.keys() & new.keys()
-    exact = [p for p in sorted(shared) if not is_timed(p) and p not in LOCATIONS]
-    lines += [f"DIFFERS {p}: {old[p]!r} / {new[p]!r}" for p in exact if old[p] != new[p]]
-    lines.append(f"identical: {sum(old[p] == new[p] for p in exact)} of {len(exact)} fields beyond timings "
-                 f"({', '.join(s for s in EXACT_SECTIONS if s in before)})")
+    exact = [p for p in sorted(shared) if not is_timed(p) and p != RUN_FOLDER]
+    lines += [f"DIFFERS {p}: {old[p]!r} / {new[p]!r}" for p in exact if not same_place(p, old[p], new[p])]
+    lines.append(f"identical: {sum(same_place(p, old[p], new[p]) for p in exact)} of {len(exact)} fields beyond "
+                 f"timings ({', '.join(s for s in EXACT_SECTIONS if s in before)})")
     timed = [p for p in shared if is_timed(p)]
     lines.append(f"timings: {len(timed)} fields on both sides, {sum(old[p] != new[p] for p in timed)} values differ"
                  " (expected: measured time)")
-    lines += [f"only before: {p}" for p in sorted(old.keys() - new.keys())]
-    lines += [f"only after: {p}" for p in sorted(new.keys() - old.keys())]
+    for side, paths in (("before", old.keys() - new.keys()), ("after", new.keys() - old.keys())):
+        lines += [f"only {side}: {grouped(paths)}"] if paths else []
     return lines
 
 
@@ -90,20 +106,36 @@ def cache_files(run_dir: Path) -> dict[str, str]:
             for pattern in patterns for path in sorted(run_dir.glob(pattern)) if path.is_file()}
 
 
+def cache_keys(run_dir: Path) -> set[str]:
+    """The cache's entries, named by their keys (a sweep's own folder, named by its start time, left out)."""
+    patterns = ("*/.cache/quantgate/variants/*/*", "*/.cache/quantgate/evals/*/*", "*/.cache/quantgate/bench/*")
+    return {str(path.relative_to(run_dir)) for pattern in patterns for path in run_dir.glob(pattern)
+            if path.is_dir()}
+
+
 def compare_caches(before: Path, after: Path) -> list[str]:
+    keys = cache_keys(before), cache_keys(after)
+    lines = [f"cache keys: {len(keys[0] & keys[1])} entries under the same keys (quantized checkpoints, evaluations, "
+             "benchmarks)"]
+    lines += [f"DIFFERS cache entry only in {side}: {key}" for side, extra in
+              (("before", keys[0] - keys[1]), ("after", keys[1] - keys[0])) for key in sorted(extra)]
     old, new = cache_files(before), cache_files(after)
     same = sum(old[p] == new.get(p) for p in old)
-    lines = [f"cache: {same} of {len(old)} item, log-prob, weight and config files byte-identical at the same keys"]
+    lines += [f"cache: {same} of {len(old)} item, log-prob, weight and config files byte-identical at the same keys"]
     lines += [f"DIFFERS cache file {p}" for p in sorted(old.keys() | new.keys()) if old.get(p) != new.get(p)]
     return lines
 
 
+def read_or_missing(path: Path) -> str:
+    return path.read_text() if path.is_file() else "(missing)"
+
+
 def compare_commands(before: Path, after: Path) -> list[str]:
     lines = []
-    for command in sorted(p.name for p in before.iterdir() if (p / "exit_code").is_file()):
-        codes = [(side / command / "exit_code").read_text().strip() for side in (before, after)]
+    for command in ("main", "sweep", "plan"):
+        codes = [read_or_missing(side / command / "exit_code").strip() for side in (before, after)]
         lines.append(f"{command}: exit code {codes[0]} / {codes[1]}" + ("" if codes[0] == codes[1] else "  DIFFERS"))
-    plans = [(side / "plan" / "stdout.txt").read_text() for side in (before, after)]
+    plans = [read_or_missing(side / "plan" / "stdout.txt") for side in (before, after)]
     same = "identical" if plans[0] == plans[1] else "DIFFERS"
     lines.append(f"plan output {same} ({len(plans[0].splitlines())} lines)")
     return lines

@@ -8,6 +8,7 @@ checkout=$(cd "$1" && pwd)
 out=$2
 [ -e "$out" ] && { echo "$out exists: give a new folder (each side needs its own empty cache)" >&2; exit 2; }
 python=${PYTHON:-python}
+mkdir -p "$out" && echo "$checkout" >"$out/checkout"  # compare_runs.py reads paths inside it as <checkout>/...
 export PYTHONPATH=$checkout HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 small=(tracking=off eval.limit=60 "bench.batch_sizes=[1,2]" bench.requests_per_level=2 bench.repeats=2
        bench.warmup_requests=1 bench.output_tokens=8 bench.input_tokens=16)

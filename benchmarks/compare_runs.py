@@ -5,7 +5,7 @@
     python benchmarks/compare_runs.py /tmp/ba/before /tmp/ba/after
 
 Each folder holds one subfolder per command (main, sweep, plan), each with the command's exit_code,
-stdout.txt and outputs. Prints, per variant, what is identical and what differs: the fidelity record
+stdout.txt and outputs, and a file `checkout` naming the checkout the commands ran from. Prints, per variant, what is identical and what differs: the fidelity record
 (as `save_record` writes it, byte for byte), the verdict and its reasons, exit codes, variant hashes
 and cache keys, evaluation settings and suite hashes, the cached per-item files, and the plan's output.
 Timings differ between any two runs, and the bench and cost records derive from them: those are
@@ -45,10 +45,12 @@ def is_timed(path: str) -> bool:
 
 
 def outcomes(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """Each command's outcomes, named `<command>/<variant>`."""
+    """Each command's outcomes, named `<command>/<variant>`; paths inside the checkout the runs came from
+    (the file `checkout` names it) start with `<checkout>/`, so two checkouts' records compare."""
+    checkout = read_or_missing(run_dir / "checkout").strip()
     found = {}
     for path in sorted(run_dir.rglob("outcome.json")):
-        outcome = json.loads(path.read_text())
+        outcome = json.loads(path.read_text().replace(f'"{checkout}/', '"<checkout>/'))
         found[f"{path.relative_to(run_dir).parts[0]}/{outcome['variant_name']}"] = outcome
     return found
 
@@ -56,13 +58,6 @@ def outcomes(run_dir: Path) -> dict[str, dict[str, Any]]:
 def record_bytes(record: Any) -> bytes:
     """A record as `pipelines.records.save_record` writes it."""
     return (json.dumps(record, indent=2, sort_keys=True, default=float) + "\n").encode()
-
-
-def same_place(path: str, old: Any, new: Any) -> bool:
-    """Equal values; a checkpoint inside the checkout (the embedded base) by its path within the checkout."""
-    if old == new or not path.endswith("checkpoint_dir") or not (isinstance(old, str) and isinstance(new, str)):
-        return old == new
-    return Path(old).is_absolute() and Path(old).parts[-3:] == Path(new).parts[-3:]
 
 
 def grouped(paths: set[str]) -> str:
@@ -85,8 +80,8 @@ def compare_outcome(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     old, new = flatten(before), flatten(after)
     shared = old.keys() & new.keys()
     exact = [p for p in sorted(shared) if not is_timed(p) and p != RUN_FOLDER]
-    lines += [f"DIFFERS {p}: {old[p]!r} / {new[p]!r}" for p in exact if not same_place(p, old[p], new[p])]
-    lines.append(f"identical: {sum(same_place(p, old[p], new[p]) for p in exact)} of {len(exact)} fields beyond "
+    lines += [f"DIFFERS {p}: {old[p]!r} / {new[p]!r}" for p in exact if old[p] != new[p]]
+    lines.append(f"identical: {sum(old[p] == new[p] for p in exact)} of {len(exact)} fields beyond "
                  f"timings ({', '.join(sorted({p.split('.')[0] for p in exact}))})")
     timed = [p for p in shared if is_timed(p)]
     lines.append(f"timings: {len(timed)} fields on both sides, {sum(old[p] != new[p] for p in timed)} values differ"

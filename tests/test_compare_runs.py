@@ -34,6 +34,8 @@ def compare_runs():
 
 
 def write_side(root: Path, outcome: dict, plan: str = "plan: 70.55 B parameters\n") -> Path:
+    root.mkdir()
+    (root / "checkout").write_text(f"/checkout-{root.name}\n")
     for command, code in (("main", 1), ("sweep", 1), ("plan", 0)):
         (root / command).mkdir(parents=True)
         (root / command / "exit_code").write_text(f"{code}\n")

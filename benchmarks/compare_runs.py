@@ -5,12 +5,13 @@
     python benchmarks/compare_runs.py /tmp/ba/before /tmp/ba/after
 
 Each folder holds one subfolder per command (main, sweep, plan), each with the command's exit_code,
-stdout.txt and outputs, and a file `checkout` naming the checkout the commands ran from. Prints, per variant, what is identical and what differs: the fidelity record
-(as `save_record` writes it, byte for byte), the verdict and its reasons, exit codes, variant hashes
-and cache keys, evaluation settings and suite hashes, the cached per-item files, and the plan's output.
-Timings differ between any two runs, and the bench and cost records derive from them: those are
-compared by structure only (the same fields, the same levels). A field only one side has is listed
-apart (a record that gained provenance fields). Exits 1 when anything beyond timings differs.
+stdout.txt and outputs, and a file `checkout` naming the checkout the commands ran from. Prints, per
+variant, what is identical and what differs: the fidelity record (as `save_record` writes it, byte
+for byte), the verdict and its reasons, exit codes, variant hashes and cache keys, evaluation
+settings and suite hashes, the cached per-item files, and the plan's output. Timings differ between
+any two runs, and the bench and cost records derive from them: those are compared by structure only
+(the same fields, the same levels). A field only one side has is listed apart (a record that gained
+provenance fields). Exits 1 when anything beyond timings differs.
 """
 
 from __future__ import annotations
